@@ -1,0 +1,24 @@
+#![doc = include_str!("../README.md")]
+//!
+//! # Layout
+//! - [`ids`]: typed, prefixed ids and their parsers.
+//! - [`names`]: validation of user-chosen names.
+//! - [`plan`]: plans and their sandbox limits.
+//! - [`spec`]: [`spec::SandboxSpec`], built by [`spec::SandboxSpec::for_agent`] and nowhere else.
+
+pub mod ids;
+pub mod names;
+pub mod plan;
+pub mod spec;
+
+/// Labels put on every container the platform makes, so a restarted server can adopt or sweep.
+pub mod labels {
+    /// The installation that made the object (one per data dir). A server never touches another
+    /// installation's containers, which also keeps parallel test runs apart.
+    pub const INSTANCE: &str = "clawpen.instance";
+    pub const TENANT: &str = "clawpen.tenant";
+    pub const AGENT: &str = "clawpen.agent";
+    pub const SPEC_HASH: &str = "clawpen.spec-hash";
+    /// What the container is for: `agent` for a tenant's agent, `doctor` for a throwaway check.
+    pub const ROLE: &str = "clawpen.role";
+}

@@ -1,0 +1,202 @@
+//! The sandbox spec: every flag a tenant's sandbox runs with is decided here, in
+//! [`SandboxSpec::for_agent`], and a runtime only translates it (Docker today, Kubernetes later).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::ids::{AgentId, TenantId};
+use crate::labels;
+use crate::plan::Plan;
+
+/// Where the agent's workspace is mounted inside the sandbox.
+pub const WORKSPACE_MOUNT: &str = "/data";
+/// Where the agent's run dir (its `agent.sock`, the server's `control.sock`) is mounted.
+pub const RUN_MOUNT: &str = "/run/clawpen";
+/// The agent's socket file name inside the run dir.
+pub const AGENT_SOCKET: &str = "agent.sock";
+/// The executable's path inside the image.
+pub const IMAGE_EXECUTABLE: &str = "/clawpen";
+
+/// A bind mount from the node into the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    pub host: PathBuf,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// Network attachment. Only `None` exists: a sandbox reaches the server through Unix sockets
+/// in its run dir and nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Network {
+    None,
+}
+
+/// Everything needed to run one agent's sandbox. Plain data: tested without Docker, hashed to
+/// detect drift (`clawpen.spec-hash`), and translated to Docker by the runtime crate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// Container name; unique per installation and agent.
+    pub name: String,
+    /// Image reference (the tag of the locally built sandbox image).
+    pub image: String,
+    /// Entrypoint arguments after the executable.
+    pub args: Vec<String>,
+    /// Non-secret environment only: ids and the mount paths. Never a key or token.
+    pub env: BTreeMap<String, String>,
+    pub hostname: String,
+    /// The tenant's own uid and gid (distinct per tenant, never 0).
+    pub uid: u32,
+    pub gid: u32,
+    pub mounts: Vec<Mount>,
+    /// tmpfs mounts: target → options.
+    pub tmpfs: BTreeMap<String, String>,
+    pub read_only_root: bool,
+    pub cap_drop: Vec<String>,
+    pub security_opt: Vec<String>,
+    pub network: Network,
+    /// Run an init as pid 1 that reaps zombies.
+    pub init: bool,
+    pub memory_bytes: i64,
+    /// Equal to `memory_bytes`: no swap.
+    pub memory_swap_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids_limit: i64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The inputs that decide a sandbox: who it is for, what it runs, and where its dirs are.
+#[derive(Debug, Clone)]
+pub struct AgentSandbox<'a> {
+    pub instance: &'a str,
+    pub tenant: &'a TenantId,
+    pub agent: &'a AgentId,
+    pub uid: u32,
+    pub image: &'a str,
+    pub workspace_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub plan: &'a Plan,
+}
+
+impl SandboxSpec {
+    /// The only constructor. Hardening is not optional and not configurable; only the limits
+    /// come from the plan.
+    pub fn for_agent(a: AgentSandbox<'_>) -> SandboxSpec {
+        assert!(a.uid != 0, "a sandbox never runs as root");
+        let env = BTreeMap::from([
+            ("CLAWPEN_AGENT_ID".to_owned(), a.agent.to_string()),
+            ("CLAWPEN_TENANT_ID".to_owned(), a.tenant.to_string()),
+            ("CLAWPEN_WORKSPACE".to_owned(), WORKSPACE_MOUNT.to_owned()),
+            ("CLAWPEN_RUN_DIR".to_owned(), RUN_MOUNT.to_owned()),
+        ]);
+        let labels = BTreeMap::from([
+            (labels::INSTANCE.to_owned(), a.instance.to_owned()),
+            (labels::TENANT.to_owned(), a.tenant.to_string()),
+            (labels::AGENT.to_owned(), a.agent.to_string()),
+            (labels::ROLE.to_owned(), "agent".to_owned()),
+        ]);
+        let memory_bytes = (a.plan.memory_mib * 1024 * 1024) as i64;
+        let mut spec = SandboxSpec {
+            name: container_name(a.instance, a.agent),
+            image: a.image.to_owned(),
+            args: vec!["agent".to_owned()],
+            env,
+            hostname: a.agent.to_string().replace('_', "-"),
+            uid: a.uid,
+            gid: a.uid,
+            mounts: vec![
+                Mount { host: a.workspace_dir, target: WORKSPACE_MOUNT.to_owned(), read_only: false },
+                Mount { host: a.run_dir, target: RUN_MOUNT.to_owned(), read_only: false },
+            ],
+            tmpfs: BTreeMap::from([(
+                "/tmp".to_owned(),
+                format!("rw,noexec,nosuid,nodev,size={}m,mode=1777", a.plan.tmp_mib),
+            )]),
+            read_only_root: true,
+            cap_drop: vec!["ALL".to_owned()],
+            security_opt: vec!["no-new-privileges".to_owned()],
+            network: Network::None,
+            init: true,
+            memory_bytes,
+            memory_swap_bytes: memory_bytes,
+            nano_cpus: (a.plan.cpu_millis as i64) * 1_000_000,
+            pids_limit: a.plan.pids,
+            labels,
+        };
+        let hash = spec.hash();
+        spec.labels.insert(labels::SPEC_HASH.to_owned(), hash);
+        spec
+    }
+
+    /// A stable hash of everything that decides how the sandbox runs (the spec-hash label itself
+    /// excluded). A running container whose label differs is out of date.
+    pub fn hash(&self) -> String {
+        let mut copy = self.clone();
+        copy.labels.remove(labels::SPEC_HASH);
+        let bytes = serde_json::to_vec(&copy).expect("spec serializes");
+        hex::encode(&Sha256::digest(&bytes)[..8])
+    }
+
+    pub fn spec_hash(&self) -> &str {
+        self.labels.get(labels::SPEC_HASH).map(String::as_str).unwrap_or("")
+    }
+}
+
+/// Container name of an agent's sandbox in one installation.
+pub fn container_name(instance: &str, agent: &AgentId) -> String {
+    format!("clawpen-{}-{}", &instance[..instance.len().min(8)], agent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(uid: u32) -> SandboxSpec {
+        let plan = Plan::default();
+        SandboxSpec::for_agent(AgentSandbox {
+            instance: "inst1234abcd",
+            tenant: &TenantId::new(),
+            agent: &AgentId::new(),
+            uid,
+            image: "clawpen-sandbox:abc",
+            workspace_dir: "/srv/ws".into(),
+            run_dir: "/srv/run".into(),
+            plan: &plan,
+        })
+    }
+
+    #[test]
+    fn hardening_is_always_on() {
+        let s = spec(100_001);
+        assert!(s.read_only_root && s.init);
+        assert_eq!(s.cap_drop, ["ALL"]);
+        assert_eq!(s.security_opt, ["no-new-privileges"]);
+        assert_eq!(s.network, Network::None);
+        assert_eq!(s.memory_bytes, s.memory_swap_bytes);
+        assert_eq!((s.uid, s.gid), (100_001, 100_001));
+        assert!(s.tmpfs["/tmp"].contains("noexec,nosuid,nodev"));
+        assert_eq!(s.mounts.len(), 2);
+        for key in [labels::INSTANCE, labels::TENANT, labels::AGENT, labels::SPEC_HASH] {
+            assert!(s.labels.contains_key(key), "{key}");
+        }
+        assert!(s.env.keys().all(|k| !k.contains("KEY") && !k.contains("TOKEN") && !k.contains("SECRET")));
+    }
+
+    #[test]
+    fn hash_tracks_the_spec() {
+        let s = spec(100_001);
+        assert_eq!(s.spec_hash(), s.hash());
+        let mut t = s.clone();
+        t.pids_limit += 1;
+        assert_ne!(t.hash(), s.hash());
+    }
+
+    #[test]
+    #[should_panic]
+    fn never_root() {
+        spec(0);
+    }
+}

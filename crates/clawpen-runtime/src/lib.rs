@@ -1,0 +1,112 @@
+#![doc = include_str!("../README.md")]
+//!
+//! # Layout
+//! - [`Runtime`]: what the control plane needs from a container runtime.
+//! - [`docker`]: the Docker Engine implementation.
+//! - [`image`]: building the sandbox image and checking it is current.
+
+pub mod docker;
+pub mod image;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use clawpen_core::spec::SandboxSpec;
+use futures_util::stream::BoxStream;
+
+pub use docker::DockerRuntime;
+
+/// What a runtime call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("the container runtime is unreachable: {0}; is Docker running and is its socket readable?")]
+    Unreachable(String),
+    #[error("no such sandbox")]
+    NotFound,
+    #[error("the sandbox image {0} is missing; run `clawpen image build`")]
+    ImageMissing(String),
+    #[error("container runtime error: {0}")]
+    Engine(String),
+    #[error("{0}")]
+    Image(String),
+}
+
+impl From<bollard::errors::Error> for RuntimeError {
+    fn from(e: bollard::errors::Error) -> Self {
+        use bollard::errors::Error as E;
+        match e {
+            E::DockerResponseServerError { status_code: 404, .. } => RuntimeError::NotFound,
+            E::DockerResponseServerError { status_code, message } => {
+                RuntimeError::Engine(format!("{status_code}: {message}"))
+            }
+            E::IOError { err } => RuntimeError::Unreachable(err.to_string()),
+            E::HyperResponseError { err } => RuntimeError::Unreachable(err.to_string()),
+            E::HyperLegacyError { err } => RuntimeError::Unreachable(err.to_string()),
+            other => RuntimeError::Engine(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// The runtime's view of one sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxStatus {
+    pub id: String,
+    pub name: String,
+    pub labels: HashMap<String, String>,
+    pub state: SandboxState,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxState {
+    Created,
+    Running,
+    Paused,
+    Exited,
+    Other,
+}
+
+/// Something the runtime reports about a sandbox as it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeEvent {
+    pub container_id: String,
+    pub labels: HashMap<String, String>,
+    pub kind: RuntimeEventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeEventKind {
+    Started,
+    /// The kernel killed a process in the sandbox for memory.
+    Oom,
+    Died { exit_code: Option<i64> },
+}
+
+/// Facts about the engine, for `doctor` and `/readyz`.
+#[derive(Debug, Clone)]
+pub struct EngineInfo {
+    pub version: String,
+    pub api_version: String,
+}
+
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    async fn info(&self) -> Result<EngineInfo>;
+    /// Creates the sandbox described by `spec` and starts it; returns its id.
+    async fn create_and_start(&self, spec: &SandboxSpec) -> Result<String>;
+    async fn start(&self, id: &str) -> Result<()>;
+    /// Stops a sandbox: SIGTERM, then SIGKILL after `grace_secs`.
+    async fn stop(&self, id: &str, grace_secs: i64) -> Result<()>;
+    /// Removes a sandbox whatever its state. Removing a missing one is not an error.
+    async fn remove(&self, id_or_name: &str) -> Result<()>;
+    async fn inspect(&self, id_or_name: &str) -> Result<SandboxStatus>;
+    /// Every sandbox (running or not) carrying `label=value`.
+    async fn list(&self, label: &str, value: &str) -> Result<Vec<SandboxStatus>>;
+    /// The last `tail` lines the sandbox wrote to stdout and stderr.
+    async fn logs(&self, id: &str, tail: usize) -> Result<Vec<String>>;
+    /// Events of the sandboxes carrying `label=value`, from now on.
+    fn events(&self, label: &str, value: &str) -> BoxStream<'static, Result<RuntimeEvent>>;
+}

@@ -1,0 +1,139 @@
+//! Admin routes: tenants, their API keys and members, and the audit log. Bearer admin token.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use clawpen_core::ids::TenantId;
+use clawpen_core::names::validate_name;
+
+use super::extract::{Admin, ApiJson, ApiQuery, TenantKeyPath, TenantPath};
+use super::views::*;
+use crate::app::App;
+use crate::error::{ApiError, ErrorBody};
+use crate::fleet::Actor;
+
+fn admin() -> Actor {
+    Actor("admin".into())
+}
+
+async fn tenant_exists(app: &App, id: &TenantId) -> Result<clawpen_store::Tenant, ApiError> {
+    app.store.get_tenant(id).await.map_err(|e| match e {
+        clawpen_store::StoreError::NotFound => ApiError::not_found("tenant"),
+        other => other.into(),
+    })
+}
+
+#[utoipa::path(post, path = "/api/v1/tenants", tag = "admin", security(("admin" = [])), request_body = CreateTenant,
+    responses((status = 201, body = TenantView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_tenant(State(app): State<App>, _: Admin, ApiJson(body): ApiJson<CreateTenant>) -> Result<(StatusCode, Json<TenantView>), ApiError> {
+    validate_name(&body.name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
+    let plan = body.plan.unwrap_or_else(|| app.config.default_plan.clone());
+    if app.config.plan(&plan).is_none() {
+        let known: Vec<_> = app.config.plans.keys().cloned().collect();
+        return Err(ApiError::invalid(format!("plan: unknown plan; known plans: {}", known.join(", "))));
+    }
+    let t = app.store.create_tenant(&body.name, &plan, app.config.sandbox.uid_base).await?;
+    let detail = serde_json::json!({"name": t.name, "plan": t.plan, "uid": t.uid});
+    let _ = app.store.audit(clawpen_store::NewAudit { tenant: Some(&t.id), agent: None, actor: "admin", action: "tenant.create", reason: "requested", detail: Some(&detail) }).await;
+    Ok((StatusCode::CREATED, Json(t.into())))
+}
+
+#[utoipa::path(get, path = "/api/v1/tenants", tag = "admin", security(("admin" = [])),
+    responses((status = 200, body = TenantList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_tenants(State(app): State<App>, _: Admin) -> Result<Json<TenantList>, ApiError> {
+    let tenants = app.store.list_tenants().await?.into_iter().map(Into::into).collect();
+    Ok(Json(TenantList { tenants }))
+}
+
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant_id}", tag = "admin", security(("admin" = [])),
+    params(("tenant_id" = String, Path)),
+    responses((status = 200, body = TenantView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_tenant(State(app): State<App>, _: Admin, TenantPath(id): TenantPath) -> Result<Json<TenantView>, ApiError> {
+    Ok(Json(tenant_exists(&app, &id).await?.into()))
+}
+
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant_id}", tag = "admin", security(("admin" = [])),
+    params(("tenant_id" = String, Path)),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_tenant(State(app): State<App>, _: Admin, TenantPath(id): TenantPath) -> Result<StatusCode, ApiError> {
+    app.delete_tenant(&id, &admin()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant_id}/keys", tag = "admin", security(("admin" = [])),
+    params(("tenant_id" = String, Path)),
+    responses((status = 201, body = NewApiKey), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn create_key(State(app): State<App>, _: Admin, TenantPath(id): TenantPath) -> Result<(StatusCode, Json<NewApiKey>), ApiError> {
+    tenant_exists(&app, &id).await?;
+    let (key, token) = app.store.create_api_key(&id).await?;
+    let detail = serde_json::json!({"key_id": key.id.to_string()});
+    let _ = app.store.audit(clawpen_store::NewAudit { tenant: Some(&id), agent: None, actor: "admin", action: "key.create", reason: "requested", detail: Some(&detail) }).await;
+    Ok((StatusCode::CREATED, Json(NewApiKey { key: key.into(), token })))
+}
+
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant_id}/keys", tag = "admin", security(("admin" = [])),
+    params(("tenant_id" = String, Path)),
+    responses((status = 200, body = ApiKeyList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_keys(State(app): State<App>, _: Admin, TenantPath(id): TenantPath) -> Result<Json<ApiKeyList>, ApiError> {
+    tenant_exists(&app, &id).await?;
+    let keys = app.store.list_api_keys(&id).await?.into_iter().map(Into::into).collect();
+    Ok(Json(ApiKeyList { keys }))
+}
+
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant_id}/keys/{key_id}", tag = "admin", security(("admin" = [])),
+    params(("tenant_id" = String, Path), ("key_id" = String, Path)),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn revoke_key(State(app): State<App>, _: Admin, TenantKeyPath(t, k): TenantKeyPath) -> Result<StatusCode, ApiError> {
+    app.store.revoke_api_key(&t, &k).await.map_err(|e| match e {
+        clawpen_store::StoreError::NotFound => ApiError::not_found("api key"),
+        other => other.into(),
+    })?;
+    let detail = serde_json::json!({"key_id": k.to_string()});
+    let _ = app.store.audit(clawpen_store::NewAudit { tenant: Some(&t), agent: None, actor: "admin", action: "key.revoke", reason: "requested", detail: Some(&detail) }).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant_id}/members", tag = "admin", security(("admin" = [])),
+    params(("tenant_id" = String, Path)), request_body = CreateMember,
+    responses((status = 201, body = MemberView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn add_member(State(app): State<App>, _: Admin, TenantPath(id): TenantPath, ApiJson(body): ApiJson<CreateMember>) -> Result<(StatusCode, Json<MemberView>), ApiError> {
+    tenant_exists(&app, &id).await?;
+    if !matches!(body.kind.as_str(), "web" | "telegram") {
+        return Err(ApiError::invalid("kind: must be `web` or `telegram`"));
+    }
+    let ext_ok = !body.external_id.is_empty() && body.external_id.len() <= 128 && body.external_id.chars().all(|c| c.is_ascii_graphic());
+    if !ext_ok {
+        return Err(ApiError::invalid("external_id: 1-128 printable ASCII characters without spaces"));
+    }
+    let name_ok = !body.display_name.trim().is_empty() && body.display_name.chars().count() <= 128 && !body.display_name.chars().any(char::is_control);
+    if !name_ok {
+        return Err(ApiError::invalid("display_name: 1-128 characters, no control characters"));
+    }
+    let m = app.store.add_member(&id, &body.kind, &body.external_id, &body.display_name).await?;
+    let detail = serde_json::json!({"member_id": m.id.to_string(), "kind": m.kind});
+    let _ = app.store.audit(clawpen_store::NewAudit { tenant: Some(&id), agent: None, actor: "admin", action: "member.add", reason: "requested", detail: Some(&detail) }).await;
+    Ok((StatusCode::CREATED, Json(m.into())))
+}
+
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant_id}/members", tag = "admin", security(("admin" = [])),
+    params(("tenant_id" = String, Path)),
+    responses((status = 200, body = MemberList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_members(State(app): State<App>, _: Admin, TenantPath(id): TenantPath) -> Result<Json<MemberList>, ApiError> {
+    tenant_exists(&app, &id).await?;
+    let members = app.store.list_members(&id).await?.into_iter().map(Into::into).collect();
+    Ok(Json(MemberList { members }))
+}
+
+#[utoipa::path(get, path = "/api/v1/audit", tag = "admin", security(("admin" = [])), params(AuditQuery),
+    responses((status = 200, body = AuditList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn audit(State(app): State<App>, _: Admin, ApiQuery(q): ApiQuery<AuditQuery>) -> Result<Json<AuditList>, ApiError> {
+    let tenant = match q.tenant {
+        Some(t) => Some(TenantId::parse(&t).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "tenant: not a tenant id"))?),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = app.store.list_audit(tenant.as_ref(), None, limit).await?.into_iter().map(Into::into).collect();
+    Ok(Json(AuditList { entries }))
+}

@@ -1,0 +1,127 @@
+//! Tenant routes: a tenant's own agents. Bearer tenant API key. Every query is scoped by the
+//! caller's tenant, so another tenant's agent answers 404 exactly like a missing one.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use clawpen_agent::protocol::MessageIn;
+use clawpen_store::StoreError;
+
+use super::extract::{AgentPath, ApiJson, ApiQuery, TenantCaller};
+use super::views::*;
+use crate::app::App;
+use crate::error::{ApiError, ErrorBody};
+
+/// Longest message text accepted, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 32_000;
+
+fn agent_not_found(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::not_found("agent"),
+        other => other.into(),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/agents", tag = "agents", security(("tenant_key" = [])), request_body = CreateAgent,
+    responses((status = 201, body = AgentView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn create_agent(State(app): State<App>, caller: TenantCaller, ApiJson(body): ApiJson<CreateAgent>) -> Result<(StatusCode, Json<AgentView>), ApiError> {
+    let agent = app.create_agent(&caller.tenant, &body.name, &caller.actor()).await?;
+    let agent = if body.start {
+        app.start_agent(&caller.tenant, &agent.id, &caller.actor(), "created with start=true").await?
+    } else {
+        agent
+    };
+    Ok((StatusCode::CREATED, Json(agent.into())))
+}
+
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agents", security(("tenant_key" = [])),
+    responses((status = 200, body = AgentList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_agents(State(app): State<App>, caller: TenantCaller) -> Result<Json<AgentList>, ApiError> {
+    let agents = app.store.list_agents(&caller.tenant.id).await?.into_iter().map(Into::into).collect();
+    Ok(Json(AgentList { agents }))
+}
+
+#[utoipa::path(get, path = "/api/v1/agents/{agent_id}", tag = "agents", security(("tenant_key" = [])),
+    params(("agent_id" = String, Path)),
+    responses((status = 200, body = AgentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_agent(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath) -> Result<Json<AgentView>, ApiError> {
+    Ok(Json(app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?.into()))
+}
+
+#[utoipa::path(delete, path = "/api/v1/agents/{agent_id}", tag = "agents", security(("tenant_key" = [])),
+    params(("agent_id" = String, Path)),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_agent(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath) -> Result<StatusCode, ApiError> {
+    app.delete_agent(&caller.tenant, &id, &caller.actor(), "requested").await.map_err(not_found_as_agent)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn not_found_as_agent(e: ApiError) -> ApiError {
+    if e.status == StatusCode::NOT_FOUND {
+        ApiError::not_found("agent")
+    } else {
+        e
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/agents/{agent_id}/start", tag = "agents", security(("tenant_key" = [])),
+    params(("agent_id" = String, Path)),
+    responses((status = 200, body = AgentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn start_agent(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath) -> Result<Json<AgentView>, ApiError> {
+    let a = app.start_agent(&caller.tenant, &id, &caller.actor(), "requested").await.map_err(not_found_as_agent)?;
+    Ok(Json(a.into()))
+}
+
+#[utoipa::path(post, path = "/api/v1/agents/{agent_id}/stop", tag = "agents", security(("tenant_key" = [])),
+    params(("agent_id" = String, Path)),
+    responses((status = 200, body = AgentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn stop_agent(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath) -> Result<Json<AgentView>, ApiError> {
+    let a = app.stop_agent(&caller.tenant, &id, &caller.actor(), "requested").await.map_err(not_found_as_agent)?;
+    Ok(Json(a.into()))
+}
+
+#[utoipa::path(get, path = "/api/v1/agents/{agent_id}/logs", tag = "agents", security(("tenant_key" = [])),
+    params(("agent_id" = String, Path), LogsQuery),
+    responses((status = 200, body = Logs), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn logs(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath, ApiQuery(q): ApiQuery<LogsQuery>) -> Result<Json<Logs>, ApiError> {
+    app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
+    let tail = q.tail.unwrap_or(100);
+    if !(1..=1000).contains(&tail) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "tail: must be between 1 and 1000"));
+    }
+    let name = clawpen_core::spec::container_name(&app.instance, &id);
+    let lines = match app.runtime.logs(&name, tail).await {
+        Ok(lines) => lines,
+        Err(clawpen_runtime::RuntimeError::NotFound) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Json(Logs { lines }))
+}
+
+#[utoipa::path(get, path = "/api/v1/agents/{agent_id}/events", tag = "agents", security(("tenant_key" = [])),
+    params(("agent_id" = String, Path), LimitQuery),
+    responses((status = 200, body = AuditList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn events(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath, ApiQuery(q): ApiQuery<LimitQuery>) -> Result<Json<AuditList>, ApiError> {
+    app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = app.store.list_audit(Some(&caller.tenant.id), Some(&id), limit).await?.into_iter().map(Into::into).collect();
+    Ok(Json(AuditList { entries }))
+}
+
+#[utoipa::path(post, path = "/api/v1/agents/{agent_id}/messages", tag = "agents", security(("tenant_key" = [])),
+    params(("agent_id" = String, Path)), request_body = SendMessage,
+    responses((status = 200, body = MessageReply), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 504, body = ErrorBody)))]
+pub async fn send_message(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath, ApiJson(body): ApiJson<SendMessage>) -> Result<Json<MessageReply>, ApiError> {
+    app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
+    if body.text.is_empty() || body.text.chars().count() > MAX_MESSAGE_CHARS {
+        return Err(ApiError::invalid(format!("text: must be 1 to {MAX_MESSAGE_CHARS} characters")));
+    }
+    let msg = MessageIn { text: body.text, session: body.session };
+    let timeout = Duration::from_secs(app.config.sandbox.message_timeout_secs);
+    let out = clawpen_agent::client::message(&app.layout.agent_socket(&id), &msg, timeout).await?;
+    Ok(Json(MessageReply { reply: out.reply, session: out.session }))
+}

@@ -1,0 +1,109 @@
+//! The HTTP edge: routes, OpenAPI document, health and readiness.
+
+pub mod admin;
+pub mod agents;
+pub mod extract;
+pub mod views;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::app::App;
+use crate::error::{ApiError, ErrorBody, ErrorDetail};
+use views::*;
+
+/// Largest request body the API reads.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "clawpen", description = "Hosts personal AI agents, one hardened sandbox per tenant."),
+    paths(
+        admin::create_tenant, admin::list_tenants, admin::get_tenant, admin::delete_tenant,
+        admin::create_key, admin::list_keys, admin::revoke_key, admin::add_member, admin::list_members, admin::audit,
+        agents::create_agent, agents::list_agents, agents::get_agent, agents::delete_agent,
+        agents::start_agent, agents::stop_agent, agents::logs, agents::events, agents::send_message,
+        healthz, readyz,
+    ),
+    components(schemas(ErrorBody, ErrorDetail)),
+    modifiers(&Security),
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = || SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build());
+        components.add_security_scheme("admin", bearer());
+        components.add_security_scheme("tenant_key", bearer());
+    }
+}
+
+pub fn router(app: App) -> Router {
+    let api = Router::new()
+        .route("/tenants", post(admin::create_tenant).get(admin::list_tenants))
+        .route("/tenants/{tenant_id}", get(admin::get_tenant).delete(admin::delete_tenant))
+        .route("/tenants/{tenant_id}/keys", post(admin::create_key).get(admin::list_keys))
+        .route("/tenants/{tenant_id}/keys/{key_id}", axum::routing::delete(admin::revoke_key))
+        .route("/tenants/{tenant_id}/members", post(admin::add_member).get(admin::list_members))
+        .route("/audit", get(admin::audit))
+        .route("/agents", post(agents::create_agent).get(agents::list_agents))
+        .route("/agents/{agent_id}", get(agents::get_agent).delete(agents::delete_agent))
+        .route("/agents/{agent_id}/start", post(agents::start_agent))
+        .route("/agents/{agent_id}/stop", post(agents::stop_agent))
+        .route("/agents/{agent_id}/logs", get(agents::logs))
+        .route("/agents/{agent_id}/events", get(agents::events))
+        .route("/agents/{agent_id}/messages", post(agents::send_message));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/api/openapi.json", get(openapi))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(app)
+}
+
+async fn openapi() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; the API is described at /api/openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method; see /api/openapi.json")
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Status)))]
+pub async fn healthz() -> Json<Status> {
+    Json(Status { ok: true, problems: vec![] })
+}
+
+/// The store and the container runtime answer, and the start-up reconciliation is done.
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, body = Status), (status = 503, body = Status)))]
+pub async fn readyz(State(app): State<App>) -> (StatusCode, Json<Status>) {
+    let mut problems = Vec::new();
+    if let Err(e) = app.store.ping().await {
+        problems.push(format!("store: {e}"));
+    }
+    if let Err(e) = app.runtime.info().await {
+        problems.push(format!("runtime: {e}"));
+    }
+    if !app.is_reconciled() {
+        problems.push("reconciliation: the start-up reconciliation is still running".to_owned());
+    }
+    let status = if problems.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(Status { ok: problems.is_empty(), problems }))
+}

@@ -1,0 +1,220 @@
+//! Request and response bodies of the API, with their OpenAPI schemas.
+
+use clawpen_store::{Agent, ApiKey, AuditEntry, Member, Tenant};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    /// 1–64 of `[A-Za-z0-9._-]`, starting with a letter or digit.
+    pub name: String,
+    /// A plan from the server's config; the default plan when absent.
+    #[serde(default)]
+    pub plan: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantView {
+    pub id: String,
+    pub name: String,
+    pub plan: String,
+    /// The uid and gid this tenant's sandboxes run as.
+    pub uid: i64,
+    pub created_at: i64,
+}
+
+impl From<Tenant> for TenantView {
+    fn from(t: Tenant) -> Self {
+        TenantView { id: t.id.to_string(), name: t.name, plan: t.plan, uid: t.uid, created_at: t.created_at }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantList {
+    pub tenants: Vec<TenantView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyView {
+    pub id: String,
+    pub tenant_id: String,
+    /// The first characters of the token.
+    pub prefix: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl From<ApiKey> for ApiKeyView {
+    fn from(k: ApiKey) -> Self {
+        ApiKeyView { id: k.id.to_string(), tenant_id: k.tenant_id.to_string(), prefix: k.prefix, created_at: k.created_at, revoked_at: k.revoked_at }
+    }
+}
+
+/// A new key: the token appears here once and is never shown again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewApiKey {
+    pub key: ApiKeyView,
+    pub token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyList {
+    pub keys: Vec<ApiKeyView>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateMember {
+    /// `web` or `telegram`.
+    pub kind: String,
+    /// The login or Telegram user id.
+    pub external_id: String,
+    pub display_name: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberView {
+    pub id: String,
+    pub kind: String,
+    pub external_id: String,
+    pub display_name: String,
+    pub created_at: i64,
+}
+
+impl From<Member> for MemberView {
+    fn from(m: Member) -> Self {
+        MemberView { id: m.id.to_string(), kind: m.kind, external_id: m.external_id, display_name: m.display_name, created_at: m.created_at }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberList {
+    pub members: Vec<MemberView>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAgent {
+    /// 1–64 of `[A-Za-z0-9._-]`, unique within the tenant.
+    pub name: String,
+    /// Start the agent right away; the call returns once it answers.
+    #[serde(default)]
+    pub start: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentView {
+    pub id: String,
+    pub name: String,
+    /// `running`, `stopped` or `deleted`: what was asked for.
+    pub desired_state: String,
+    /// `absent`, `starting`, `running`, `stopped`, `exited` or `failed`: what the runtime shows.
+    pub observed_state: String,
+    pub exit_code: Option<i64>,
+    /// Times the kernel killed a process in the sandbox for memory.
+    pub oom_count: i64,
+    pub last_oom_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl From<Agent> for AgentView {
+    fn from(a: Agent) -> Self {
+        AgentView {
+            id: a.id.to_string(),
+            name: a.name,
+            desired_state: a.desired_state.to_string(),
+            observed_state: a.observed_state.to_string(),
+            exit_code: a.exit_code,
+            oom_count: a.oom_count,
+            last_oom_at: a.last_oom_at,
+            last_error: a.last_error,
+            created_at: a.created_at,
+            updated_at: a.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentList {
+    pub agents: Vec<AgentView>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessage {
+    /// The message, at most 32,000 characters.
+    pub text: String,
+    /// Session id, 1–64 of `[A-Za-z0-9_-]`; `main` when absent.
+    #[serde(default)]
+    pub session: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageReply {
+    pub reply: String,
+    pub session: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// Lines from the end, 1–1000 (default 100).
+    pub tail: Option<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Logs {
+    pub lines: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only this tenant's lines.
+    pub tenant: Option<String>,
+    /// At most this many lines, newest first (default 100, at most 1000).
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LimitQuery {
+    /// At most this many lines, newest first (default 100, at most 1000).
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditView {
+    pub id: i64,
+    pub at: i64,
+    pub tenant_id: Option<String>,
+    pub agent_id: Option<String>,
+    /// `admin`, `tenant-key:<id>` or `system`.
+    pub actor: String,
+    pub action: String,
+    pub reason: String,
+    #[schema(value_type = Object)]
+    pub detail: Option<serde_json::Value>,
+}
+
+impl From<AuditEntry> for AuditView {
+    fn from(a: AuditEntry) -> Self {
+        AuditView { id: a.id, at: a.at, tenant_id: a.tenant_id, agent_id: a.agent_id, actor: a.actor, action: a.action, reason: a.reason, detail: a.detail }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditList {
+    pub entries: Vec<AuditView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Status {
+    pub ok: bool,
+    /// What is not ready, when `ok` is false.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}

@@ -1,0 +1,90 @@
+//! Configuration: embedded defaults, optionally overridden by `<data-dir>/clawpen.toml` or a file
+//! given with `--config`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clawpen_core::plan::Plan;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the API listens.
+    pub listen: SocketAddr,
+    /// Plan given to a tenant created without one.
+    pub default_plan: String,
+    pub plans: BTreeMap<String, Plan>,
+    pub sandbox: SandboxConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Tenant uids are `uid_base + n`; keep the range clear of the node's own users.
+    pub uid_base: u32,
+    /// How long a starting sandbox may take to answer `/health`.
+    pub start_timeout_secs: u64,
+    /// SIGTERM-to-SIGKILL grace when stopping a sandbox.
+    pub stop_grace_secs: i64,
+    /// How long a message may wait for the agent's reply.
+    pub message_timeout_secs: u64,
+    /// Image to run instead of the one built from this executable (for development only).
+    pub image: Option<String>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig { uid_base: 100_000, start_timeout_secs: 30, stop_grace_secs: 5, message_timeout_secs: 120, image: None }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let plans = BTreeMap::from([
+            ("free".to_owned(), Plan { memory_mib: 128, cpu_millis: 500, pids: 64, tmp_mib: 16, max_agents: 3 }),
+            ("standard".to_owned(), Plan { memory_mib: 256, cpu_millis: 1000, pids: 128, tmp_mib: 64, max_agents: 10 }),
+        ]);
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            default_plan: "free".to_owned(),
+            plans,
+            sandbox: SandboxConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` if given, else `<data_dir>/clawpen.toml` if it exists, else the defaults.
+    pub fn load(data_dir: &Path, path: Option<&Path>) -> anyhow::Result<Config> {
+        let path: Option<PathBuf> = match path {
+            Some(p) => Some(p.to_owned()),
+            None => Some(data_dir.join("clawpen.toml")).filter(|p| p.exists()),
+        };
+        let config: Config = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a valid clawpen config: {e}", p.display()))?
+            }
+            None => Config::default(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.plans.contains_key(&self.default_plan), "default_plan {:?} is not in [plans]", self.default_plan);
+        anyhow::ensure!(self.sandbox.uid_base >= 10_000, "sandbox.uid_base must be at least 10000, clear of system users");
+        for (name, p) in &self.plans {
+            anyhow::ensure!(p.memory_mib >= 16, "plan {name}: memory_mib must be at least 16");
+            anyhow::ensure!(p.pids >= 8, "plan {name}: pids must be at least 8");
+            anyhow::ensure!(p.cpu_millis >= 10, "plan {name}: cpu_millis must be at least 10");
+        }
+        Ok(())
+    }
+
+    pub fn plan(&self, name: &str) -> Option<&Plan> {
+        self.plans.get(name)
+    }
+}

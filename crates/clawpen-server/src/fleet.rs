@@ -1,0 +1,319 @@
+//! Agent lifecycle and reconciliation: the store holds what was asked for (desired state), the
+//! runtime shows what is (observed state), and every function here moves the second towards the
+//! first, writing each step to the audit log.
+//!
+//! Crash safety comes from ordering: intent is written to the store before the runtime is
+//! touched, and every container carries labels naming its installation, tenant and agent. After
+//! a crash at any point, [`App::reconcile`] finds the container (or its absence) by label and
+//! finishes or undoes the step.
+
+use std::time::Duration;
+
+use clawpen_agent::client;
+use clawpen_core::ids::{AgentId, TenantId};
+use clawpen_core::labels;
+use clawpen_core::names::validate_name;
+use clawpen_core::spec::{AgentSandbox, SandboxSpec};
+use clawpen_runtime::{RuntimeError, RuntimeEvent, RuntimeEventKind, SandboxState};
+use clawpen_store::{Agent, DesiredState, NewAudit, ObservedState, Observation, StoreError, Tenant};
+use futures_util::StreamExt;
+use tracing::{info, warn};
+
+use crate::app::App;
+use crate::error::ApiError;
+
+/// Who asked for a lifecycle action, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+impl Actor {
+    pub fn system() -> Actor {
+        Actor("system".into())
+    }
+}
+
+impl App {
+    /// The sandbox spec of an agent, built from its tenant's plan.
+    pub fn spec_for(&self, tenant: &Tenant, agent: &AgentId) -> SandboxSpec {
+        let plan = self.config.plan(&tenant.plan).or_else(|| self.config.plan(&self.config.default_plan)).expect("default plan exists");
+        SandboxSpec::for_agent(AgentSandbox {
+            instance: &self.instance,
+            tenant: &tenant.id,
+            agent,
+            uid: tenant.uid as u32,
+            image: &self.image,
+            workspace_dir: self.layout.workspace_dir(&tenant.id, agent),
+            run_dir: self.layout.run_dir(agent),
+            plan,
+        })
+    }
+
+    async fn audit(&self, tenant: &TenantId, agent: Option<&AgentId>, actor: &Actor, action: &str, reason: &str, detail: Option<serde_json::Value>) {
+        let entry = NewAudit { tenant: Some(tenant), agent, actor: &actor.0, action, reason, detail: detail.as_ref() };
+        if let Err(e) = self.store.audit(entry).await {
+            warn!(error = %e, action, "cannot write the audit log");
+        }
+    }
+
+    /// Creates an agent: its row, then its dirs. A failure in between removes the row again, so
+    /// nothing half-made is left.
+    pub async fn create_agent(&self, tenant: &Tenant, name: &str, actor: &Actor) -> Result<Agent, ApiError> {
+        validate_name(name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
+        let plan = self.config.plan(&tenant.plan).or_else(|| self.config.plan(&self.config.default_plan)).expect("default plan exists");
+        let agent = self.store.create_agent(&tenant.id, name, plan.max_agents).await?;
+        self.audit(&tenant.id, Some(&agent.id), actor, "agent.create", "requested", Some(serde_json::json!({"name": name}))).await;
+        if let Err(e) = self.layout.prepare_agent(&tenant.id, &agent.id, tenant.uid as u32) {
+            let _ = self.layout.remove_agent(&tenant.id, &agent.id);
+            let _ = self.store.delete_agent(&agent.id).await;
+            self.audit(&tenant.id, Some(&agent.id), &Actor::system(), "agent.create-failed", "workspace could not be made", None).await;
+            return Err(ApiError::internal(format!("preparing the workspace of {}: {e}", agent.id)));
+        }
+        info!(tenant = %tenant.id, agent = %agent.id, "agent created");
+        Ok(agent)
+    }
+
+    /// Starts an agent and waits until it answers `/health`.
+    pub async fn start_agent(&self, tenant: &Tenant, id: &AgentId, actor: &Actor, reason: &str) -> Result<Agent, ApiError> {
+        let _guard = self.lock_agent(id).await;
+        let agent = self.store.get_agent(&tenant.id, id).await?;
+        if agent.desired_state != DesiredState::Running {
+            self.store.set_desired(id, DesiredState::Running).await?;
+        }
+        self.audit(&tenant.id, Some(id), actor, "agent.start", reason, None).await;
+        self.bring_up(tenant, id).await?;
+        Ok(self.store.get_agent(&tenant.id, id).await?)
+    }
+
+    /// Makes the agent's sandbox run with the current spec and waits for its health answer.
+    /// Callers hold the agent's lock.
+    async fn bring_up(&self, tenant: &Tenant, id: &AgentId) -> Result<(), ApiError> {
+        self.layout
+            .prepare_agent(&tenant.id, id, tenant.uid as u32)
+            .map_err(|e| ApiError::internal(format!("preparing the dirs of {id}: {e}")))?;
+        let spec = self.spec_for(tenant, id);
+        let container_id = match self.runtime.inspect(&spec.name).await {
+            Ok(st) if st.labels.get(labels::SPEC_HASH).map(String::as_str) == Some(spec.spec_hash()) => {
+                if st.state != SandboxState::Running {
+                    self.runtime.start(&st.id).await?;
+                }
+                st.id
+            }
+            Ok(st) => {
+                info!(agent = %id, "sandbox spec changed; recreating the container (workspace kept)");
+                self.runtime.remove(&st.id).await?;
+                self.runtime.create_and_start(&spec).await?
+            }
+            Err(RuntimeError::NotFound) => self.runtime.create_and_start(&spec).await?,
+            Err(e) => return Err(e.into()),
+        };
+        let observed = |state, last_error: Option<String>| Observation {
+            state,
+            container_id: Some(container_id.clone()),
+            spec_hash: Some(spec.spec_hash().to_owned()),
+            exit_code: None,
+            last_error,
+        };
+        self.store.set_observed(id, &observed(ObservedState::Starting, None)).await?;
+        let timeout = Duration::from_secs(self.config.sandbox.start_timeout_secs);
+        match client::wait_healthy(&self.layout.agent_socket(id), timeout).await {
+            Ok(_) => {
+                self.store.set_observed(id, &observed(ObservedState::Running, None)).await?;
+                Ok(())
+            }
+            Err(e) => {
+                let tail = self.runtime.logs(&container_id, 5).await.unwrap_or_default().join(" | ");
+                let why = format!("did not answer /health within {}s ({e}); last log lines: {tail}", timeout.as_secs());
+                self.store.set_observed(id, &observed(ObservedState::Failed, Some(why.clone()))).await?;
+                self.audit(&tenant.id, Some(id), &Actor::system(), "agent.start-failed", &why, None).await;
+                Err(ApiError::new(
+                    axum::http::StatusCode::BAD_GATEWAY,
+                    "agent_unhealthy",
+                    format!("the agent did not become healthy within {}s; see GET /api/v1/agents/{id}/logs", timeout.as_secs()),
+                ))
+            }
+        }
+    }
+
+    /// Stops an agent; its container and workspace are kept.
+    pub async fn stop_agent(&self, tenant: &Tenant, id: &AgentId, actor: &Actor, reason: &str) -> Result<Agent, ApiError> {
+        let _guard = self.lock_agent(id).await;
+        self.store.get_agent(&tenant.id, id).await?;
+        self.store.set_desired(id, DesiredState::Stopped).await?;
+        self.audit(&tenant.id, Some(id), actor, "agent.stop", reason, None).await;
+        self.halt(tenant, id).await?;
+        Ok(self.store.get_agent(&tenant.id, id).await?)
+    }
+
+    /// Stops the sandbox if there is one and records it. Callers hold the agent's lock.
+    async fn halt(&self, tenant: &Tenant, id: &AgentId) -> Result<(), ApiError> {
+        let name = self.spec_for(tenant, id).name;
+        let obs = match self.runtime.inspect(&name).await {
+            Ok(st) => {
+                self.runtime.stop(&st.id, self.config.sandbox.stop_grace_secs).await?;
+                let after = self.runtime.inspect(&st.id).await?;
+                Observation {
+                    state: ObservedState::Stopped,
+                    container_id: Some(st.id),
+                    spec_hash: after.labels.get(labels::SPEC_HASH).cloned(),
+                    exit_code: after.exit_code,
+                    last_error: None,
+                }
+            }
+            Err(RuntimeError::NotFound) => Observation { state: ObservedState::Absent, ..Default::default() },
+            Err(e) => return Err(e.into()),
+        };
+        self.store.set_observed(id, &obs).await?;
+        Ok(())
+    }
+
+    /// Deletes an agent: intent first, then the container, the dirs, and last the row.
+    pub async fn delete_agent(&self, tenant: &Tenant, id: &AgentId, actor: &Actor, reason: &str) -> Result<(), ApiError> {
+        let _guard = self.lock_agent(id).await;
+        self.store.get_agent(&tenant.id, id).await?;
+        self.store.set_desired(id, DesiredState::Deleted).await?;
+        self.audit(&tenant.id, Some(id), actor, "agent.delete", reason, None).await;
+        self.finish_delete(&tenant.id, id).await
+    }
+
+    async fn finish_delete(&self, tenant: &TenantId, id: &AgentId) -> Result<(), ApiError> {
+        self.runtime.remove(&clawpen_core::spec::container_name(&self.instance, id)).await?;
+        self.layout.remove_agent(tenant, id).map_err(|e| ApiError::internal(format!("removing the dirs of {id}: {e}")))?;
+        self.store.delete_agent(id).await?;
+        info!(tenant = %tenant, agent = %id, "agent deleted");
+        Ok(())
+    }
+
+    /// Deletes a tenant with all its agents, sandboxes and dirs. Its audit lines stay.
+    pub async fn delete_tenant(&self, id: &TenantId, actor: &Actor) -> Result<(), ApiError> {
+        let tenant = self.store.get_tenant(id).await.map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("tenant"),
+            other => other.into(),
+        })?;
+        self.audit(id, None, actor, "tenant.delete", "requested", None).await;
+        for agent in self.store.list_agents(id).await? {
+            self.delete_agent(&tenant, &agent.id, actor, "tenant deleted").await?;
+        }
+        self.store.delete_tenant(id).await?;
+        self.layout.remove_tenant(id).map_err(|e| ApiError::internal(format!("removing the dirs of {id}: {e}")))?;
+        Ok(())
+    }
+
+    /// Brings store and runtime into agreement after a (re)start: adopts containers the store
+    /// knows, removes orphans, finishes interrupted deletes, and starts what should run.
+    pub async fn reconcile(&self) -> anyhow::Result<()> {
+        let containers = self.runtime.list(labels::INSTANCE, &self.instance).await?;
+        let agents = self.store.all_agents().await?;
+        let sys = Actor::system();
+        for c in &containers {
+            let agent = c.labels.get(labels::AGENT).and_then(|a| AgentId::parse(a).ok());
+            let known = agent.as_ref().and_then(|a| agents.iter().find(|x| &x.id == a));
+            match known {
+                Some(a) if a.desired_state != DesiredState::Deleted => {
+                    info!(container = %c.name, agent = %a.id, state = ?c.state, "adopting sandbox");
+                }
+                _ => {
+                    info!(container = %c.name, "removing orphan sandbox (no live agent in the store)");
+                    self.runtime.remove(&c.id).await?;
+                    if let Some(t) = c.labels.get(labels::TENANT).and_then(|t| TenantId::parse(t).ok()) {
+                        self.audit(&t, agent.as_ref(), &sys, "reconcile.orphan-removed", "container without a live agent", Some(serde_json::json!({"container": c.name}))).await;
+                    }
+                }
+            }
+        }
+        for a in agents {
+            let _guard = self.lock_agent(&a.id).await;
+            let tenant = match self.store.get_tenant(&a.tenant_id).await {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!(agent = %a.id, error = %e, "agent without its tenant; skipped");
+                    continue;
+                }
+            };
+            let result = match a.desired_state {
+                DesiredState::Deleted => {
+                    info!(agent = %a.id, "finishing an interrupted delete");
+                    self.audit(&a.tenant_id, Some(&a.id), &sys, "reconcile.delete-finished", "delete was interrupted", None).await;
+                    self.finish_delete(&a.tenant_id, &a.id).await
+                }
+                DesiredState::Running => {
+                    info!(agent = %a.id, "desired running: ensuring its sandbox runs");
+                    self.audit(&a.tenant_id, Some(&a.id), &sys, "reconcile.start", "desired state is running", None).await;
+                    self.bring_up(&tenant, &a.id).await
+                }
+                DesiredState::Stopped => {
+                    let running = containers.iter().any(|c| {
+                        c.labels.get(labels::AGENT).map(String::as_str) == Some(a.id.as_str()) && c.state == SandboxState::Running
+                    });
+                    if running {
+                        info!(agent = %a.id, "desired stopped but running: stopping");
+                        self.audit(&a.tenant_id, Some(&a.id), &sys, "reconcile.stop", "desired state is stopped", None).await;
+                    }
+                    let prepared = self.layout.prepare_agent(&a.tenant_id, &a.id, tenant.uid as u32);
+                    match prepared {
+                        Ok(()) => self.halt(&tenant, &a.id).await,
+                        Err(e) => Err(ApiError::internal(e)),
+                    }
+                }
+            };
+            if let Err(e) = result {
+                warn!(agent = %a.id, error = %e.message, "reconciliation step failed");
+            }
+        }
+        self.mark_reconciled();
+        info!("reconciliation done");
+        Ok(())
+    }
+
+    /// Follows the runtime's events for this installation's sandboxes: records OOM kills and
+    /// unexpected exits. Runs until the task is dropped; reconnects when the stream breaks.
+    pub async fn watch_events(self) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let mut events = self.runtime.events(labels::INSTANCE, &self.instance);
+            while let Some(ev) = events.next().await {
+                match ev {
+                    Ok(ev) => {
+                        backoff = Duration::from_millis(200);
+                        self.on_event(ev).await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "runtime event stream broke; reconnecting");
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    async fn on_event(&self, ev: RuntimeEvent) {
+        let Some(id) = ev.labels.get(labels::AGENT).and_then(|a| AgentId::parse(a).ok()) else { return };
+        let Ok(Some(agent)) = self.store.find_agent(&id).await else { return };
+        let sys = Actor::system();
+        match ev.kind {
+            RuntimeEventKind::Oom => {
+                warn!(agent = %id, "out of memory in the sandbox");
+                if let Err(e) = self.store.record_oom(&id).await {
+                    warn!(error = %e, "cannot record an OOM");
+                }
+                self.audit(&agent.tenant_id, Some(&id), &sys, "agent.oom", "the kernel killed a process in the sandbox for memory", None).await;
+            }
+            RuntimeEventKind::Died { exit_code } if agent.desired_state == DesiredState::Running => {
+                warn!(agent = %id, ?exit_code, "sandbox exited while it should run");
+                let obs = Observation {
+                    state: ObservedState::Exited,
+                    container_id: Some(ev.container_id.clone()),
+                    spec_hash: agent.spec_hash.clone(),
+                    exit_code,
+                    last_error: Some(format!("exited with code {}", exit_code.map(|c| c.to_string()).unwrap_or_else(|| "?".into()))),
+                };
+                if let Err(e) = self.store.set_observed(&id, &obs).await {
+                    warn!(error = %e, "cannot record an exit");
+                }
+                self.audit(&agent.tenant_id, Some(&id), &sys, "agent.exited", "the sandbox exited on its own", Some(serde_json::json!({"exit_code": exit_code}))).await;
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,95 @@
+#![doc = include_str!("../README.md")]
+//!
+//! # Layout
+//! - [`config`]: the configuration file and its defaults (plans live here).
+//! - [`layout`]: paths under the data dir, and safe creation of a tenant's dirs.
+//! - [`app`]: [`app::App`], the state shared by handlers and background tasks.
+//! - [`fleet`]: agent lifecycle, start-up reconciliation, runtime events.
+//! - [`api`]: the REST API under `/api/v1`, `/api/openapi.json`, `/healthz`, `/readyz`.
+//! - [`error`]: the error policy and the JSON error body.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod fleet;
+pub mod layout;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clawpen_runtime::{DockerRuntime, Runtime};
+use clawpen_store::Store;
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tracing::info;
+
+pub use app::App;
+pub use config::Config;
+pub use layout::Layout;
+
+/// Prefix of the admin token.
+pub const ADMIN_TOKEN_PREFIX: &str = "cpa_";
+
+/// Reads the admin token file, creating it (mode 0600) with a fresh token when missing.
+/// Returns the token's SHA-256 and whether it was created now.
+pub fn ensure_admin_token(path: &Path) -> anyhow::Result<(String, bool)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok((clawpen_store::token_sha256(t.trim()), false)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut secret = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut secret);
+            let token = format!("{ADMIN_TOKEN_PREFIX}{}", hex::encode(secret));
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            f.write_all(token.as_bytes())?;
+            f.sync_all()?;
+            Ok((clawpen_store::token_sha256(&token), true))
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Opens everything an `App` needs from a data dir: layout, store, admin token, runtime.
+pub async fn open(data_dir: &Path, config: Config, image: String) -> anyhow::Result<App> {
+    let layout = Layout::new(data_dir.to_owned());
+    layout.init().with_context(|| format!("preparing the data dir {}", data_dir.display()))?;
+    let store = Store::open_sqlite(&layout.db_path()).await.context("opening the store")?;
+    let (admin_sha, created) = ensure_admin_token(&layout.admin_token_path())?;
+    if created {
+        info!(path = %layout.admin_token_path().display(), "created the admin token (mode 0600)");
+    }
+    let instance = store.instance_id().await?;
+    let runtime: Arc<dyn Runtime> = Arc::new(DockerRuntime::connect_local().await?);
+    Ok(App::new(store, runtime, config, layout, instance, image, admin_sha))
+}
+
+/// Serves the API on `listener` until `shutdown` completes. Reconciles store and runtime first
+/// (in the background; `/readyz` answers 503 until it is done) and follows runtime events.
+pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let events = tokio::spawn(app.clone().watch_events());
+    let _events_guard = AbortOnDrop(events);
+    let reconciler = app.clone();
+    let reconcile = tokio::spawn(async move {
+        if let Err(e) = reconciler.reconcile().await {
+            tracing::error!(error = %e, "start-up reconciliation failed; /readyz stays 503");
+        }
+    });
+    let _reconcile_guard = AbortOnDrop(reconcile);
+    info!(addr = %listener.local_addr()?, instance = %app.instance, image = %app.image, "clawpen serving");
+    axum::serve(listener, api::router(app)).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
+
+/// Aborts a background task when dropped, so an early return cannot leak it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
