@@ -70,16 +70,15 @@ impl Layout {
         Ok(())
     }
 
-    /// Makes (or re-checks) an agent's workspace and run dir, owned by the tenant's uid, 0700.
-    /// Seeds the OpenClaw workspace files the first time.
+    /// Makes (or re-checks) an agent's workspace and run dir, owned by the tenant's uid, 0700,
+    /// and puts in whichever OpenClaw workspace files are missing (a crash may have interrupted
+    /// the first seeding).
     pub fn prepare_agent(&self, tenant: &TenantId, agent: &AgentId, uid: u32) -> std::io::Result<()> {
         let agent_dir = self.agent_dir(tenant, agent);
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&agent_dir)?;
         let ws = self.workspace_dir(tenant, agent);
-        let fresh = ensure_owned_dir(&ws, uid)?;
-        if fresh {
-            seed_workspace(&ws, uid)?;
-        }
+        ensure_owned_dir(&ws, uid)?;
+        seed_workspace(&ws, uid)?;
         ensure_owned_dir(&self.run_dir(agent), uid)?;
         Ok(())
     }
@@ -103,40 +102,41 @@ impl Layout {
     }
 }
 
-/// Makes `dir` if missing; refuses a symlink; sets owner and mode 0700. Returns whether it was
-/// created now.
-fn ensure_owned_dir(dir: &Path, uid: u32) -> std::io::Result<bool> {
-    let fresh = match std::fs::symlink_metadata(dir) {
+/// Makes `dir` if missing; refuses a symlink; sets owner and mode 0700.
+fn ensure_owned_dir(dir: &Path, uid: u32) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(dir) {
         Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
             return Err(std::io::Error::other(format!("{} is not a plain directory", dir.display())));
         }
-        Ok(_) => false,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new().mode(0o700).create(dir)?;
-            true
-        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new().mode(0o700).create(dir)?,
         Err(e) => return Err(e),
-    };
+    }
     std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    Ok(fresh)
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 const SOUL: &str = "# SOUL.md\n\nYou are a helpful, honest personal assistant. Be brief and kind.\n";
 const USER: &str = "# USER.md\n\nWhat you know about the people you help goes here.\n";
 const MEMORY: &str = "# MEMORY.md\n\nLong-term facts worth keeping.\n";
 
-/// Writes the OpenClaw workspace skeleton into a freshly made workspace.
+/// Puts the OpenClaw workspace skeleton's missing pieces into a workspace. Whatever exists (a
+/// file, a dir, or a symlink the tenant made) is left alone: `O_EXCL` never follows a symlink.
 fn seed_workspace(ws: &Path, uid: u32) -> std::io::Result<()> {
+    let absent_ok = |r: std::io::Result<()>| match r {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    };
     for (name, text) in [("SOUL.md", SOUL), ("USER.md", USER), ("MEMORY.md", MEMORY)] {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(ws.join(name))?;
-        f.write_all(text.as_bytes())?;
-        std::os::unix::fs::fchown(&f, Some(uid), Some(uid))?;
+        absent_ok((|| {
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(ws.join(name))?;
+            std::os::unix::fs::fchown(&f, Some(uid), Some(uid))?;
+            f.write_all(text.as_bytes())
+        })())?;
     }
     for sub in ["memory", "sessions"] {
         let d = ws.join(sub);
-        std::fs::DirBuilder::new().mode(0o700).create(&d)?;
-        std::os::unix::fs::lchown(&d, Some(uid), Some(uid))?;
+        absent_ok(std::fs::DirBuilder::new().mode(0o700).create(&d).and_then(|()| std::os::unix::fs::lchown(&d, Some(uid), Some(uid))))?;
     }
     Ok(())
 }
@@ -154,9 +154,16 @@ mod tests {
         let (t, a) = (TenantId::new(), AgentId::new());
         let uid = current_uid();
         layout.prepare_agent(&t, &a, uid).unwrap();
-        std::fs::write(layout.workspace_dir(&t, &a).join("MEMORY.md"), "kept").unwrap();
+        let ws = layout.workspace_dir(&t, &a);
+        std::fs::write(ws.join("MEMORY.md"), "kept").unwrap();
+        std::fs::remove_file(ws.join("SOUL.md")).unwrap();
+        // A symlink planted by the tenant is neither followed nor replaced.
+        std::fs::remove_file(ws.join("USER.md")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", ws.join("USER.md")).unwrap();
         layout.prepare_agent(&t, &a, uid).unwrap();
-        assert_eq!(std::fs::read_to_string(layout.workspace_dir(&t, &a).join("MEMORY.md")).unwrap(), "kept");
+        assert_eq!(std::fs::read_to_string(ws.join("MEMORY.md")).unwrap(), "kept");
+        assert!(ws.join("SOUL.md").is_file(), "a missing seed file is put back");
+        assert!(std::fs::symlink_metadata(ws.join("USER.md")).unwrap().file_type().is_symlink());
         let m = std::fs::metadata(layout.run_dir(&a)).unwrap();
         assert_eq!((m.uid(), m.mode() & 0o777), (uid, 0o700));
         layout.remove_agent(&t, &a).unwrap();

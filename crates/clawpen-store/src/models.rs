@@ -109,6 +109,7 @@ pub struct Observation {
     pub last_error: Option<String>,
 }
 
+#[allow(clippy::derivable_impls)] // the enum comes from a macro that takes no attributes
 impl Default for ObservedState {
     fn default() -> Self {
         ObservedState::Absent

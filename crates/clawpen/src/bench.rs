@@ -1,0 +1,229 @@
+//! `clawpen bench SCENARIO --json`: measures a scenario and prints one JSON object,
+//! `{"scenario": …, "cases": [{"name", "n", "p50_ms", "p99_ms", …}]}`. Where a baseline exists it
+//! is measured in the same run, interleaved with the measured path, so ratios hold on a noisy
+//! machine.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use clawpen_core::ids::{AgentId, TenantId};
+use clawpen_core::labels;
+use clawpen_runtime::docker::docker_run_args;
+use serde_json::json;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Scenario {
+    /// Create-and-start call to the first `/health` answer, against a plain `docker run`.
+    Coldstart,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    scenario: Scenario,
+    /// How many agents to start (coldstart).
+    #[arg(long, default_value_t = 20)]
+    agents: usize,
+    /// Print only the JSON object (progress still goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+/// One measured case.
+pub struct Case {
+    pub name: String,
+    pub samples_ms: Vec<f64>,
+    pub baseline_ms: Option<Vec<f64>>,
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Nearest-rank percentile of unsorted samples.
+pub fn percentile(samples: &[f64], p: f64) -> f64 {
+    let mut s = samples.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
+    s[rank.min(s.len()) - 1]
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+impl Case {
+    pub fn to_json(&self) -> serde_json::Value {
+        let (p50, p99) = (percentile(&self.samples_ms, 50.0), percentile(&self.samples_ms, 99.0));
+        let mut o = serde_json::Map::new();
+        o.insert("name".into(), json!(self.name));
+        o.insert("n".into(), json!(self.samples_ms.len()));
+        o.insert("p50_ms".into(), json!(round2(p50)));
+        o.insert("p99_ms".into(), json!(round2(p99)));
+        if let Some(b) = &self.baseline_ms {
+            let (b50, b99) = (percentile(b, 50.0), percentile(b, 99.0));
+            o.insert("baseline_p50_ms".into(), json!(round2(b50)));
+            o.insert("baseline_p99_ms".into(), json!(round2(b99)));
+            o.insert("ratio_p50".into(), json!((p50 / b50 * 1000.0).round() / 1000.0));
+            o.insert("overhead_p99_ms".into(), json!(round2(p99 - b99)));
+        }
+        o.extend(self.extra.clone());
+        serde_json::Value::Object(o)
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let (scenario, cases) = match args.scenario {
+        Scenario::Coldstart => ("coldstart", coldstart(args.agents).await?),
+    };
+    let out = json!({"scenario": scenario, "cases": cases.iter().map(Case::to_json).collect::<Vec<_>>()});
+    if args.json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+/// A throwaway server on a temp data dir, torn down (sandboxes included) when dropped.
+struct BenchServer {
+    app: clawpen_server::App,
+    base: String,
+    dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl BenchServer {
+    async fn start(max_agents: u32) -> anyhow::Result<BenchServer> {
+        let dir = tempfile::Builder::new().prefix("clawpen-bench-").tempdir_in("/tmp")?;
+        let mut config = clawpen_server::Config::default();
+        let mut plan = config.plans[&config.default_plan].clone();
+        plan.max_agents = max_agents;
+        config.plans.insert("bench".into(), plan);
+        let image = crate::image_cmd::ensure(&config, true).await?;
+        let app = clawpen_server::open(dir.path(), config, image).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(clawpen_server::run(app.clone(), listener, async move {
+            let _ = stopped.await;
+        }));
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the bench server did not become ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(BenchServer { app, base, dir, stop: Some(stop) })
+    }
+
+    /// Stops the server, then removes every sandbox it made and its data dir.
+    async fn teardown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Ok(list) = self.app.runtime.list(labels::INSTANCE, &self.app.instance).await {
+            for c in list {
+                let _ = self.app.runtime.remove(&c.id).await;
+            }
+        }
+        drop(self.dir);
+    }
+}
+
+async fn coldstart(n: usize) -> anyhow::Result<Vec<Case>> {
+    anyhow::ensure!(n >= 1, "--agents must be at least 1");
+    let server = BenchServer::start(n as u32 + 1).await?;
+    let result = coldstart_on(&server, n).await;
+    server.teardown().await;
+    result
+}
+
+async fn coldstart_on(server: &BenchServer, n: usize) -> anyhow::Result<Vec<Case>> {
+    let app = &server.app;
+    let tenant = app.store.create_tenant("bench", "bench", app.config.sandbox.uid_base).await?;
+    let (_, token) = app.store.create_api_key(&tenant.id).await?;
+    let http = reqwest::Client::new();
+    // The baseline's containers carry their own instance label so the server never adopts them.
+    let baseline_instance = format!("bench-baseline-{}", &TenantId::new().as_str()[3..15]);
+    let mut ours = Vec::with_capacity(n);
+    let mut baseline = Vec::with_capacity(n);
+    let mut engine = Vec::with_capacity(n);
+    let result: anyhow::Result<()> = async {
+        for i in 0..n {
+            eprintln!("coldstart {}/{n}", i + 1);
+            // clawpen: one create call with start=true, then the agent's first /health answer.
+            let t0 = Instant::now();
+            let res = http
+                .post(format!("{}/api/v1/agents", server.base))
+                .bearer_auth(&token)
+                .json(&json!({"name": format!("bench-{i}"), "start": true}))
+                .send()
+                .await?;
+            anyhow::ensure!(res.status().as_u16() == 201, "create failed: {} {}", res.status(), res.text().await.unwrap_or_default());
+            let agent: serde_json::Value = res.json().await?;
+            let id = AgentId::parse(agent["id"].as_str().unwrap_or("")).map_err(|e| anyhow::anyhow!("{e}"))?;
+            clawpen_agent::client::wait_healthy(&app.layout.agent_socket(&id), Duration::from_secs(30)).await?;
+            ours.push(t0.elapsed().as_secs_f64() * 1000.0);
+
+            // Baseline: the same spec through `docker run`, then the same health poll.
+            let bid = AgentId::new();
+            app.layout.prepare_agent(&tenant.id, &bid, tenant.uid as u32)?;
+            let mut spec = app.spec_for(&tenant, &bid);
+            spec.name = format!("clawpen-bench-{}", bid);
+            spec.labels.insert(labels::INSTANCE.into(), baseline_instance.clone());
+            let t0 = Instant::now();
+            let out = tokio::process::Command::new("docker").args(docker_run_args(&spec)).output().await.context("running `docker run`")?;
+            anyhow::ensure!(out.status.success(), "docker run failed: {}", String::from_utf8_lossy(&out.stderr));
+            clawpen_agent::client::wait_healthy(&app.layout.agent_socket(&bid), Duration::from_secs(30)).await?;
+            baseline.push(t0.elapsed().as_secs_f64() * 1000.0);
+
+            // The floor: the same spec through the Engine API directly (no store, no HTTP).
+            let eid = AgentId::new();
+            app.layout.prepare_agent(&tenant.id, &eid, tenant.uid as u32)?;
+            let mut spec = app.spec_for(&tenant, &eid);
+            spec.name = format!("clawpen-bench-{}", eid);
+            spec.labels.insert(labels::INSTANCE.into(), baseline_instance.clone());
+            let t0 = Instant::now();
+            app.runtime.create_and_start(&spec).await?;
+            clawpen_agent::client::wait_healthy(&app.layout.agent_socket(&eid), Duration::from_secs(30)).await?;
+            engine.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(())
+    }
+    .await;
+    if let Ok(list) = app.runtime.list(labels::INSTANCE, &baseline_instance).await {
+        for c in list {
+            let _ = app.runtime.remove(&c.id).await;
+        }
+    }
+    result?;
+    let mut extra = serde_json::Map::new();
+    extra.insert("baseline".into(), json!("docker run -d (CLI) with the same flags, to the first /health answer"));
+    extra.insert("mode".into(), json!("sequential, interleaved with the baseline"));
+    extra.insert("engine_api_p50_ms".into(), json!(round2(percentile(&engine, 50.0))));
+    extra.insert("engine_api_p99_ms".into(), json!(round2(percentile(&engine, 99.0))));
+    Ok(vec![Case { name: "runc".into(), samples_ms: ours, baseline_ms: Some(baseline), extra }])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank() {
+        let s: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&s, 50.0), 50.0);
+        assert_eq!(percentile(&s, 99.0), 99.0);
+        assert_eq!(percentile(&[3.0], 99.0), 3.0);
+        let c = Case { name: "x".into(), samples_ms: vec![2.0, 4.0], baseline_ms: Some(vec![1.0, 2.0]), extra: Default::default() };
+        let j = c.to_json();
+        assert_eq!(j["ratio_p50"], json!(2.0));
+        assert_eq!(j["overhead_p99_ms"], json!(2.0));
+    }
+}

@@ -1,0 +1,211 @@
+//! `clawpen doctor`: checks the machine and says how to fix each problem. The last checks start
+//! throwaway sandboxes with the full spec and run the probe in them, to prove the kernel honours
+//! every flag.
+
+use std::time::Duration;
+
+use clap::Args;
+use clawpen_core::ids::{AgentId, TenantId};
+use clawpen_core::labels;
+use clawpen_core::spec::{AgentSandbox, SandboxSpec};
+use clawpen_runtime::image;
+use clawpen_runtime::{DockerRuntime, Runtime};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+#[derive(Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    server: crate::ServerArgs,
+    /// Print the checks as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Check {
+    name: &'static str,
+    ok: bool,
+    detail: String,
+    fix: Option<String>,
+}
+
+fn pass(name: &'static str, detail: impl Into<String>) -> Check {
+    Check { name, ok: true, detail: detail.into(), fix: None }
+}
+
+fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check { name, ok: false, detail: detail.into(), fix: Some(fix.into()) }
+}
+
+pub async fn run(args: DoctorArgs) -> anyhow::Result<i32> {
+    let checks = collect(&args).await;
+    let ok = checks.iter().all(|c| c.ok);
+    if args.json {
+        let list: Vec<Value> = checks
+            .iter()
+            .map(|c| serde_json::json!({"name": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix}))
+            .collect();
+        println!("{}", serde_json::json!({"ok": ok, "checks": list}));
+    } else {
+        for c in &checks {
+            println!("{} {:<22} {}", if c.ok { "ok  " } else { "FAIL" }, c.name, c.detail);
+            if let Some(fix) = &c.fix {
+                println!("     {:<22} fix: {fix}", "");
+            }
+        }
+        println!("{}", if ok { "all checks passed" } else { "some checks failed" });
+    }
+    Ok(if ok { 0 } else { 1 })
+}
+
+async fn collect(args: &DoctorArgs) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let data_dir = match crate::absolute(&args.server.data_dir) {
+        Ok(d) => d,
+        Err(e) => {
+            checks.push(fail("data dir", format!("{e:#}"), "pass a writable --data-dir"));
+            return checks;
+        }
+    };
+    let layout = clawpen_server::Layout::new(data_dir.clone());
+    match layout.init() {
+        Ok(()) => checks.push(pass("data dir", data_dir.display().to_string())),
+        Err(e) => checks.push(fail("data dir", format!("{e:#}"), "pass a writable, short --data-dir")),
+    }
+    let root = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
+    checks.push(if root {
+        pass("privileges", "running as root: can give each tenant's dirs to its own uid")
+    } else {
+        fail("privileges", "not running as root: cannot chown tenant dirs to per-tenant uids", "run the server as root (or with CAP_CHOWN and CAP_FOWNER)")
+    });
+    let config = match crate::load_config(&args.server) {
+        Ok(c) => {
+            checks.push(pass("config", format!("{} plans, default {}", c.plans.len(), c.default_plan)));
+            c
+        }
+        Err(e) => {
+            checks.push(fail("config", format!("{e:#}"), "fix the config file named above"));
+            return checks;
+        }
+    };
+    let rt = match DockerRuntime::connect_local().await {
+        Ok(rt) => rt,
+        Err(e) => {
+            checks.push(fail("docker", e.to_string(), "start Docker (`systemctl start docker`) or set DOCKER_HOST to its socket"));
+            return checks;
+        }
+    };
+    match rt.info().await {
+        Ok(info) => {
+            checks.push(pass("docker", format!("engine {}", info.version)));
+            let (major, minor) = parse_api(&info.api_version);
+            checks.push(if (major, minor) >= (1, 41) {
+                pass("docker api", format!("negotiated {}", info.api_version))
+            } else {
+                fail("docker api", format!("negotiated {}", info.api_version), "upgrade Docker Engine to 20.10 or later (API 1.41)")
+            });
+        }
+        Err(e) => {
+            checks.push(fail("docker", e.to_string(), "start Docker (`systemctl start docker`) or fix the permissions of its socket"));
+            return checks;
+        }
+    }
+    let exe = match crate::image_cmd::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            checks.push(fail("executable", format!("{e:#}"), "run clawpen from its built path"));
+            return checks;
+        }
+    };
+    match image::check_static(&exe) {
+        Ok(()) => checks.push(pass("static executable", exe.display().to_string())),
+        Err(e) => checks.push(fail("static executable", e.to_string(), "build from the repository root with `cargo build` (its .cargo/config.toml links statically)")),
+    }
+    let tag = match crate::image_cmd::ensure(&config, false).await {
+        Ok(tag) => {
+            checks.push(pass("sandbox image", format!("{tag} is present and matches this executable")));
+            tag
+        }
+        Err(e) => {
+            checks.push(fail("sandbox image", format!("{e:#}"), "run `clawpen image build`"));
+            return checks;
+        }
+    };
+    checks.extend(sandbox_checks(&rt, &layout, &config, &tag).await);
+    checks
+}
+
+fn parse_api(v: &str) -> (u32, u32) {
+    let mut it = v.split('.').map(|p| p.parse().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// Runs `clawpen probe <args>` in a throwaway sandbox built by `SandboxSpec::for_agent` (only the
+/// arguments differ) and returns the probe's JSON.
+async fn probe_in_sandbox(rt: &DockerRuntime, layout: &clawpen_server::Layout, config: &clawpen_server::Config, image: &str, probe: &[&str]) -> anyhow::Result<Value> {
+    let instance = format!("doctor-{}", &AgentId::new().as_str()[3..13]);
+    let (tenant, agent) = (TenantId::new(), AgentId::new());
+    let uid = config.sandbox.uid_base; // never a tenant's: tenant uids start at uid_base + 1
+    layout.prepare_agent(&tenant, &agent, uid)?;
+    let plan = &config.plans[&config.default_plan];
+    let mut spec = SandboxSpec::for_agent(AgentSandbox {
+        instance: &instance,
+        tenant: &tenant,
+        agent: &agent,
+        uid,
+        image,
+        workspace_dir: layout.workspace_dir(&tenant, &agent),
+        run_dir: layout.run_dir(&agent),
+        plan,
+    });
+    spec.args = std::iter::once("probe").chain(probe.iter().copied()).map(str::to_owned).collect();
+    spec.labels.insert(labels::ROLE.into(), "doctor".into());
+    let result = async {
+        let id = rt.create_and_start(&spec).await?;
+        let mut wait = rt.client().wait_container::<String>(&id, None);
+        let _ = tokio::time::timeout(Duration::from_secs(30), wait.next()).await;
+        let lines = rt.logs(&id, 50).await?;
+        let line = lines.iter().rev().find(|l| l.trim_start().starts_with('{')).cloned().unwrap_or_default();
+        serde_json::from_str::<Value>(&line).map_err(|e| anyhow::anyhow!("probe printed no JSON ({e}); output: {}", lines.join(" | ")))
+    }
+    .await;
+    let _ = rt.remove(&spec.name).await;
+    let _ = layout.remove_agent(&tenant, &agent);
+    let _ = layout.remove_tenant(&tenant);
+    result
+}
+
+async fn sandbox_checks(rt: &DockerRuntime, layout: &clawpen_server::Layout, config: &clawpen_server::Config, image: &str) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let fix = "the kernel or engine does not honour the sandbox spec; check `docker info` for cgroup and seccomp support";
+    match probe_in_sandbox(rt, layout, config, image, &["identity"]).await {
+        Ok(v) => {
+            let uid_ok = v["uid"].as_u64() == Some(config.sandbox.uid_base as u64);
+            let caps_ok = v["cap_eff"].as_str().is_some_and(|c| c.trim_start_matches('0').is_empty());
+            let nnp_ok = v["no_new_privs"].as_u64() == Some(1);
+            let seccomp_ok = v["seccomp"].as_u64() == Some(2);
+            let detail = format!("uid {} caps {} no_new_privs {} seccomp {}", v["uid"], v["cap_eff"], v["no_new_privs"], v["seccomp"]);
+            checks.push(if uid_ok && caps_ok && nnp_ok && seccomp_ok { pass("sandbox identity", detail) } else { fail("sandbox identity", detail, fix) });
+        }
+        Err(e) => checks.push(fail("sandbox identity", format!("{e:#}"), "run `clawpen image build`, then `clawpen doctor` again")),
+    }
+    match probe_in_sandbox(rt, layout, config, image, &["filesystem"]).await {
+        Ok(v) => {
+            let root_ro = v["mounts"]["/"].as_str().is_some_and(|o| o.split(',').any(|x| x == "ro"));
+            let tmp_noexec = v["tmp_exec"]["ok"].as_bool() == Some(false);
+            let detail = format!("root {} ; /tmp exec refused: {tmp_noexec}", v["mounts"]["/"]);
+            checks.push(if root_ro && tmp_noexec { pass("sandbox filesystem", detail) } else { fail("sandbox filesystem", detail, fix) });
+        }
+        Err(e) => checks.push(fail("sandbox filesystem", format!("{e:#}"), fix)),
+    }
+    match probe_in_sandbox(rt, layout, config, image, &["network", "--tcp", "127.0.0.1:9"]).await {
+        Ok(v) => {
+            let only_lo = v["interfaces"].as_array().is_some_and(|i| i.iter().all(|x| x == "lo"));
+            let no_routes = v["routes"].as_u64() == Some(0);
+            let detail = format!("interfaces {} routes {}", v["interfaces"], v["routes"]);
+            checks.push(if only_lo && no_routes { pass("sandbox network", detail) } else { fail("sandbox network", detail, fix) });
+        }
+        Err(e) => checks.push(fail("sandbox network", format!("{e:#}"), fix)),
+    }
+    checks
+}

@@ -1,0 +1,114 @@
+//! The authorization matrix: every tenant route with B's key on A's ids answers 404 exactly like
+//! a missing id; no key or a wrong key 401; a tenant key on admin routes 403; lists are scoped.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::harness::TestServer;
+
+/// Every tenant route on one agent id, with a body where it takes one.
+fn agent_routes(id: &str) -> Vec<(Method, String, Option<Value>)> {
+    vec![
+        (Method::GET, format!("/api/v1/agents/{id}"), None),
+        (Method::POST, format!("/api/v1/agents/{id}/start"), None),
+        (Method::POST, format!("/api/v1/agents/{id}/stop"), None),
+        (Method::GET, format!("/api/v1/agents/{id}/logs"), None),
+        (Method::GET, format!("/api/v1/agents/{id}/events"), None),
+        (Method::POST, format!("/api/v1/agents/{id}/messages"), Some(json!({"text": "give me your secrets"}))),
+        (Method::DELETE, format!("/api/v1/agents/{id}"), None),
+    ]
+}
+
+fn admin_routes(tenant: &str, key: &str) -> Vec<(Method, String, Option<Value>)> {
+    vec![
+        (Method::POST, "/api/v1/tenants".into(), Some(json!({"name": "intruder"}))),
+        (Method::GET, "/api/v1/tenants".into(), None),
+        (Method::GET, format!("/api/v1/tenants/{tenant}"), None),
+        (Method::POST, format!("/api/v1/tenants/{tenant}/keys"), None),
+        (Method::GET, format!("/api/v1/tenants/{tenant}/keys"), None),
+        (Method::DELETE, format!("/api/v1/tenants/{tenant}/keys/{key}"), None),
+        (Method::POST, format!("/api/v1/tenants/{tenant}/members"), Some(json!({"kind": "web", "external_id": "x", "display_name": "x"}))),
+        (Method::GET, format!("/api/v1/tenants/{tenant}/members"), None),
+        (Method::GET, "/api/v1/audit".into(), None),
+        (Method::DELETE, format!("/api/v1/tenants/{tenant}"), None),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn authorization_matrix() {
+    let s = TestServer::start().await;
+    let (ta, key_a) = s.tenant("alpha").await;
+    let (tb, key_b) = s.tenant("beta").await;
+    let a = s.agent(&key_a, "a-agent", true).await;
+    let a_id = a["id"].as_str().unwrap();
+    let b_agent = s.agent(&key_b, "b-agent", false).await;
+    let missing = "ag_aaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    // B's key on A's agent: 404, with the same body as a missing agent.
+    for (method, path, body) in agent_routes(a_id) {
+        let (st, foreign) = s.call(method.clone(), &path, Some(&key_b), body.clone()).await;
+        let (st_missing, absent) = s.call(method.clone(), &path.replace(a_id, missing), Some(&key_b), body).await;
+        assert_eq!(st, 404, "{method} {path} with B's key: {foreign}");
+        assert_eq!(st_missing, 404);
+        assert_eq!(foreign, absent, "{method} {path}: a foreign id must look exactly like a missing one");
+    }
+    // A's agent was not touched by any of that.
+    let (st, still) = s.get(&format!("/api/v1/agents/{a_id}"), &key_a).await;
+    assert_eq!((st, still["observed_state"].as_str()), (200, Some("running")), "{still}");
+    let (st, r) = s.post(&format!("/api/v1/agents/{a_id}/messages"), &key_a, json!({"text": "hi"})).await;
+    assert_eq!(st, 200, "{r}");
+
+    // Lists are scoped.
+    let (_, la) = s.get("/api/v1/agents", &key_a).await;
+    let (_, lb) = s.get("/api/v1/agents", &key_b).await;
+    let ids = |v: &Value| v["agents"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    assert_eq!(ids(&la), vec![a_id.to_owned()]);
+    assert_eq!(ids(&lb), vec![b_agent["id"].as_str().unwrap().to_owned()]);
+    let (_, ev) = s.get(&format!("/api/v1/agents/{}/events", b_agent["id"].as_str().unwrap()), &key_b).await;
+    assert!(ev["entries"].as_array().unwrap().iter().all(|e| e["tenant_id"] == tb["id"]), "B's events show only B: {ev}");
+
+    // No key, a wrong key, a malformed header: 401 on every route.
+    let mut all = agent_routes(a_id);
+    all.push((Method::GET, "/api/v1/agents".into(), None));
+    all.push((Method::POST, "/api/v1/agents".into(), Some(json!({"name": "x"}))));
+    let tenant_a = ta["id"].as_str().unwrap();
+    let (_, keys) = s.get(&format!("/api/v1/tenants/{tenant_a}/keys"), &s.admin).await;
+    let key_id = keys["keys"][0]["id"].as_str().unwrap().to_owned();
+    all.extend(admin_routes(tenant_a, &key_id));
+    for (method, path, body) in &all {
+        for token in [None, Some("cpk_0000"), Some(""), Some("Basic abc")] {
+            let (st, e) = s.call(method.clone(), path, token, body.clone()).await;
+            assert_eq!(st, 401, "{method} {path} with {token:?}: {e}");
+            assert_eq!(e["error"]["code"], "unauthorized");
+        }
+    }
+
+    // A tenant key on admin routes: 403; the admin token on tenant routes: 403.
+    for (method, path, body) in admin_routes(tenant_a, &key_id) {
+        let (st, e) = s.call(method.clone(), &path, Some(&key_a), body).await;
+        assert_eq!(st, 403, "{method} {path} with a tenant key: {e}");
+    }
+    for (method, path, body) in agent_routes(a_id) {
+        let (st, e) = s.call(method.clone(), &path, Some(&s.admin), body).await;
+        assert_eq!(st, 403, "{method} {path} with the admin token: {e}");
+    }
+    // Nothing of that created or removed anything.
+    let (_, tenants) = s.get("/api/v1/tenants", &s.admin).await;
+    assert_eq!(tenants["tenants"].as_array().unwrap().len(), 2);
+    let (st, _) = s.get(&format!("/api/v1/agents/{a_id}"), &key_a).await;
+    assert_eq!(st, 200);
+
+    // A revoked key stops working at once.
+    let (st, _) = s.call(Method::DELETE, &format!("/api/v1/tenants/{tenant_a}/keys/{key_id}"), Some(&s.admin), None).await;
+    assert_eq!(st, 204);
+    let (st, _) = s.get("/api/v1/agents", &key_a).await;
+    assert_eq!(st, 401);
+    // Revoking B's key through A's tenant path is a 404.
+    let tenant_b = tb["id"].as_str().unwrap();
+    let (_, kb) = s.get(&format!("/api/v1/tenants/{tenant_b}/keys"), &s.admin).await;
+    let kb_id = kb["keys"][0]["id"].as_str().unwrap();
+    let (st, _) = s.call(Method::DELETE, &format!("/api/v1/tenants/{tenant_a}/keys/{kb_id}"), Some(&s.admin), None).await;
+    assert_eq!(st, 404);
+    let (st, _) = s.get("/api/v1/agents", &key_b).await;
+    assert_eq!(st, 200, "B's key still works");
+}

@@ -1,0 +1,228 @@
+//! Test harness: a real `clawpen serve` process on a temp data dir, removed with everything it
+//! made (containers found by this run's instance label) when the `TestServer` is dropped, even
+//! when the test panicked.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_clawpen");
+
+/// Fails (never skips) when Docker is not reachable: every test here needs it.
+pub fn require_docker() {
+    let ok = Command::new("docker").args(["version", "--format", "{{.Server.Version}}"]).output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(ok, "Docker Engine is not reachable: these tests need it (start Docker, or run `clawpen doctor`)");
+}
+
+/// Builds the sandbox image for this executable once per test binary.
+pub fn image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        require_docker();
+        let out = Command::new(EXE).args(["image", "build", "--quiet"]).output().expect("run clawpen image build");
+        assert!(out.status.success(), "image build failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+}
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub admin: String,
+    pub http: reqwest::Client,
+    child: Option<Child>,
+    config: Option<PathBuf>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with_config(None).await
+    }
+
+    /// Starts a server whose config file has this TOML text.
+    pub async fn start_with_config(config: Option<&str>) -> TestServer {
+        image();
+        // Short path: Unix socket paths under the data dir must stay under 108 bytes.
+        let dir = tempfile::Builder::new().prefix("cpt-").tempdir_in("/tmp").unwrap();
+        let config = config.map(|text| {
+            let p = dir.path().join("test-config.toml");
+            std::fs::write(&p, text).unwrap();
+            p
+        });
+        let mut s = TestServer { dir, base: String::new(), admin: String::new(), http: reqwest::Client::new(), child: None, config };
+        s.spawn().await;
+        s
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// (Re)starts the server process on the data dir and waits for `/readyz`.
+    pub async fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.data_dir().join("server.addr"));
+        let mut cmd = Command::new(EXE);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(self.data_dir());
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.data_dir().join("server.log")).unwrap();
+        cmd.stdout(Stdio::null()).stderr(log).env("CLAWPEN_LOG", "info");
+        self.child = Some(cmd.spawn().expect("spawn clawpen serve"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            if let Ok(a) = std::fs::read_to_string(self.data_dir().join("server.addr")) {
+                break a;
+            }
+            assert!(Instant::now() < deadline, "server did not start; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        self.base = format!("http://{}", addr.trim());
+        self.admin = std::fs::read_to_string(self.data_dir().join("admin.token")).unwrap().trim().to_owned();
+        loop {
+            if let Ok(r) = self.http.get(self.url("/readyz")).send().await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "server not ready; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILLs the server process (sandboxes keep running).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// This installation's id, as the server logged it at start.
+    pub fn instance(&self) -> String {
+        instance_from_log(&self.log())
+    }
+
+    /// Containers made by this server (any state), as `(name, agent label, state)`.
+    pub fn containers(&self) -> Vec<(String, String, String)> {
+        let out = Command::new("docker")
+            .args(["ps", "-a", "--filter", &format!("label=clawpen.instance={}", self.instance()), "--format", "{{.Names}}\t{{.Label \"clawpen.agent\"}}\t{{.State}}"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let mut p = l.split('\t').map(str::to_owned);
+                (p.next().unwrap_or_default(), p.next().unwrap_or_default(), p.next().unwrap_or_default())
+            })
+            .collect()
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        let v = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")) };
+        (status, v)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(token), Some(body)).await
+    }
+
+    /// Creates a tenant and a key for it: `(tenant json, token)`.
+    pub async fn tenant(&self, name: &str) -> (Value, String) {
+        let (s, t) = self.post("/api/v1/tenants", &self.admin.clone(), json!({"name": name})).await;
+        assert_eq!(s, 201, "{t}");
+        let (s, k) = self.post(&format!("/api/v1/tenants/{}/keys", t["id"].as_str().unwrap()), &self.admin.clone(), json!({})).await;
+        assert_eq!(s, 201, "{k}");
+        (t, k["token"].as_str().unwrap().to_owned())
+    }
+
+    /// Creates an agent (started when `start`): its JSON.
+    pub async fn agent(&self, token: &str, name: &str, start: bool) -> Value {
+        let (s, a) = self.post("/api/v1/agents", token, json!({"name": name, "start": start})).await;
+        assert_eq!(s, 201, "{a}\nlog:\n{}", self.log());
+        a
+    }
+
+    /// Host path of an agent's workspace.
+    pub fn workspace(&self, tenant: &str, agent: &str) -> PathBuf {
+        self.data_dir().join("tenants").join(tenant).join("agents").join(agent).join("workspace")
+    }
+
+    pub fn run_dir(&self, agent: &str) -> PathBuf {
+        self.data_dir().join("run").join(agent)
+    }
+
+    /// Container name of an agent's sandbox.
+    pub fn container(&self, agent: &str) -> String {
+        format!("clawpen-{}-{}", &self.instance()[..8], agent)
+    }
+}
+
+fn instance_from_log(log: &str) -> String {
+    // The server logs `instance=<id>` when it starts serving.
+    let plain: String = strip_ansi(log);
+    plain
+        .split("instance=")
+        .nth(1)
+        .map(|rest| rest.chars().take_while(|c| c.is_ascii_hexdigit()).collect())
+        .expect("the server log names its instance")
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for n in chars.by_ref() {
+                if n.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let instance = if self.base.is_empty() { None } else { Some(self.instance()) };
+        self.kill();
+        if let Some(instance) = instance.filter(|i| !i.is_empty()) {
+            let out = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=clawpen.instance={instance}")]).output();
+            if let Ok(out) = out {
+                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
+                if !ids.is_empty() {
+                    let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Kill tests: the server is SIGKILLed at many points while agents are being created, started,
+//! stopped and deleted; after each restart the store and Docker agree, no container is orphaned,
+//! and no workspace file is lost.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::harness::TestServer;
+
+const CONFIG: &str = r#"
+[plans.free]
+max_agents = 100
+"#;
+
+/// Asserts that the store (through the API) and Docker tell the same story.
+async fn assert_agreement(s: &TestServer, tenant: &str, key: &str, round: &str) {
+    let (st, list) = s.get("/api/v1/agents", key).await;
+    assert_eq!(st, 200);
+    let agents: HashMap<String, Value> =
+        list["agents"].as_array().unwrap().iter().map(|a| (a["id"].as_str().unwrap().to_owned(), a.clone())).collect();
+    let containers = s.containers();
+    let mut per_agent: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (name, agent, state) in &containers {
+        assert!(agents.contains_key(agent), "{round}: orphan container {name} for unknown agent {agent}\n{}", s.log());
+        per_agent.entry(agent).or_default().push(state);
+    }
+    for (id, a) in &agents {
+        let states = per_agent.get(id.as_str()).cloned().unwrap_or_default();
+        assert!(states.len() <= 1, "{round}: {id} has {} containers", states.len());
+        match a["desired_state"].as_str().unwrap() {
+            "running" => {
+                assert_eq!(states, vec!["running"], "{round}: {id} should run: {a}\n{}", s.log());
+                assert_eq!(a["observed_state"], "running", "{round}: store disagrees for {id}: {a}");
+            }
+            "stopped" => assert!(!states.contains(&"running"), "{round}: {id} should not run: {a}"),
+            other => panic!("{round}: {id} left in desired state {other} after reconciliation"),
+        }
+        let ws = s.workspace(tenant, id);
+        for f in ["SOUL.md", "USER.md", "MEMORY.md", "sessions"] {
+            assert!(ws.join(f).exists(), "{round}: {id} lost {f}");
+        }
+        assert!(s.run_dir(id).is_dir(), "{round}: {id} lost its run dir");
+    }
+    // Every run dir belongs to a live agent.
+    for entry in std::fs::read_dir(s.data_dir().join("run")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(agents.contains_key(&name), "{round}: stray run dir {name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_lifecycle_then_restart_agrees() {
+    let mut s = TestServer::start_with_config(Some(CONFIG)).await;
+    let (t, key) = s.tenant("survivor").await;
+    let tid = t["id"].as_str().unwrap().to_owned();
+    let keeper = s.agent(&key, "keeper", true).await;
+    let keeper_id = keeper["id"].as_str().unwrap().to_owned();
+    let (st, _) = s.post(&format!("/api/v1/agents/{keeper_id}/messages"), &key, json!({"text": "remember the blue door"})).await;
+    assert_eq!(st, 200);
+    let keeper_session = s.workspace(&tid, &keeper_id).join("sessions/main.jsonl");
+    let before = std::fs::read_to_string(&keeper_session).unwrap();
+
+    // Kill points spread over the create → dirs → container create → start → health path.
+    let delays_ms = [0u64, 3, 10, 25, 50, 80, 120, 180, 260, 400];
+    for (round, delay) in delays_ms.iter().enumerate() {
+        let label = format!("round {round} (kill after {delay} ms)");
+        // Work in flight: three create+start calls, plus a stop and a delete of earlier agents.
+        let (_, list) = s.get("/api/v1/agents", &key).await;
+        let others: Vec<String> = list["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .filter(|id| id != &keeper_id)
+            .collect();
+        let mut inflight = Vec::new();
+        for i in 0..3 {
+            let (http, url, key) = (s.http.clone(), s.url("/api/v1/agents"), key.clone());
+            inflight.push(tokio::spawn(async move {
+                let _ = http.post(url).bearer_auth(key).json(&json!({"name": format!("r{round}-{i}"), "start": true})).send().await;
+            }));
+        }
+        if let Some(victim) = others.first() {
+            let (http, url, key) = (s.http.clone(), s.url(&format!("/api/v1/agents/{victim}/stop")), key.clone());
+            inflight.push(tokio::spawn(async move {
+                let _ = http.post(url).bearer_auth(key).send().await;
+            }));
+        }
+        if let Some(victim) = others.get(1) {
+            let (http, url, key) = (s.http.clone(), s.url(&format!("/api/v1/agents/{victim}")), key.clone());
+            inflight.push(tokio::spawn(async move {
+                let _ = http.delete(url).bearer_auth(key).send().await;
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(*delay)).await;
+        s.kill();
+        for h in inflight {
+            let _ = h.await;
+        }
+        s.spawn().await;
+        assert_agreement(&s, &tid, &key, &label).await;
+    }
+
+    // The long-lived agent was adopted every time, and its history is whole.
+    let after = std::fs::read_to_string(&keeper_session).unwrap();
+    assert!(after.starts_with(&before), "the keeper's session log lost lines");
+    let (st, r) = s.post(&format!("/api/v1/agents/{keeper_id}/messages"), &key, json!({"text": "still there?"})).await;
+    assert_eq!(st, 200, "{r}");
+    let log = s.log();
+    assert!(log.contains("adopting sandbox"), "restarts adopt running sandboxes");
+
+    // Finally everything can be deleted cleanly.
+    let (_, list) = s.get("/api/v1/agents", &key).await;
+    for a in list["agents"].as_array().unwrap() {
+        let (st, _) = s.call(Method::DELETE, &format!("/api/v1/agents/{}", a["id"].as_str().unwrap()), Some(&key), None).await;
+        assert_eq!(st, 204);
+    }
+    assert!(s.containers().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orphans_of_this_installation_are_swept_and_others_left_alone() {
+    let mut s = TestServer::start().await;
+    let (_, key) = s.tenant("t").await;
+    let a = s.agent(&key, "a", true).await;
+    let id = a["id"].as_str().unwrap().to_owned();
+    let instance = s.instance();
+    s.kill();
+    // An orphan of this installation (an agent the store does not know) and a container of
+    // another installation.
+    let image = crate::harness::image();
+    let orphan = format!("clawpen-{}-ag_orphanorphanorphanorphanorph", &instance[..8]);
+    let foreign = format!("cpt-foreign-{}", std::process::id());
+    for (name, inst, agent) in [(&orphan, instance.as_str(), "ag_orphanorphanorphanorphanorph"), (&foreign, "someone-else", "ag_foreignforeignforeignforeig")] {
+        let out = std::process::Command::new("docker")
+            .args(["create", "--name", name, "--label", &format!("clawpen.instance={inst}"), "--label", &format!("clawpen.agent={agent}"), "--network", "none", image, "agent"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    s.spawn().await;
+    let exists = |n: &str| std::process::Command::new("docker").args(["inspect", n]).output().unwrap().status.success();
+    let foreign_there = exists(&foreign);
+    let _ = std::process::Command::new("docker").args(["rm", "-f", &foreign]).output();
+    assert!(!exists(&orphan), "the orphan of this installation is removed");
+    assert!(foreign_there, "another installation's container is never touched");
+    assert!(s.log().contains("removing orphan sandbox"));
+    let (st, _) = s.post(&format!("/api/v1/agents/{id}/messages"), &key, json!({"text": "hi"})).await;
+    assert_eq!(st, 200, "the known agent was adopted");
+}

@@ -1,0 +1,161 @@
+//! The README's walk-through as a test: create, start, message, stop, start, delete; plus the
+//! OpenAPI document and `clawpen doctor`.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::harness::{TestServer, EXE};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_start_message_stop_delete() {
+    let s = TestServer::start().await;
+    let (t, key) = s.tenant("family").await;
+    let tid = t["id"].as_str().unwrap();
+    let a = s.agent(&key, "helper", false).await;
+    let id = a["id"].as_str().unwrap();
+    assert_eq!(a["observed_state"], "absent");
+    for f in ["SOUL.md", "USER.md", "MEMORY.md", "memory", "sessions"] {
+        assert!(s.workspace(tid, id).join(f).exists(), "workspace lacks {f}");
+    }
+
+    let (st, a) = s.post(&format!("/api/v1/agents/{id}/start"), &key, json!({})).await;
+    assert_eq!((st, a["observed_state"].as_str()), (200, Some("running")), "{a}");
+    let (st, r) = s.post(&format!("/api/v1/agents/{id}/messages"), &key, json!({"text": "hello there"})).await;
+    assert_eq!(st, 200, "{r}");
+    let reply = r["reply"].as_str().unwrap();
+    assert!(reply.contains(id) && reply.contains(tid), "the reply must come from this tenant's agent: {reply}");
+    let session = std::fs::read_to_string(s.workspace(tid, id).join("sessions/main.jsonl")).unwrap();
+    assert!(session.contains("hello there"), "the agent keeps a session log in its workspace");
+
+    let (st, logs) = s.get(&format!("/api/v1/agents/{id}/logs?tail=10"), &key).await;
+    assert_eq!(st, 200);
+    assert!(logs["lines"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("listening")), "{logs}");
+
+    let (st, a) = s.post(&format!("/api/v1/agents/{id}/stop"), &key, json!({})).await;
+    assert_eq!((st, a["observed_state"].as_str(), a["desired_state"].as_str()), (200, Some("stopped"), Some("stopped")));
+    let (st, e) = s.post(&format!("/api/v1/agents/{id}/messages"), &key, json!({"text": "anyone?"})).await;
+    assert_eq!(st, 409, "a stopped agent cannot answer: {e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("start"), "the error says what to do: {e}");
+
+    let (st, _) = s.post(&format!("/api/v1/agents/{id}/start"), &key, json!({})).await;
+    assert_eq!(st, 200);
+    let session = std::fs::read_to_string(s.workspace(tid, id).join("sessions/main.jsonl")).unwrap();
+    assert!(session.contains("hello there"), "the workspace survives a stop and start");
+
+    let (st, ev) = s.get(&format!("/api/v1/agents/{id}/events"), &key).await;
+    assert_eq!(st, 200);
+    let actions: Vec<&str> = ev["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    for want in ["agent.create", "agent.start", "agent.stop"] {
+        assert!(actions.contains(&want), "audit log lacks {want}: {actions:?}");
+    }
+
+    let (st, _) = s.call(Method::DELETE, &format!("/api/v1/agents/{id}"), Some(&key), None).await;
+    assert_eq!(st, 204);
+    assert!(s.containers().is_empty(), "delete removes the sandbox");
+    assert!(!s.workspace(tid, id).exists() && !s.run_dir(id).exists(), "delete removes the agent's dirs");
+    let (st, _) = s.get(&format!("/api/v1/agents/{id}"), &key).await;
+    assert_eq!(st, 404);
+
+    // The admin audit log keeps the deleted agent's history.
+    let (st, audit) = s.get(&format!("/api/v1/audit?tenant={tid}"), &s.admin).await;
+    assert_eq!(st, 200);
+    assert!(audit["entries"].as_array().unwrap().iter().any(|e| e["action"] == "agent.delete"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sandbox_flags_match_the_spec() {
+    let s = TestServer::start().await;
+    let (t, key) = s.tenant("flags").await;
+    let a = s.agent(&key, "a", true).await;
+    let id = a["id"].as_str().unwrap();
+    let out = std::process::Command::new("docker").args(["inspect", &s.container(id)]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &v[0];
+    let hc = &c["HostConfig"];
+    assert_eq!(hc["NetworkMode"], "none");
+    assert_eq!(hc["ReadonlyRootfs"], true);
+    assert_eq!(hc["CapDrop"], json!(["ALL"]));
+    assert_eq!(hc["SecurityOpt"], json!(["no-new-privileges"]));
+    assert_eq!(hc["Init"], true);
+    assert_eq!(hc["Privileged"], false);
+    assert_eq!(hc["Memory"], hc["MemorySwap"]);
+    assert_eq!(hc["Memory"], json!(128 * 1024 * 1024));
+    assert_eq!(hc["PidsLimit"], 64);
+    assert_eq!(hc["NanoCpus"], 500_000_000);
+    assert!(hc["Tmpfs"]["/tmp"].as_str().unwrap().contains("noexec,nosuid,nodev"));
+    assert!(hc["PortBindings"].as_object().is_none_or(|p| p.is_empty()), "no host port is published: {}", hc["PortBindings"]);
+    assert!(c["NetworkSettings"]["Networks"].as_object().is_none_or(|n| n.keys().all(|k| k == "none")), "no Docker network: {}", c["NetworkSettings"]["Networks"]);
+    assert_eq!(c["Config"]["User"], format!("{0}:{0}", t["uid"]));
+    let labels = &c["Config"]["Labels"];
+    assert_eq!(labels["clawpen.tenant"], t["id"]);
+    assert_eq!(labels["clawpen.agent"], a["id"]);
+    assert!(labels["clawpen.spec-hash"].as_str().is_some_and(|h| !h.is_empty()));
+    let mounts: Vec<&str> = c["Mounts"].as_array().unwrap().iter().map(|m| m["Destination"].as_str().unwrap()).collect();
+    assert_eq!(mounts.len(), 2, "{mounts:?}");
+    assert!(mounts.contains(&"/data") && mounts.contains(&"/run/clawpen"));
+    // The run dir is the tenant's own, 0700.
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(s.run_dir(id)).unwrap();
+    assert_eq!((m.uid() as i64, m.mode() & 0o777), (t["uid"].as_i64().unwrap(), 0o700));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openapi_lists_every_route() {
+    let s = TestServer::start().await;
+    let (st, doc) = s.call(Method::GET, "/api/openapi.json", None, None).await;
+    assert_eq!(st, 200);
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/api/v1/tenants", "/api/v1/tenants/{tenant_id}", "/api/v1/tenants/{tenant_id}/keys", "/api/v1/tenants/{tenant_id}/keys/{key_id}",
+        "/api/v1/tenants/{tenant_id}/members", "/api/v1/audit", "/api/v1/agents", "/api/v1/agents/{agent_id}",
+        "/api/v1/agents/{agent_id}/start", "/api/v1/agents/{agent_id}/stop", "/api/v1/agents/{agent_id}/logs",
+        "/api/v1/agents/{agent_id}/events", "/api/v1/agents/{agent_id}/messages", "/healthz", "/readyz",
+    ] {
+        assert!(paths.contains_key(p), "openapi lacks {p}");
+    }
+    let (st, h) = s.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!((st, h["ok"].as_bool()), (200, Some(true)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_passes_on_this_machine() {
+    crate::harness::image();
+    let dir = tempfile::Builder::new().prefix("cpd-").tempdir_in("/tmp").unwrap();
+    let out = std::process::Command::new(EXE).args(["doctor", "--json", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("doctor output: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(v["ok"], true, "{v:#}");
+    let names: Vec<&str> = v["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for want in ["docker", "docker api", "sandbox image", "sandbox identity", "sandbox filesystem", "sandbox network"] {
+        assert!(names.contains(&want), "doctor lacks {want}: {names:?}");
+    }
+    let left = std::process::Command::new("docker").args(["ps", "-aq", "--filter", "label=clawpen.role=doctor"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "doctor removes its throwaway sandboxes");
+}
+
+/// The README's curl walk-through, run as written against a real server.
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_walkthrough_works_as_written() {
+    let s = TestServer::start().await;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let script = readme
+        .split("```bash")
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("CLAWPEN_URL"))
+        .expect("the README has a walk-through block");
+    let out = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .env("CLAWPEN_URL", &s.base)
+        .env("CLAWPEN_DATA_DIR", s.data_dir())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "walk-through failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"\"running\""), "{stdout}");
+    assert!(lines.iter().any(|l| l.starts_with("ack from agent")), "{stdout}");
+    assert!(lines.iter().any(|l| l.contains("listening")), "{stdout}");
+    assert!(lines.contains(&"\"stopped\""), "{stdout}");
+    assert_eq!(lines.last(), Some(&"204"), "{stdout}");
+    assert!(s.containers().is_empty());
+}

@@ -1,0 +1,18 @@
+//! Integration tests, one binary. Every test drives the real `clawpen` executable against the real
+//! Docker Engine through [`harness::TestServer`]; nothing is skipped when Docker is missing.
+//!
+//! # Layout
+//! - `harness`: starting servers on temp data dirs, HTTP helpers, cleanup by label.
+//! - `authz`: the authorization matrix (who may call what, and 404 for foreign ids).
+//! - `bad_input`: malformed, oversized and hostile input is refused and creates nothing.
+//! - `lifecycle`: create, start, message, stop, delete; OpenAPI; doctor.
+//! - `isolation`: attacks from inside a tenant's sandbox.
+//! - `kill`: SIGKILL of the server mid-operation, then restart and agreement.
+
+mod harness;
+
+mod authz;
+mod bad_input;
+mod isolation;
+mod kill;
+mod lifecycle;
