@@ -16,10 +16,36 @@ pub struct Plan {
     pub tmp_mib: u64,
     /// Most agents a tenant on this plan may have.
     pub max_agents: u32,
+    /// Hard monthly spending cap of the tenant, in micro-credits: a call that could pass it is
+    /// refused and the tenant's agents pause until the next month.
+    pub monthly_cap: i64,
+    /// Soft daily cap, in micro-credits: checked after each call settles; past it the agents
+    /// pause until the next day (UTC).
+    pub daily_cap: i64,
+    /// Credits a new tenant's account starts with, in micro-credits.
+    pub initial_credits: i64,
+    /// Most output tokens one model request may ask for; larger requests are clamped.
+    pub max_tokens: u32,
+    /// Most runs (user messages handled by an agent) per agent per hour.
+    pub runs_per_hour: u32,
 }
+
+/// One credit in micro-credits.
+pub const CREDIT: i64 = 1_000_000;
 
 impl Default for Plan {
     fn default() -> Self {
-        Plan { memory_mib: 128, cpu_millis: 500, pids: 64, tmp_mib: 16, max_agents: 5 }
+        Plan {
+            memory_mib: 128,
+            cpu_millis: 500,
+            pids: 64,
+            tmp_mib: 16,
+            max_agents: 5,
+            monthly_cap: CREDIT / 5,
+            daily_cap: CREDIT / 20,
+            initial_credits: CREDIT / 5,
+            max_tokens: 1024,
+            runs_per_hour: 30,
+        }
     }
 }

@@ -17,6 +17,8 @@ pub const WORKSPACE_MOUNT: &str = "/data";
 pub const RUN_MOUNT: &str = "/run/clawpen";
 /// The agent's socket file name inside the run dir.
 pub const AGENT_SOCKET: &str = "agent.sock";
+/// The server's socket for this agent's model and tool calls, inside the run dir.
+pub const CONTROL_SOCKET: &str = "control.sock";
 /// The executable's path inside the image.
 pub const IMAGE_EXECUTABLE: &str = "/clawpen";
 
@@ -79,6 +81,22 @@ pub struct AgentSandbox<'a> {
     pub workspace_dir: PathBuf,
     pub run_dir: PathBuf,
     pub plan: &'a Plan,
+    /// Guardrails of the agent's loop, passed as environment.
+    pub limits: AgentLimits,
+}
+
+/// Guardrails of one agent run (one user message), enforced by the agent itself; the meter
+/// enforces the money side independently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentLimits {
+    pub max_tool_calls: u32,
+    pub max_run_secs: u64,
+}
+
+impl Default for AgentLimits {
+    fn default() -> Self {
+        AgentLimits { max_tool_calls: 8, max_run_secs: 90 }
+    }
 }
 
 impl SandboxSpec {
@@ -91,6 +109,9 @@ impl SandboxSpec {
             ("CLAWPEN_TENANT_ID".to_owned(), a.tenant.to_string()),
             ("CLAWPEN_WORKSPACE".to_owned(), WORKSPACE_MOUNT.to_owned()),
             ("CLAWPEN_RUN_DIR".to_owned(), RUN_MOUNT.to_owned()),
+            ("CLAWPEN_MAX_TOKENS".to_owned(), a.plan.max_tokens.to_string()),
+            ("CLAWPEN_MAX_TOOL_CALLS".to_owned(), a.limits.max_tool_calls.to_string()),
+            ("CLAWPEN_MAX_RUN_SECS".to_owned(), a.limits.max_run_secs.to_string()),
         ]);
         let labels = BTreeMap::from([
             (labels::INSTANCE.to_owned(), a.instance.to_owned()),
@@ -165,6 +186,7 @@ mod tests {
             workspace_dir: "/srv/ws".into(),
             run_dir: "/srv/run".into(),
             plan: &plan,
+            limits: AgentLimits::default(),
         })
     }
 
@@ -182,7 +204,9 @@ mod tests {
         for key in [labels::INSTANCE, labels::TENANT, labels::AGENT, labels::SPEC_HASH] {
             assert!(s.labels.contains_key(key), "{key}");
         }
-        assert!(s.env.keys().all(|k| !k.contains("KEY") && !k.contains("TOKEN") && !k.contains("SECRET")));
+        // Only ids, paths and limits: nothing that could be a secret.
+        let allowed = ["CLAWPEN_AGENT_ID", "CLAWPEN_TENANT_ID", "CLAWPEN_WORKSPACE", "CLAWPEN_RUN_DIR", "CLAWPEN_MAX_TOKENS", "CLAWPEN_MAX_TOOL_CALLS", "CLAWPEN_MAX_RUN_SECS"];
+        assert!(s.env.keys().all(|k| allowed.contains(&k.as_str())), "{:?}", s.env.keys());
     }
 
     #[test]

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use clawpen_core::ids::AgentId;
+use clawpen_core::ids::{AgentId, TenantId};
+use clawpen_meter::{Meter, MeterCaller};
 use clawpen_runtime::Runtime;
 use clawpen_store::Store;
 
@@ -25,6 +26,10 @@ pub struct AppInner {
     pub image: String,
     /// SHA-256 (hex) of the admin token; the token itself is only in its 0600 file.
     pub admin_token_sha256: String,
+    /// The meter every model call of every agent goes through.
+    pub meter: Arc<Meter>,
+    /// The serving task of each agent's `control.sock`.
+    control: Mutex<HashMap<AgentId, tokio::task::AbortHandle>>,
     /// One lock per agent so start, stop and delete of one agent never interleave.
     agent_locks: Mutex<HashMap<AgentId, Arc<tokio::sync::Mutex<()>>>>,
     /// Set once the start-up reconciliation is done; `/readyz` waits for it.
@@ -47,6 +52,7 @@ impl App {
         instance: String,
         image: String,
         admin_token_sha256: String,
+        meter: Arc<Meter>,
     ) -> App {
         App(Arc::new(AppInner {
             store,
@@ -56,6 +62,8 @@ impl App {
             instance,
             image,
             admin_token_sha256,
+            meter,
+            control: Mutex::new(HashMap::new()),
             agent_locks: Mutex::new(HashMap::new()),
             reconciled: AtomicBool::new(false),
         }))
@@ -69,6 +77,38 @@ impl App {
             map.entry(id.clone()).or_default().clone()
         };
         lock.lock_owned().await
+    }
+
+    /// Serves the meter on the agent's `control.sock` (owned by the tenant's uid, 0600) unless
+    /// it is served already. The socket is the caller's identity: the router is bound to this
+    /// tenant and agent.
+    pub fn open_control(&self, tenant: &TenantId, agent: &AgentId, uid: u32) -> std::io::Result<()> {
+        let mut map = self.control.lock().expect("control map");
+        if map.get(agent).is_some_and(|h| !h.is_finished()) {
+            return Ok(());
+        }
+        let path = self.layout.control_socket(agent);
+        let _ = std::fs::remove_file(&path);
+        let std_listener = std::os::unix::net::UnixListener::bind(&path)?;
+        std::os::unix::fs::lchown(&path, Some(uid), Some(uid))?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        std_listener.set_nonblocking(true)?;
+        let listener = tokio::net::UnixListener::from_std(std_listener)?;
+        let router = clawpen_meter::router::router(self.meter.clone(), MeterCaller { tenant: tenant.clone(), agent: agent.clone() });
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::warn!(error = %e, "control socket stopped");
+            }
+        });
+        map.insert(agent.clone(), task.abort_handle());
+        Ok(())
+    }
+
+    /// Stops serving an agent's `control.sock`.
+    pub fn close_control(&self, agent: &AgentId) {
+        if let Some(h) = self.control.lock().expect("control map").remove(agent) {
+            h.abort();
+        }
     }
 
     pub fn is_reconciled(&self) -> bool {

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use clawpen_core::plan::Plan;
+use clawpen_core::plan::{Plan, CREDIT};
+use clawpen_core::spec::AgentLimits;
+use clawpen_meter::MeterConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -17,6 +19,10 @@ pub struct Config {
     pub default_plan: String,
     pub plans: BTreeMap<String, Plan>,
     pub sandbox: SandboxConfig,
+    /// Guardrails of every agent's loop.
+    pub agent: AgentLimits,
+    /// Upstream LLM APIs, models and prices.
+    pub meter: MeterConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,14 +49,31 @@ impl Default for SandboxConfig {
 impl Default for Config {
     fn default() -> Self {
         let plans = BTreeMap::from([
-            ("free".to_owned(), Plan { memory_mib: 128, cpu_millis: 500, pids: 64, tmp_mib: 16, max_agents: 3 }),
-            ("standard".to_owned(), Plan { memory_mib: 256, cpu_millis: 1000, pids: 128, tmp_mib: 64, max_agents: 10 }),
+            // A tiny budget: 0.2 credits a month, 0.05 a day.
+            ("free".to_owned(), Plan { max_agents: 3, ..Plan::default() }),
+            (
+                "standard".to_owned(),
+                Plan {
+                    memory_mib: 256,
+                    cpu_millis: 1000,
+                    pids: 128,
+                    tmp_mib: 64,
+                    max_agents: 10,
+                    monthly_cap: 20 * CREDIT,
+                    daily_cap: 2 * CREDIT,
+                    initial_credits: 0,
+                    max_tokens: 4096,
+                    runs_per_hour: 300,
+                },
+            ),
         ]);
         Config {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
             default_plan: "free".to_owned(),
             plans,
             sandbox: SandboxConfig::default(),
+            agent: AgentLimits::default(),
+            meter: MeterConfig::default(),
         }
     }
 }

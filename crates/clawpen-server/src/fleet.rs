@@ -45,6 +45,7 @@ impl App {
             workspace_dir: self.layout.workspace_dir(&tenant.id, agent),
             run_dir: self.layout.run_dir(agent),
             plan,
+            limits: self.config.agent,
         })
     }
 
@@ -62,7 +63,12 @@ impl App {
         let plan = self.config.plan(&tenant.plan).or_else(|| self.config.plan(&self.config.default_plan)).expect("default plan exists");
         let agent = self.store.create_agent(&tenant.id, name, plan.max_agents).await?;
         self.audit(&tenant.id, Some(&agent.id), actor, "agent.create", "requested", Some(serde_json::json!({"name": name}))).await;
-        if let Err(e) = self.layout.prepare_agent(&tenant.id, &agent.id, tenant.uid as u32) {
+        let prepared = self
+            .layout
+            .prepare_agent(&tenant.id, &agent.id, tenant.uid as u32)
+            .and_then(|()| self.open_control(&tenant.id, &agent.id, tenant.uid as u32));
+        if let Err(e) = prepared {
+            self.close_control(&agent.id);
             let _ = self.layout.remove_agent(&tenant.id, &agent.id);
             let _ = self.store.delete_agent(&agent.id).await;
             self.audit(&tenant.id, Some(&agent.id), &Actor::system(), "agent.create-failed", "workspace could not be made", None).await;
@@ -89,7 +95,8 @@ impl App {
     async fn bring_up(&self, tenant: &Tenant, id: &AgentId) -> Result<(), ApiError> {
         self.layout
             .prepare_agent(&tenant.id, id, tenant.uid as u32)
-            .map_err(|e| ApiError::internal(format!("preparing the dirs of {id}: {e}")))?;
+            .and_then(|()| self.open_control(&tenant.id, id, tenant.uid as u32))
+            .map_err(|e| ApiError::internal(format!("preparing the dirs and control socket of {id}: {e}")))?;
         let spec = self.spec_for(tenant, id);
         let container_id = match self.runtime.inspect(&spec.name).await {
             Ok(st) if st.labels.get(labels::SPEC_HASH).map(String::as_str) == Some(spec.spec_hash()) => {
@@ -177,6 +184,7 @@ impl App {
 
     async fn finish_delete(&self, tenant: &TenantId, id: &AgentId) -> Result<(), ApiError> {
         self.runtime.remove(&clawpen_core::spec::container_name(&self.instance, id)).await?;
+        self.close_control(id);
         self.layout.remove_agent(tenant, id).map_err(|e| ApiError::internal(format!("removing the dirs of {id}: {e}")))?;
         self.store.delete_agent(id).await?;
         info!(tenant = %tenant, agent = %id, "agent deleted");
@@ -248,7 +256,10 @@ impl App {
                         info!(agent = %a.id, "desired stopped but running: stopping");
                         self.audit(&a.tenant_id, Some(&a.id), &sys, "reconcile.stop", "desired state is stopped", None).await;
                     }
-                    let prepared = self.layout.prepare_agent(&a.tenant_id, &a.id, tenant.uid as u32);
+                    let prepared = self
+                        .layout
+                        .prepare_agent(&a.tenant_id, &a.id, tenant.uid as u32)
+                        .and_then(|()| self.open_control(&a.tenant_id, &a.id, tenant.uid as u32));
                     match prepared {
                         Ok(()) => self.halt(&tenant, &a.id).await,
                         Err(e) => Err(ApiError::internal(e)),

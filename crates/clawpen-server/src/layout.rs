@@ -53,6 +53,9 @@ impl Layout {
     pub fn agent_socket(&self, agent: &AgentId) -> PathBuf {
         self.run_dir(agent).join(clawpen_core::spec::AGENT_SOCKET)
     }
+    pub fn control_socket(&self, agent: &AgentId) -> PathBuf {
+        self.run_dir(agent).join(clawpen_core::spec::CONTROL_SOCKET)
+    }
 
     /// Makes the data dir (0700) and checks that socket paths under it fit.
     pub fn init(&self) -> anyhow::Result<()> {

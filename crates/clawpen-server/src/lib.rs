@@ -65,7 +65,9 @@ pub async fn open(data_dir: &Path, config: Config, image: String) -> anyhow::Res
     }
     let instance = store.instance_id().await?;
     let runtime: Arc<dyn Runtime> = Arc::new(DockerRuntime::connect_local().await?);
-    Ok(App::new(store, runtime, config, layout, instance, image, admin_sha))
+    let meter = clawpen_meter::Meter::new(store.clone(), config.meter.clone(), config.plans.clone(), config.default_plan.clone())
+        .map_err(|e| anyhow::anyhow!("meter configuration: {e}"))?;
+    Ok(App::new(store, runtime, config, layout, instance, image, admin_sha, Arc::new(meter)))
 }
 
 /// Serves the API on `listener` until `shutdown` completes. Reconciles store and runtime first
@@ -80,6 +82,7 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
         }
     });
     let _reconcile_guard = AbortOnDrop(reconcile);
+    let _sweeper_guard = AbortOnDrop(tokio::spawn(app.meter.clone().run_sweeper()));
     info!(addr = %listener.local_addr()?, instance = %app.instance, image = %app.image, "clawpen serving");
     axum::serve(listener, api::router(app)).with_graceful_shutdown(shutdown).await?;
     Ok(())

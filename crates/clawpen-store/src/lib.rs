@@ -5,6 +5,7 @@
 //! - [`models`]: the rows as Rust types.
 //! - [`StoreError`]: what a query can fail with.
 
+pub mod ledger;
 pub mod models;
 
 use std::path::Path;

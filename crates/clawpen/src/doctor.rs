@@ -157,6 +157,7 @@ async fn probe_in_sandbox(rt: &DockerRuntime, layout: &clawpen_server::Layout, c
         workspace_dir: layout.workspace_dir(&tenant, &agent),
         run_dir: layout.run_dir(&agent),
         plan,
+        limits: config.agent,
     });
     spec.args = std::iter::once("probe").chain(probe.iter().copied()).map(str::to_owned).collect();
     spec.labels.insert(labels::ROLE.into(), "doctor".into());

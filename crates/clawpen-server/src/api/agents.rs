@@ -17,6 +17,15 @@ use crate::error::{ApiError, ErrorBody};
 /// Longest message text accepted, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 32_000;
 
+/// The tenant's pause in force, shown on every agent view.
+async fn pause_of(app: &App, caller: &TenantCaller) -> Result<(Option<i64>, Option<String>), ApiError> {
+    Ok(super::usage::active_pause(&super::usage::account_of(app, &caller.tenant).await?))
+}
+
+async fn view(app: &App, caller: &TenantCaller, a: clawpen_store::Agent) -> Result<AgentView, ApiError> {
+    Ok(AgentView::from(a).paused(&pause_of(app, caller).await?))
+}
+
 fn agent_not_found(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound => ApiError::not_found("agent"),
@@ -34,13 +43,14 @@ pub async fn create_agent(State(app): State<App>, caller: TenantCaller, ApiJson(
     } else {
         agent
     };
-    Ok((StatusCode::CREATED, Json(agent.into())))
+    Ok((StatusCode::CREATED, Json(view(&app, &caller, agent).await?)))
 }
 
 #[utoipa::path(get, path = "/api/v1/agents", tag = "agents", security(("tenant_key" = [])),
     responses((status = 200, body = AgentList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list_agents(State(app): State<App>, caller: TenantCaller) -> Result<Json<AgentList>, ApiError> {
-    let agents = app.store.list_agents(&caller.tenant.id).await?.into_iter().map(Into::into).collect();
+    let pause = pause_of(&app, &caller).await?;
+    let agents = app.store.list_agents(&caller.tenant.id).await?.into_iter().map(|a| AgentView::from(a).paused(&pause)).collect();
     Ok(Json(AgentList { agents }))
 }
 
@@ -48,7 +58,8 @@ pub async fn list_agents(State(app): State<App>, caller: TenantCaller) -> Result
     params(("agent_id" = String, Path)),
     responses((status = 200, body = AgentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_agent(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath) -> Result<Json<AgentView>, ApiError> {
-    Ok(Json(app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?.into()))
+    let a = app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
+    Ok(Json(view(&app, &caller, a).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/agents/{agent_id}", tag = "agents", security(("tenant_key" = [])),
@@ -72,7 +83,7 @@ fn not_found_as_agent(e: ApiError) -> ApiError {
     responses((status = 200, body = AgentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn start_agent(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath) -> Result<Json<AgentView>, ApiError> {
     let a = app.start_agent(&caller.tenant, &id, &caller.actor(), "requested").await.map_err(not_found_as_agent)?;
-    Ok(Json(a.into()))
+    Ok(Json(view(&app, &caller, a).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/agents/{agent_id}/stop", tag = "agents", security(("tenant_key" = [])),
@@ -80,7 +91,7 @@ pub async fn start_agent(State(app): State<App>, caller: TenantCaller, AgentPath
     responses((status = 200, body = AgentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn stop_agent(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath) -> Result<Json<AgentView>, ApiError> {
     let a = app.stop_agent(&caller.tenant, &id, &caller.actor(), "requested").await.map_err(not_found_as_agent)?;
-    Ok(Json(a.into()))
+    Ok(Json(view(&app, &caller, a).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/agents/{agent_id}/logs", tag = "agents", security(("tenant_key" = [])),

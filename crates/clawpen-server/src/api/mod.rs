@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod agents;
 pub mod extract;
+pub mod usage;
 pub mod views;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -28,6 +29,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
         admin::create_key, admin::list_keys, admin::revoke_key, admin::add_member, admin::list_members, admin::audit,
         agents::create_agent, agents::list_agents, agents::get_agent, agents::delete_agent,
         agents::start_agent, agents::stop_agent, agents::logs, agents::events, agents::send_message,
+        usage::usage, usage::tenant_usage, usage::set_plan, usage::add_credits,
         healthz, readyz,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
@@ -53,6 +55,10 @@ pub fn router(app: App) -> Router {
         .route("/tenants/{tenant_id}/keys", post(admin::create_key).get(admin::list_keys))
         .route("/tenants/{tenant_id}/keys/{key_id}", axum::routing::delete(admin::revoke_key))
         .route("/tenants/{tenant_id}/members", post(admin::add_member).get(admin::list_members))
+        .route("/tenants/{tenant_id}/usage", get(usage::tenant_usage))
+        .route("/tenants/{tenant_id}/plan", axum::routing::put(usage::set_plan))
+        .route("/tenants/{tenant_id}/credits", post(usage::add_credits))
+        .route("/usage", get(usage::usage))
         .route("/audit", get(admin::audit))
         .route("/agents", post(agents::create_agent).get(agents::list_agents))
         .route("/agents/{agent_id}", get(agents::get_agent).delete(agents::delete_agent))

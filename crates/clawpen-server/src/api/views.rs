@@ -116,8 +116,19 @@ pub struct AgentView {
     pub oom_count: i64,
     pub last_oom_at: Option<i64>,
     pub last_error: Option<String>,
+    /// When the tenant's agents are paused (a credit cap): until when (Unix ms) and why.
+    pub paused_until: Option<i64>,
+    pub paused_reason: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+impl AgentView {
+    /// Adds the tenant's pause in force, if any.
+    pub fn paused(mut self, pause: &(Option<i64>, Option<String>)) -> AgentView {
+        (self.paused_until, self.paused_reason) = pause.clone();
+        self
+    }
 }
 
 impl From<Agent> for AgentView {
@@ -131,6 +142,8 @@ impl From<Agent> for AgentView {
             oom_count: a.oom_count,
             last_oom_at: a.last_oom_at,
             last_error: a.last_error,
+            paused_until: None,
+            paused_reason: None,
             created_at: a.created_at,
             updated_at: a.updated_at,
         }

@@ -90,6 +90,7 @@ async fn cannot_read_another_tenants_files() {
         t.b_run.clone(),
         format!("{}/note", t.b_run),
         format!("{}/agent.sock", t.b_run),
+        format!("{}/control.sock", t.b_run),
         // The same, relative to where a data dir would be mounted.
         rel_ws.to_owned(),
         rel_run.to_owned(),
@@ -248,7 +249,8 @@ async fn no_privileges_and_a_read_only_root() {
         assert_ne!(c["connect_ok"], true, "{c}");
     }
     for sock in d["sockets_found"].as_array().unwrap() {
-        assert_eq!(sock, "/run/clawpen/agent.sock", "the only socket in the sandbox is its own: {d}");
+        let own = ["/run/clawpen/agent.sock", "/run/clawpen/control.sock"];
+        assert!(own.contains(&sock.as_str().unwrap()), "the only sockets in the sandbox are its own: {d}");
     }
 }
 
@@ -268,7 +270,10 @@ async fn no_secret_inside_the_sandbox_or_in_docker_inspect() {
     for n in &needles {
         assert!(!out_text.contains(n.as_str()));
     }
-    let allowed = ["PATH", "HOSTNAME", "HOME", "CLAWPEN_AGENT_ID", "CLAWPEN_TENANT_ID", "CLAWPEN_WORKSPACE", "CLAWPEN_RUN_DIR"];
+    let allowed = [
+        "PATH", "HOSTNAME", "HOME", "CLAWPEN_AGENT_ID", "CLAWPEN_TENANT_ID", "CLAWPEN_WORKSPACE", "CLAWPEN_RUN_DIR",
+        "CLAWPEN_MAX_TOKENS", "CLAWPEN_MAX_TOOL_CALLS", "CLAWPEN_MAX_RUN_SECS",
+    ];
     for k in v["env_keys"].as_array().unwrap() {
         assert!(allowed.contains(&k.as_str().unwrap()), "unexpected variable {k} in the sandbox");
     }

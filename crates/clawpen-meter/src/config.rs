@@ -1,0 +1,150 @@
+//! Upstreams, models and prices. Keys are read from the environment or a file at start and held
+//! as [`Secret`], which never prints.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A secret value: `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    /// The value, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// Any OpenAI-compatible chat-completions API.
+    Openai,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Openai => "openai",
+            Provider::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// An upstream API. The key comes from `api_key_env` or `api_key_file`, never from this file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub provider: Provider,
+    /// e.g. `https://api.openai.com/v1` or `https://api.anthropic.com/v1`.
+    pub base_url: String,
+    pub api_key_env: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+}
+
+/// A model tenants may call, its upstream, and its prices in micro-credits per million tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub upstream: String,
+    /// Name sent upstream (default: the model's own name).
+    pub upstream_model: Option<String>,
+    pub input_per_mtok: i64,
+    pub output_per_mtok: i64,
+    #[serde(default)]
+    pub cache_read_per_mtok: i64,
+    #[serde(default)]
+    pub cache_write_per_mtok: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeterConfig {
+    /// The model an agent's `"default"` means.
+    pub default_model: Option<String>,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub models: BTreeMap<String, ModelConfig>,
+    /// How long a hold may stay open before the sweeper voids it.
+    pub hold_ttl_secs: u64,
+    /// How long the meter keeps reading a stream whose client went away, to learn its usage.
+    pub drain_secs: u64,
+    /// How often the sweeper looks for expired holds.
+    pub sweep_secs: u64,
+    /// How long an upstream call may take in all.
+    pub upstream_timeout_secs: u64,
+}
+
+impl Default for MeterConfig {
+    fn default() -> Self {
+        MeterConfig {
+            default_model: None,
+            upstreams: BTreeMap::new(),
+            models: BTreeMap::new(),
+            hold_ttl_secs: 600,
+            drain_secs: 120,
+            sweep_secs: 5,
+            upstream_timeout_secs: 300,
+        }
+    }
+}
+
+/// A resolved upstream: where to send, with which key.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub provider: Provider,
+    pub base_url: String,
+    pub key: Secret,
+}
+
+impl MeterConfig {
+    /// Checks the references and reads every upstream key.
+    pub fn resolve(&self) -> Result<BTreeMap<String, Upstream>, String> {
+        let mut out = BTreeMap::new();
+        for (name, u) in &self.upstreams {
+            let key = match (&u.api_key_env, &u.api_key_file) {
+                (Some(var), None) => std::env::var(var).map_err(|_| format!("upstream {name}: the environment variable {var} is not set"))?,
+                (None, Some(path)) => std::fs::read_to_string(path)
+                    .map_err(|e| format!("upstream {name}: cannot read its key file {}: {e}", path.display()))?
+                    .trim()
+                    .to_owned(),
+                _ => return Err(format!("upstream {name}: give exactly one of api_key_env or api_key_file")),
+            };
+            out.insert(name.clone(), Upstream { name: name.clone(), provider: u.provider, base_url: u.base_url.trim_end_matches('/').to_owned(), key: Secret(key) });
+        }
+        for (model, m) in &self.models {
+            if !self.upstreams.contains_key(&m.upstream) {
+                return Err(format!("model {model}: unknown upstream {}", m.upstream));
+            }
+            if m.input_per_mtok < 0 || m.output_per_mtok < 0 || m.cache_read_per_mtok < 0 || m.cache_write_per_mtok < 0 {
+                return Err(format!("model {model}: prices cannot be negative"));
+            }
+        }
+        if let Some(d) = &self.default_model {
+            if !self.models.contains_key(d) {
+                return Err(format!("default_model {d} is not in [meter.models]"));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,17 @@
+#![doc = include_str!("../README.md")]
+//!
+//! # Layout
+//! - [`config`]: upstreams, models and their prices; secrets that never print.
+//! - [`price`]: estimates and costs, integer micro-credits.
+//! - [`usage`]: reading usage from OpenAI and Anthropic answers, streamed or not.
+//! - [`meter`]: [`Meter`], reserve → forward → settle, the sweeper, caps and pauses.
+//! - [`router`]: the HTTP routes served on an agent's `control.sock`.
+
+pub mod config;
+pub mod meter;
+pub mod price;
+pub mod router;
+pub mod usage;
+
+pub use config::MeterConfig;
+pub use meter::{Meter, MeterCaller};

@@ -1,0 +1,66 @@
+-- One account per tenant: prepaid balance, credit held by in-flight calls, and what was spent
+-- this month and today (the month/day columns say which period the counters belong to).
+CREATE TABLE accounts (
+    tenant_id     TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+    balance       BIGINT NOT NULL,
+    reserved      BIGINT NOT NULL DEFAULT 0,
+    month         TEXT NOT NULL,
+    month_spent   BIGINT NOT NULL DEFAULT 0,
+    day           TEXT NOT NULL,
+    day_spent     BIGINT NOT NULL DEFAULT 0,
+    paused_until  BIGINT,
+    paused_reason TEXT,
+    CHECK (reserved >= 0)
+);
+
+-- Two-phase charges: a hold is reserved before a call and settled or voided exactly once.
+CREATE TABLE holds (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL,
+    agent_id    TEXT NOT NULL,
+    amount      BIGINT NOT NULL,
+    state       TEXT NOT NULL,
+    charged     BIGINT,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    settled_at  BIGINT
+);
+CREATE INDEX holds_open ON holds (state, expires_at);
+
+-- Every model call, charged or refused.
+CREATE TABLE calls (
+    id            TEXT PRIMARY KEY,
+    tenant_id     TEXT NOT NULL,
+    agent_id      TEXT NOT NULL,
+    at            BIGINT NOT NULL,
+    model         TEXT NOT NULL,
+    provider      TEXT NOT NULL,
+    stream        BIGINT NOT NULL,
+    input_tokens  BIGINT NOT NULL DEFAULT 0,
+    output_tokens BIGINT NOT NULL DEFAULT 0,
+    cache_read    BIGINT NOT NULL DEFAULT 0,
+    cache_write   BIGINT NOT NULL DEFAULT 0,
+    cost          BIGINT NOT NULL DEFAULT 0,
+    held          BIGINT NOT NULL DEFAULT 0,
+    outcome       TEXT NOT NULL
+);
+CREATE INDEX calls_tenant ON calls (tenant_id, at);
+CREATE INDEX calls_agent ON calls (agent_id, at);
+
+-- Credits added by the operator, for the record.
+CREATE TABLE credit_grants (
+    id        BIGSERIAL PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    at        BIGINT NOT NULL,
+    amount    BIGINT NOT NULL,
+    reason    TEXT NOT NULL
+);
+
+-- Runs (one user message = one run) per agent, for the runs-per-hour cap.
+CREATE TABLE runs (
+    agent_id TEXT NOT NULL,
+    run_id   TEXT NOT NULL,
+    at       BIGINT NOT NULL,
+    PRIMARY KEY (agent_id, run_id)
+);
+CREATE INDEX runs_recent ON runs (agent_id, at);

@@ -1,0 +1,492 @@
+//! The credit ledger: accounts, two-phase holds, calls, grants and runs. Money is integer
+//! micro-credits everywhere.
+//!
+//! The rules that keep money exact:
+//! - a reserve is **one conditional `UPDATE`** (balance, monthly cap and pause checked in its
+//!   `WHERE`), never a read followed by a write, so concurrent reserves cannot overspend;
+//! - a hold is settled or voided **once**: the state change `held → settled|voided` is itself
+//!   conditional, so a repeated settle (a retry, the sweeper racing the owner) changes nothing;
+//! - a settle charges at most the held amount, so the settled total never passes what the
+//!   reserve admitted.
+
+use clawpen_core::ids::{AgentId, TenantId};
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::{Result, Store, StoreError};
+
+/// A tenant's account as read back.
+#[derive(Debug, Clone, Serialize)]
+pub struct Account {
+    pub tenant_id: String,
+    pub balance: i64,
+    pub reserved: i64,
+    pub month: String,
+    pub month_spent: i64,
+    pub day: String,
+    pub day_spent: i64,
+    pub paused_until: Option<i64>,
+    pub paused_reason: Option<String>,
+}
+
+/// The period keys (UTC) a ledger write belongs to.
+#[derive(Debug, Clone)]
+pub struct Period {
+    /// `YYYY-MM`.
+    pub month: String,
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    pub now_ms: i64,
+}
+
+/// A reserve to make.
+#[derive(Debug, Clone)]
+pub struct Reserve<'a> {
+    pub hold_id: &'a str,
+    pub tenant: &'a TenantId,
+    pub agent: &'a AgentId,
+    pub amount: i64,
+    pub monthly_cap: i64,
+    pub expires_at: i64,
+}
+
+/// Why a reserve was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Paused { until: Option<i64>, reason: String },
+    MonthlyCap { cap: i64, spent: i64, reserved: i64 },
+    InsufficientCredits { balance: i64, reserved: i64 },
+}
+
+/// A model call, as recorded in `calls`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CallRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub agent_id: String,
+    pub at: i64,
+    pub model: String,
+    pub provider: String,
+    pub stream: bool,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read: i64,
+    pub cache_write: i64,
+    /// What the tenant was charged.
+    pub cost: i64,
+    /// What was held for the call.
+    pub held: i64,
+    pub outcome: String,
+}
+
+/// What a settle did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// False when the hold had already been settled or voided (nothing changed).
+    pub applied: bool,
+    pub charged: i64,
+    pub day_spent: i64,
+    pub month_spent: i64,
+}
+
+/// Spending of one agent this month.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentSpend {
+    pub agent_id: String,
+    pub calls: i64,
+    pub cost: i64,
+}
+
+fn account_from_row(r: &sqlx::any::AnyRow) -> Result<Account> {
+    Ok(Account {
+        tenant_id: r.try_get("tenant_id")?,
+        balance: r.try_get("balance")?,
+        reserved: r.try_get("reserved")?,
+        month: r.try_get("month")?,
+        month_spent: r.try_get("month_spent")?,
+        day: r.try_get("day")?,
+        day_spent: r.try_get("day_spent")?,
+        paused_until: r.try_get("paused_until")?,
+        paused_reason: r.try_get("paused_reason")?,
+    })
+}
+
+fn call_from_row(r: &sqlx::any::AnyRow) -> Result<CallRecord> {
+    Ok(CallRecord {
+        id: r.try_get("id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        agent_id: r.try_get("agent_id")?,
+        at: r.try_get("at")?,
+        model: r.try_get("model")?,
+        provider: r.try_get("provider")?,
+        stream: r.try_get::<i64, _>("stream")? != 0,
+        input_tokens: r.try_get("input_tokens")?,
+        output_tokens: r.try_get("output_tokens")?,
+        cache_read: r.try_get("cache_read")?,
+        cache_write: r.try_get("cache_write")?,
+        cost: r.try_get("cost")?,
+        held: r.try_get("held")?,
+        outcome: r.try_get("outcome")?,
+    })
+}
+
+const ACCOUNT_COLUMNS: &str = "tenant_id, balance, reserved, month, month_spent, day, day_spent, paused_until, paused_reason";
+
+impl Store {
+    /// Opens the tenant's account with `initial` credits if it has none yet.
+    pub async fn ensure_account(&self, tenant: &TenantId, initial: i64, p: &Period) -> Result<()> {
+        sqlx::query("INSERT INTO accounts (tenant_id, balance, month, day) VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id) DO NOTHING")
+            .bind(tenant.as_str())
+            .bind(initial)
+            .bind(&p.month)
+            .bind(&p.day)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn account(&self, tenant: &TenantId) -> Result<Account> {
+        let row = sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE tenant_id = $1"))
+            .bind(tenant.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        account_from_row(&row)
+    }
+
+    /// Reserves `amount` for a call: one conditional write, then the hold row, in one
+    /// transaction. On refusal nothing is written and the reason is returned.
+    pub async fn reserve(&self, r: &Reserve<'_>, p: &Period) -> Result<Result<(), Refusal>> {
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query(
+            "UPDATE accounts SET \
+                reserved = reserved + $1, \
+                month_spent = CASE WHEN month = $2 THEN month_spent ELSE 0 END, month = $2, \
+                day_spent = CASE WHEN day = $3 THEN day_spent ELSE 0 END, day = $3 \
+             WHERE tenant_id = $4 \
+               AND balance - reserved >= $1 \
+               AND (CASE WHEN month = $2 THEN month_spent ELSE 0 END) + reserved + $1 <= $5 \
+               AND (paused_until IS NULL OR paused_until <= $6)",
+        )
+        .bind(r.amount)
+        .bind(&p.month)
+        .bind(&p.day)
+        .bind(r.tenant.as_str())
+        .bind(r.monthly_cap)
+        .bind(p.now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 0 {
+            tx.rollback().await?;
+            // Only to explain the refusal: the decision above was the conditional write.
+            let a = self.account(r.tenant).await?;
+            let month_spent = if a.month == p.month { a.month_spent } else { 0 };
+            let refusal = if a.paused_until.is_some_and(|u| u > p.now_ms) {
+                Refusal::Paused { until: a.paused_until, reason: a.paused_reason.unwrap_or_default() }
+            } else if a.balance - a.reserved < r.amount {
+                Refusal::InsufficientCredits { balance: a.balance, reserved: a.reserved }
+            } else {
+                Refusal::MonthlyCap { cap: r.monthly_cap, spent: month_spent, reserved: a.reserved }
+            };
+            return Ok(Err(refusal));
+        }
+        sqlx::query("INSERT INTO holds (id, tenant_id, agent_id, amount, state, created_at, expires_at) VALUES ($1, $2, $3, $4, 'held', $5, $6)")
+            .bind(r.hold_id)
+            .bind(r.tenant.as_str())
+            .bind(r.agent.as_str())
+            .bind(r.amount)
+            .bind(p.now_ms)
+            .bind(r.expires_at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Settles a hold at `call.cost` (at most the held amount) and records the call; or, with
+    /// `void`, releases it and charges nothing. Idempotent: a hold already closed is left alone.
+    pub async fn close_hold(&self, hold_id: &str, call: &CallRecord, void: bool, p: &Period) -> Result<Settled> {
+        let mut tx = self.pool.begin().await?;
+        let state = if void { "voided" } else { "settled" };
+        let row = sqlx::query("UPDATE holds SET state = $1, settled_at = $2 WHERE id = $3 AND state = 'held' RETURNING tenant_id, amount")
+            .bind(state)
+            .bind(p.now_ms)
+            .bind(hold_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(Settled { applied: false, charged: 0, day_spent: 0, month_spent: 0 });
+        };
+        let tenant: String = row.try_get("tenant_id")?;
+        let amount: i64 = row.try_get("amount")?;
+        let charged = if void { 0 } else { call.cost.clamp(0, amount) };
+        sqlx::query("UPDATE holds SET charged = $1 WHERE id = $2").bind(charged).bind(hold_id).execute(&mut *tx).await?;
+        let acc = sqlx::query(
+            "UPDATE accounts SET \
+                reserved = reserved - $1, balance = balance - $2, \
+                month_spent = (CASE WHEN month = $3 THEN month_spent ELSE 0 END) + $2, month = $3, \
+                day_spent = (CASE WHEN day = $4 THEN day_spent ELSE 0 END) + $2, day = $4 \
+             WHERE tenant_id = $5 RETURNING month_spent, day_spent",
+        )
+        .bind(amount)
+        .bind(charged)
+        .bind(&p.month)
+        .bind(&p.day)
+        .bind(&tenant)
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut record = call.clone();
+        record.cost = charged;
+        record.held = amount;
+        insert_call(&mut tx, &record).await?;
+        tx.commit().await?;
+        Ok(Settled { applied: true, charged, day_spent: acc.try_get("day_spent")?, month_spent: acc.try_get("month_spent")? })
+    }
+
+    /// Records a call that was refused before any hold (cost 0).
+    pub async fn record_call(&self, call: &CallRecord) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        insert_call(&mut tx, call).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Holds still open whose time ran out.
+    pub async fn expired_holds(&self, now_ms: i64) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query("SELECT id, tenant_id, agent_id FROM holds WHERE state = 'held' AND expires_at <= $1 ORDER BY expires_at")
+            .bind(now_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("tenant_id")?, r.try_get("agent_id")?))).collect()
+    }
+
+    /// Number of holds still open (for tests and metrics).
+    pub async fn open_holds(&self, tenant: &TenantId) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM holds WHERE tenant_id = $1 AND state = 'held'")
+            .bind(tenant.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Sum of what settled holds charged this tenant.
+    pub async fn settled_total(&self, tenant: &TenantId) -> Result<i64> {
+        let row = sqlx::query("SELECT COALESCE(SUM(charged), 0) AS total FROM holds WHERE tenant_id = $1 AND state = 'settled'")
+            .bind(tenant.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("total")?)
+    }
+
+    pub async fn pause_account(&self, tenant: &TenantId, until: Option<i64>, reason: &str) -> Result<()> {
+        sqlx::query("UPDATE accounts SET paused_until = $1, paused_reason = $2 WHERE tenant_id = $3")
+            .bind(until)
+            .bind(reason)
+            .bind(tenant.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Adds credits (negative takes them away) and lifts a pause.
+    pub async fn add_credits(&self, tenant: &TenantId, amount: i64, reason: &str, p: &Period) -> Result<Account> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO accounts (tenant_id, balance, month, day) VALUES ($1, 0, $2, $3) ON CONFLICT (tenant_id) DO NOTHING")
+            .bind(tenant.as_str())
+            .bind(&p.month)
+            .bind(&p.day)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE accounts SET balance = balance + $1, paused_until = NULL, paused_reason = NULL WHERE tenant_id = $2")
+            .bind(amount)
+            .bind(tenant.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO credit_grants (tenant_id, at, amount, reason) VALUES ($1, $2, $3, $4)")
+            .bind(tenant.as_str())
+            .bind(p.now_ms)
+            .bind(amount)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.account(tenant).await
+    }
+
+    pub async fn set_plan(&self, tenant: &TenantId, plan: &str) -> Result<()> {
+        let res = sqlx::query("UPDATE tenants SET plan = $1 WHERE id = $2").bind(plan).bind(tenant.as_str()).execute(&self.pool).await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Admits a run of an agent unless `max_per_hour` runs started in the last hour. A run already
+    /// admitted is admitted again (its further model calls).
+    pub async fn admit_run(&self, agent: &AgentId, run_id: &str, max_per_hour: i64, now_ms: i64) -> Result<bool> {
+        sqlx::query(
+            "INSERT INTO runs (agent_id, run_id, at) SELECT $1, $2, $3 \
+             WHERE (SELECT COUNT(*) FROM runs WHERE agent_id = $1 AND at > $4) < $5 \
+             ON CONFLICT (agent_id, run_id) DO NOTHING",
+        )
+        .bind(agent.as_str())
+        .bind(run_id)
+        .bind(now_ms)
+        .bind(now_ms - 3_600_000)
+        .bind(max_per_hour)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM runs WHERE agent_id = $1 AND run_id = $2")
+            .bind(agent.as_str())
+            .bind(run_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
+    /// This month's spending per agent of a tenant.
+    pub async fn spend_by_agent(&self, tenant: &TenantId, since_ms: i64) -> Result<Vec<AgentSpend>> {
+        let rows = sqlx::query(
+            "SELECT agent_id, COUNT(*) AS calls, COALESCE(SUM(cost), 0) AS cost FROM calls \
+             WHERE tenant_id = $1 AND at >= $2 GROUP BY agent_id ORDER BY agent_id",
+        )
+        .bind(tenant.as_str())
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(AgentSpend { agent_id: r.try_get("agent_id")?, calls: r.try_get("calls")?, cost: r.try_get("cost")? })).collect()
+    }
+
+    /// The newest calls of a tenant.
+    pub async fn recent_calls(&self, tenant: &TenantId, limit: i64) -> Result<Vec<CallRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, agent_id, at, model, provider, stream, input_tokens, output_tokens, cache_read, cache_write, cost, held, outcome \
+             FROM calls WHERE tenant_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
+        )
+        .bind(tenant.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(call_from_row).collect()
+    }
+}
+
+async fn insert_call(tx: &mut sqlx::Transaction<'_, sqlx::Any>, c: &CallRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO calls (id, tenant_id, agent_id, at, model, provider, stream, input_tokens, output_tokens, cache_read, cache_write, cost, held, outcome) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&c.id)
+    .bind(&c.tenant_id)
+    .bind(&c.agent_id)
+    .bind(c.at)
+    .bind(&c.model)
+    .bind(&c.provider)
+    .bind(c.stream as i64)
+    .bind(c.input_tokens)
+    .bind(c.output_tokens)
+    .bind(c.cache_read)
+    .bind(c.cache_write)
+    .bind(c.cost)
+    .bind(c.held)
+    .bind(&c.outcome)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn period(now_ms: i64) -> Period {
+        Period { month: "2026-11".into(), day: "2026-11-22".into(), now_ms }
+    }
+
+    /// 200 concurrent calls of one tenant against a cap that admits about 50: whatever the
+    /// interleaving and whatever the calls cost, the settled total stays within the cap, refused
+    /// calls cost nothing, and balance + settled equals the start. Seeded, so a failure repeats.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn no_overspend_under_concurrency() {
+        for seed in [1u64, 7, 42] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::for_testing(dir.path()).await.unwrap();
+            let t = store.create_tenant("t", "free", 100_000).await.unwrap();
+            let agent = AgentId::new();
+            let start = 1_000_000_000i64;
+            let cap = 50 * 1_000; // about 50 holds of 1,000
+            store.ensure_account(&t.id, start, &period(0)).await.unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let plans: Vec<(i64, i64, bool)> = (0..200)
+                .map(|_| {
+                    let hold = rng.gen_range(800..=1_200);
+                    // Some calls cost more than held (clamped), some less, some are voided.
+                    let cost = rng.gen_range(0..=1_500);
+                    (hold, cost, rng.gen_bool(0.1))
+                })
+                .collect();
+            let mut tasks = Vec::new();
+            for (i, (hold, cost, void)) in plans.into_iter().enumerate() {
+                let (store, tenant, agent) = (store.clone(), t.id.clone(), agent.clone());
+                tasks.push(tokio::spawn(async move {
+                    let id = format!("h{seed}-{i}");
+                    let r = Reserve { hold_id: &id, tenant: &tenant, agent: &agent, amount: hold, monthly_cap: cap, expires_at: i64::MAX };
+                    match store.reserve(&r, &period(1)).await.unwrap() {
+                        Err(_) => 0,
+                        Ok(()) => {
+                            let call = CallRecord { id: id.clone(), cost, outcome: "ok".into(), ..Default::default() };
+                            let s = store.close_hold(&id, &call, void, &period(2)).await.unwrap();
+                            // Settling twice changes nothing.
+                            assert!(!store.close_hold(&id, &call, false, &period(3)).await.unwrap().applied);
+                            assert!(s.charged <= hold);
+                            s.charged
+                        }
+                    }
+                }));
+            }
+            let mut charged = 0;
+            for task in tasks {
+                charged += task.await.unwrap();
+            }
+            let a = store.account(&t.id).await.unwrap();
+            let settled = store.settled_total(&t.id).await.unwrap();
+            assert_eq!(settled, charged, "seed {seed}");
+            assert!(settled <= cap, "seed {seed}: settled {settled} > cap {cap}");
+            assert!(settled > cap / 2, "seed {seed}: the cap was actually used ({settled})");
+            assert_eq!(a.balance + settled, start, "seed {seed}: money appeared or vanished");
+            assert_eq!((a.reserved, store.open_holds(&t.id).await.unwrap()), (0, 0), "seed {seed}");
+            assert_eq!(a.month_spent, settled);
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_say_why_and_expired_holds_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::for_testing(dir.path()).await.unwrap();
+        let t = store.create_tenant("t", "free", 100_000).await.unwrap();
+        let agent = AgentId::new();
+        store.ensure_account(&t.id, 500, &period(0)).await.unwrap();
+        let r = |id: &'static str, amount| Reserve { hold_id: id, tenant: &t.id, agent: &agent, amount, monthly_cap: 1_000, expires_at: 100 };
+        assert!(matches!(store.reserve(&r("a", 600), &period(1)).await.unwrap(), Err(Refusal::InsufficientCredits { .. })));
+        store.add_credits(&t.id, 10_000, "test", &period(1)).await.unwrap();
+        assert!(matches!(store.reserve(&r("b", 1_001), &period(1)).await.unwrap(), Err(Refusal::MonthlyCap { .. })));
+        store.reserve(&r("c", 400), &period(1)).await.unwrap().unwrap();
+        assert_eq!(store.expired_holds(99).await.unwrap().len(), 0);
+        assert_eq!(store.expired_holds(100).await.unwrap()[0].0, "c");
+        store.pause_account(&t.id, Some(5_000), "daily soft cap").await.unwrap();
+        assert!(matches!(store.reserve(&r("d", 1), &period(2)).await.unwrap(), Err(Refusal::Paused { until: Some(5_000), .. })));
+        store.reserve(&r("e", 1), &period(5_000)).await.unwrap().unwrap();
+        // A new month starts the monthly counter again.
+        let call = CallRecord { id: "c".into(), cost: 400, ..Default::default() };
+        store.close_hold("c", &call, false, &period(3)).await.unwrap();
+        let next = Period { month: "2026-12".into(), day: "2026-12-01".into(), now_ms: 6_000 };
+        store.reserve(&r("f", 999), &next).await.unwrap().unwrap();
+        assert!(store.admit_run(&agent, "run1", 2, 0).await.unwrap());
+        assert!(store.admit_run(&agent, "run1", 2, 1).await.unwrap());
+        assert!(store.admit_run(&agent, "run2", 2, 2).await.unwrap());
+        assert!(!store.admit_run(&agent, "run3", 2, 3).await.unwrap());
+        assert!(store.admit_run(&agent, "run3", 2, 3_600_001).await.unwrap());
+    }
+}
