@@ -54,11 +54,16 @@ pub fn ensure_admin_token(path: &Path) -> anyhow::Result<(String, bool)> {
     }
 }
 
-/// Opens everything an `App` needs from a data dir: layout, store, admin token, runtime.
-pub async fn open(data_dir: &Path, config: Config, image: String) -> anyhow::Result<App> {
+/// Opens everything an `App` needs from a data dir: layout, store (the SQLite file in the data
+/// dir, or `database_url`), admin token, runtime, meter.
+pub async fn open(data_dir: &Path, database_url: Option<&str>, config: Config, image: String) -> anyhow::Result<App> {
     let layout = Layout::new(data_dir.to_owned());
     layout.init().with_context(|| format!("preparing the data dir {}", data_dir.display()))?;
-    let store = Store::open_sqlite(&layout.db_path()).await.context("opening the store")?;
+    let store = match database_url {
+        // The URL may hold a password: it is never printed.
+        Some(url) => Store::connect(url).await.context("opening the store at the database URL")?,
+        None => Store::open_sqlite(&layout.db_path()).await.context("opening the store")?,
+    };
     let (admin_sha, created) = ensure_admin_token(&layout.admin_token_path())?;
     if created {
         info!(path = %layout.admin_token_path().display(), "created the admin token (mode 0600)");

@@ -130,7 +130,8 @@ fn call_from_row(r: &sqlx::any::AnyRow) -> Result<CallRecord> {
     })
 }
 
-const ACCOUNT_COLUMNS: &str = "tenant_id, balance, reserved, month, month_spent, day, day_spent, paused_until, paused_reason";
+const ACCOUNT_COLUMNS: &str =
+    "tenant_id, balance, reserved, month, month_spent, day, day_spent, paused_until, paused_reason";
 
 impl Store {
     /// Opens the tenant's account with `initial` credits if it has none yet.
@@ -146,11 +147,13 @@ impl Store {
     }
 
     pub async fn account(&self, tenant: &TenantId) -> Result<Account> {
-        let row = sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE tenant_id = $1"))
-            .bind(tenant.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let row = sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE tenant_id = $1"
+        ))
+        .bind(tenant.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
         account_from_row(&row)
     }
 
@@ -182,11 +185,21 @@ impl Store {
             let a = self.account(r.tenant).await?;
             let month_spent = if a.month == p.month { a.month_spent } else { 0 };
             let refusal = if a.paused_until.is_some_and(|u| u > p.now_ms) {
-                Refusal::Paused { until: a.paused_until, reason: a.paused_reason.unwrap_or_default() }
+                Refusal::Paused {
+                    until: a.paused_until,
+                    reason: a.paused_reason.unwrap_or_default(),
+                }
             } else if a.balance - a.reserved < r.amount {
-                Refusal::InsufficientCredits { balance: a.balance, reserved: a.reserved }
+                Refusal::InsufficientCredits {
+                    balance: a.balance,
+                    reserved: a.reserved,
+                }
             } else {
-                Refusal::MonthlyCap { cap: r.monthly_cap, spent: month_spent, reserved: a.reserved }
+                Refusal::MonthlyCap {
+                    cap: r.monthly_cap,
+                    spent: month_spent,
+                    reserved: a.reserved,
+                }
             };
             return Ok(Err(refusal));
         }
@@ -205,7 +218,13 @@ impl Store {
 
     /// Settles a hold at `call.cost` (at most the held amount) and records the call; or, with
     /// `void`, releases it and charges nothing. Idempotent: a hold already closed is left alone.
-    pub async fn close_hold(&self, hold_id: &str, call: &CallRecord, void: bool, p: &Period) -> Result<Settled> {
+    pub async fn close_hold(
+        &self,
+        hold_id: &str,
+        call: &CallRecord,
+        void: bool,
+        p: &Period,
+    ) -> Result<Settled> {
         let mut tx = self.pool.begin().await?;
         let state = if void { "voided" } else { "settled" };
         let row = sqlx::query("UPDATE holds SET state = $1, settled_at = $2 WHERE id = $3 AND state = 'held' RETURNING tenant_id, amount")
@@ -216,12 +235,21 @@ impl Store {
             .await?;
         let Some(row) = row else {
             tx.rollback().await?;
-            return Ok(Settled { applied: false, charged: 0, day_spent: 0, month_spent: 0 });
+            return Ok(Settled {
+                applied: false,
+                charged: 0,
+                day_spent: 0,
+                month_spent: 0,
+            });
         };
         let tenant: String = row.try_get("tenant_id")?;
         let amount: i64 = row.try_get("amount")?;
         let charged = if void { 0 } else { call.cost.clamp(0, amount) };
-        sqlx::query("UPDATE holds SET charged = $1 WHERE id = $2").bind(charged).bind(hold_id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE holds SET charged = $1 WHERE id = $2")
+            .bind(charged)
+            .bind(hold_id)
+            .execute(&mut *tx)
+            .await?;
         let acc = sqlx::query(
             "UPDATE accounts SET \
                 reserved = reserved - $1, balance = balance - $2, \
@@ -241,7 +269,12 @@ impl Store {
         record.held = amount;
         insert_call(&mut tx, &record).await?;
         tx.commit().await?;
-        Ok(Settled { applied: true, charged, day_spent: acc.try_get("day_spent")?, month_spent: acc.try_get("month_spent")? })
+        Ok(Settled {
+            applied: true,
+            charged,
+            day_spent: acc.try_get("day_spent")?,
+            month_spent: acc.try_get("month_spent")?,
+        })
     }
 
     /// Records a call that was refused before any hold (cost 0).
@@ -258,39 +291,61 @@ impl Store {
             .bind(now_ms)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("tenant_id")?, r.try_get("agent_id")?))).collect()
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    r.try_get("tenant_id")?,
+                    r.try_get("agent_id")?,
+                ))
+            })
+            .collect()
     }
 
     /// Number of holds still open (for tests and metrics).
     pub async fn open_holds(&self, tenant: &TenantId) -> Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM holds WHERE tenant_id = $1 AND state = 'held'")
-            .bind(tenant.as_str())
-            .fetch_one(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM holds WHERE tenant_id = $1 AND state = 'held'")
+                .bind(tenant.as_str())
+                .fetch_one(&self.pool)
+                .await?;
         Ok(row.try_get("n")?)
     }
 
     /// Sum of what settled holds charged this tenant.
     pub async fn settled_total(&self, tenant: &TenantId) -> Result<i64> {
-        let row = sqlx::query("SELECT COALESCE(SUM(charged), 0) AS total FROM holds WHERE tenant_id = $1 AND state = 'settled'")
+        let row = sqlx::query("SELECT CAST(COALESCE(SUM(charged), 0) AS BIGINT) AS total FROM holds WHERE tenant_id = $1 AND state = 'settled'")
             .bind(tenant.as_str())
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get("total")?)
     }
 
-    pub async fn pause_account(&self, tenant: &TenantId, until: Option<i64>, reason: &str) -> Result<()> {
-        sqlx::query("UPDATE accounts SET paused_until = $1, paused_reason = $2 WHERE tenant_id = $3")
-            .bind(until)
-            .bind(reason)
-            .bind(tenant.as_str())
-            .execute(&self.pool)
-            .await?;
+    pub async fn pause_account(
+        &self,
+        tenant: &TenantId,
+        until: Option<i64>,
+        reason: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE accounts SET paused_until = $1, paused_reason = $2 WHERE tenant_id = $3",
+        )
+        .bind(until)
+        .bind(reason)
+        .bind(tenant.as_str())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// Adds credits (negative takes them away) and lifts a pause.
-    pub async fn add_credits(&self, tenant: &TenantId, amount: i64, reason: &str, p: &Period) -> Result<Account> {
+    pub async fn add_credits(
+        &self,
+        tenant: &TenantId,
+        amount: i64,
+        reason: &str,
+        p: &Period,
+    ) -> Result<Account> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO accounts (tenant_id, balance, month, day) VALUES ($1, 0, $2, $3) ON CONFLICT (tenant_id) DO NOTHING")
             .bind(tenant.as_str())
@@ -303,19 +358,25 @@ impl Store {
             .bind(tenant.as_str())
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO credit_grants (tenant_id, at, amount, reason) VALUES ($1, $2, $3, $4)")
-            .bind(tenant.as_str())
-            .bind(p.now_ms)
-            .bind(amount)
-            .bind(reason)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO credit_grants (tenant_id, at, amount, reason) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(tenant.as_str())
+        .bind(p.now_ms)
+        .bind(amount)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         self.account(tenant).await
     }
 
     pub async fn set_plan(&self, tenant: &TenantId, plan: &str) -> Result<()> {
-        let res = sqlx::query("UPDATE tenants SET plan = $1 WHERE id = $2").bind(plan).bind(tenant.as_str()).execute(&self.pool).await?;
+        let res = sqlx::query("UPDATE tenants SET plan = $1 WHERE id = $2")
+            .bind(plan)
+            .bind(tenant.as_str())
+            .execute(&self.pool)
+            .await?;
         if res.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -324,7 +385,13 @@ impl Store {
 
     /// Admits a run of an agent unless `max_per_hour` runs started in the last hour. A run already
     /// admitted is admitted again (its further model calls).
-    pub async fn admit_run(&self, agent: &AgentId, run_id: &str, max_per_hour: i64, now_ms: i64) -> Result<bool> {
+    pub async fn admit_run(
+        &self,
+        agent: &AgentId,
+        run_id: &str,
+        max_per_hour: i64,
+        now_ms: i64,
+    ) -> Result<bool> {
         sqlx::query(
             "INSERT INTO runs (agent_id, run_id, at) SELECT $1, $2, $3 \
              WHERE (SELECT COUNT(*) FROM runs WHERE agent_id = $1 AND at > $4) < $5 \
@@ -346,16 +413,28 @@ impl Store {
     }
 
     /// This month's spending per agent of a tenant.
-    pub async fn spend_by_agent(&self, tenant: &TenantId, since_ms: i64) -> Result<Vec<AgentSpend>> {
+    pub async fn spend_by_agent(
+        &self,
+        tenant: &TenantId,
+        since_ms: i64,
+    ) -> Result<Vec<AgentSpend>> {
         let rows = sqlx::query(
-            "SELECT agent_id, COUNT(*) AS calls, COALESCE(SUM(cost), 0) AS cost FROM calls \
+            "SELECT agent_id, COUNT(*) AS calls, CAST(COALESCE(SUM(cost), 0) AS BIGINT) AS cost FROM calls \
              WHERE tenant_id = $1 AND at >= $2 GROUP BY agent_id ORDER BY agent_id",
         )
         .bind(tenant.as_str())
         .bind(since_ms)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|r| Ok(AgentSpend { agent_id: r.try_get("agent_id")?, calls: r.try_get("calls")?, cost: r.try_get("cost")? })).collect()
+        rows.iter()
+            .map(|r| {
+                Ok(AgentSpend {
+                    agent_id: r.try_get("agent_id")?,
+                    calls: r.try_get("calls")?,
+                    cost: r.try_get("cost")?,
+                })
+            })
+            .collect()
     }
 
     /// The newest calls of a tenant.
@@ -402,7 +481,11 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     fn period(now_ms: i64) -> Period {
-        Period { month: "2026-11".into(), day: "2026-11-22".into(), now_ms }
+        Period {
+            month: "2026-11".into(),
+            day: "2026-11-22".into(),
+            now_ms,
+        }
     }
 
     /// 200 concurrent calls of one tenant against a cap that admits about 50: whatever the
@@ -411,77 +494,168 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn no_overspend_under_concurrency() {
         for seed in [1u64, 7, 42] {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::for_testing(dir.path()).await.unwrap();
-            let t = store.create_tenant("t", "free", 100_000).await.unwrap();
-            let agent = AgentId::new();
-            let start = 1_000_000_000i64;
-            let cap = 50 * 1_000; // about 50 holds of 1,000
-            store.ensure_account(&t.id, start, &period(0)).await.unwrap();
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let plans: Vec<(i64, i64, bool)> = (0..200)
-                .map(|_| {
-                    let hold = rng.gen_range(800..=1_200);
-                    // Some calls cost more than held (clamped), some less, some are voided.
-                    let cost = rng.gen_range(0..=1_500);
-                    (hold, cost, rng.gen_bool(0.1))
-                })
-                .collect();
-            let mut tasks = Vec::new();
-            for (i, (hold, cost, void)) in plans.into_iter().enumerate() {
-                let (store, tenant, agent) = (store.clone(), t.id.clone(), agent.clone());
-                tasks.push(tokio::spawn(async move {
-                    let id = format!("h{seed}-{i}");
-                    let r = Reserve { hold_id: &id, tenant: &tenant, agent: &agent, amount: hold, monthly_cap: cap, expires_at: i64::MAX };
-                    match store.reserve(&r, &period(1)).await.unwrap() {
-                        Err(_) => 0,
-                        Ok(()) => {
-                            let call = CallRecord { id: id.clone(), cost, outcome: "ok".into(), ..Default::default() };
-                            let s = store.close_hold(&id, &call, void, &period(2)).await.unwrap();
-                            // Settling twice changes nothing.
-                            assert!(!store.close_hold(&id, &call, false, &period(3)).await.unwrap().applied);
-                            assert!(s.charged <= hold);
-                            s.charged
-                        }
-                    }
-                }));
+            for db in crate::testing::backends().await {
+                no_overspend_on(&db.store, seed).await;
             }
-            let mut charged = 0;
-            for task in tasks {
-                charged += task.await.unwrap();
-            }
-            let a = store.account(&t.id).await.unwrap();
-            let settled = store.settled_total(&t.id).await.unwrap();
-            assert_eq!(settled, charged, "seed {seed}");
-            assert!(settled <= cap, "seed {seed}: settled {settled} > cap {cap}");
-            assert!(settled > cap / 2, "seed {seed}: the cap was actually used ({settled})");
-            assert_eq!(a.balance + settled, start, "seed {seed}: money appeared or vanished");
-            assert_eq!((a.reserved, store.open_holds(&t.id).await.unwrap()), (0, 0), "seed {seed}");
-            assert_eq!(a.month_spent, settled);
         }
+    }
+
+    async fn no_overspend_on(store: &Store, seed: u64) {
+        let seed_label = format!("{seed} on {:?}", store.backend());
+        let t = store.create_tenant("t", "free", 100_000).await.unwrap();
+        let agent = AgentId::new();
+        let start = 1_000_000_000i64;
+        let cap = 50 * 1_000; // about 50 holds of 1,000
+        store
+            .ensure_account(&t.id, start, &period(0))
+            .await
+            .unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let plans: Vec<(i64, i64, bool)> = (0..200)
+            .map(|_| {
+                let hold = rng.gen_range(800..=1_200);
+                // Some calls cost more than held (clamped), some less, some are voided.
+                let cost = rng.gen_range(0..=1_500);
+                (hold, cost, rng.gen_bool(0.1))
+            })
+            .collect();
+        let mut tasks = Vec::new();
+        for (i, (hold, cost, void)) in plans.into_iter().enumerate() {
+            let (store, tenant, agent) = (store.clone(), t.id.clone(), agent.clone());
+            tasks.push(tokio::spawn(async move {
+                let id = format!("h{seed}-{i}");
+                let r = Reserve {
+                    hold_id: &id,
+                    tenant: &tenant,
+                    agent: &agent,
+                    amount: hold,
+                    monthly_cap: cap,
+                    expires_at: i64::MAX,
+                };
+                match store.reserve(&r, &period(1)).await.unwrap() {
+                    Err(_) => 0,
+                    Ok(()) => {
+                        let call = CallRecord {
+                            id: id.clone(),
+                            cost,
+                            outcome: "ok".into(),
+                            ..Default::default()
+                        };
+                        let s = store
+                            .close_hold(&id, &call, void, &period(2))
+                            .await
+                            .unwrap();
+                        // Settling twice changes nothing.
+                        assert!(
+                            !store
+                                .close_hold(&id, &call, false, &period(3))
+                                .await
+                                .unwrap()
+                                .applied
+                        );
+                        assert!(s.charged <= hold);
+                        s.charged
+                    }
+                }
+            }));
+        }
+        let mut charged = 0;
+        for task in tasks {
+            charged += task.await.unwrap();
+        }
+        let a = store.account(&t.id).await.unwrap();
+        let settled = store.settled_total(&t.id).await.unwrap();
+        assert_eq!(settled, charged, "seed {seed_label}");
+        assert!(
+            settled <= cap,
+            "seed {seed_label}: settled {settled} > cap {cap}"
+        );
+        assert!(
+            settled > cap / 2,
+            "seed {seed_label}: the cap was actually used ({settled})"
+        );
+        assert_eq!(
+            a.balance + settled,
+            start,
+            "seed {seed_label}: money appeared or vanished"
+        );
+        assert_eq!(
+            (a.reserved, store.open_holds(&t.id).await.unwrap()),
+            (0, 0),
+            "seed {seed_label}"
+        );
+        assert_eq!(a.month_spent, settled);
     }
 
     #[tokio::test]
     async fn refusals_say_why_and_expired_holds_are_found() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::for_testing(dir.path()).await.unwrap();
+        for db in crate::testing::backends().await {
+            refusals_on(&db.store).await;
+        }
+    }
+
+    async fn refusals_on(store: &Store) {
         let t = store.create_tenant("t", "free", 100_000).await.unwrap();
         let agent = AgentId::new();
         store.ensure_account(&t.id, 500, &period(0)).await.unwrap();
-        let r = |id: &'static str, amount| Reserve { hold_id: id, tenant: &t.id, agent: &agent, amount, monthly_cap: 1_000, expires_at: 100 };
-        assert!(matches!(store.reserve(&r("a", 600), &period(1)).await.unwrap(), Err(Refusal::InsufficientCredits { .. })));
-        store.add_credits(&t.id, 10_000, "test", &period(1)).await.unwrap();
-        assert!(matches!(store.reserve(&r("b", 1_001), &period(1)).await.unwrap(), Err(Refusal::MonthlyCap { .. })));
-        store.reserve(&r("c", 400), &period(1)).await.unwrap().unwrap();
+        let r = |id: &'static str, amount| Reserve {
+            hold_id: id,
+            tenant: &t.id,
+            agent: &agent,
+            amount,
+            monthly_cap: 1_000,
+            expires_at: 100,
+        };
+        assert!(matches!(
+            store.reserve(&r("a", 600), &period(1)).await.unwrap(),
+            Err(Refusal::InsufficientCredits { .. })
+        ));
+        store
+            .add_credits(&t.id, 10_000, "test", &period(1))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.reserve(&r("b", 1_001), &period(1)).await.unwrap(),
+            Err(Refusal::MonthlyCap { .. })
+        ));
+        store
+            .reserve(&r("c", 400), &period(1))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(store.expired_holds(99).await.unwrap().len(), 0);
         assert_eq!(store.expired_holds(100).await.unwrap()[0].0, "c");
-        store.pause_account(&t.id, Some(5_000), "daily soft cap").await.unwrap();
-        assert!(matches!(store.reserve(&r("d", 1), &period(2)).await.unwrap(), Err(Refusal::Paused { until: Some(5_000), .. })));
-        store.reserve(&r("e", 1), &period(5_000)).await.unwrap().unwrap();
+        store
+            .pause_account(&t.id, Some(5_000), "daily soft cap")
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.reserve(&r("d", 1), &period(2)).await.unwrap(),
+            Err(Refusal::Paused {
+                until: Some(5_000),
+                ..
+            })
+        ));
+        store
+            .reserve(&r("e", 1), &period(5_000))
+            .await
+            .unwrap()
+            .unwrap();
         // A new month starts the monthly counter again.
-        let call = CallRecord { id: "c".into(), cost: 400, ..Default::default() };
-        store.close_hold("c", &call, false, &period(3)).await.unwrap();
-        let next = Period { month: "2026-12".into(), day: "2026-12-01".into(), now_ms: 6_000 };
+        let call = CallRecord {
+            id: "c".into(),
+            cost: 400,
+            ..Default::default()
+        };
+        store
+            .close_hold("c", &call, false, &period(3))
+            .await
+            .unwrap();
+        let next = Period {
+            month: "2026-12".into(),
+            day: "2026-12-01".into(),
+            now_ms: 6_000,
+        };
         store.reserve(&r("f", 999), &next).await.unwrap().unwrap();
         assert!(store.admit_run(&agent, "run1", 2, 0).await.unwrap());
         assert!(store.admit_run(&agent, "run1", 2, 1).await.unwrap());

@@ -7,6 +7,8 @@
 
 pub mod ledger;
 pub mod models;
+#[cfg(test)]
+mod testing;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -52,7 +54,10 @@ pub struct Store {
 
 /// Unix time in milliseconds; the store's only notion of time.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Prefix of every tenant API key, so a leaked key is recognisable by secret scanners.
@@ -65,7 +70,9 @@ pub fn token_sha256(token: &str) -> String {
 
 fn conflict_on_unique(e: sqlx::Error, what: &str) -> StoreError {
     match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what.to_owned()),
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(what.to_owned())
+        }
         _ => StoreError::Db(e),
     }
 }
@@ -80,7 +87,11 @@ impl Store {
     /// Opens a store by URL (`sqlite://…` or `postgres://…`) and runs the migrations.
     pub async fn connect(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("postgres") { Backend::Postgres } else { Backend::Sqlite };
+        let backend = if url.starts_with("postgres") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
             .after_connect(move |conn, _| {
@@ -129,11 +140,15 @@ impl Store {
         let mut bytes = [0u8; 8];
         rand::thread_rng().fill_bytes(&mut bytes);
         let fresh = hex::encode(bytes);
-        sqlx::query("INSERT INTO meta (key, value) VALUES ('instance_id', $1) ON CONFLICT (key) DO NOTHING")
-            .bind(&fresh)
-            .execute(&self.pool)
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('instance_id', $1) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&fresh)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT value FROM meta WHERE key = 'instance_id'")
+            .fetch_one(&self.pool)
             .await?;
-        let row = sqlx::query("SELECT value FROM meta WHERE key = 'instance_id'").fetch_one(&self.pool).await?;
         Ok(row.try_get("value")?)
     }
 
@@ -142,9 +157,11 @@ impl Store {
     /// Creates a tenant with a fresh uid (`uid_base` + a counter that never goes back).
     pub async fn create_tenant(&self, name: &str, plan: &str, uid_base: u32) -> Result<Tenant> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("UPDATE counters SET value = value + 1 WHERE name = 'tenant_uid' RETURNING value")
-            .fetch_one(&mut *tx)
-            .await?;
+        let row = sqlx::query(
+            "UPDATE counters SET value = value + 1 WHERE name = 'tenant_uid' RETURNING value",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         let n: i64 = row.try_get("value")?;
         let tenant = Tenant {
             id: TenantId::new(),
@@ -153,23 +170,27 @@ impl Store {
             uid: uid_base as i64 + n,
             created_at: now_ms(),
         };
-        sqlx::query("INSERT INTO tenants (id, name, plan, uid, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(tenant.id.as_str())
-            .bind(&tenant.name)
-            .bind(&tenant.plan)
-            .bind(tenant.uid)
-            .bind(tenant.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| conflict_on_unique(e, "a tenant with this name already exists"))?;
+        sqlx::query(
+            "INSERT INTO tenants (id, name, plan, uid, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(tenant.id.as_str())
+        .bind(&tenant.name)
+        .bind(&tenant.plan)
+        .bind(tenant.uid)
+        .bind(tenant.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| conflict_on_unique(e, "a tenant with this name already exists"))?;
         tx.commit().await?;
         Ok(tenant)
     }
 
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>> {
-        let rows = sqlx::query("SELECT id, name, plan, uid, created_at FROM tenants ORDER BY created_at, id")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, name, plan, uid, created_at FROM tenants ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(Tenant::from_row).collect()
     }
 
@@ -190,7 +211,9 @@ impl Store {
             .await
             .map_err(|e| match &e {
                 // SQLite reports a RESTRICT violation with its trigger code, not the foreign-key one.
-                sqlx::Error::Database(db) if db.is_foreign_key_violation() || db.message().contains("FOREIGN KEY") => {
+                sqlx::Error::Database(db)
+                    if db.is_foreign_key_violation() || db.message().contains("FOREIGN KEY") =>
+                {
                     StoreError::Conflict("the tenant still has agents".into())
                 }
                 _ => StoreError::Db(e),
@@ -203,7 +226,13 @@ impl Store {
 
     // ---- members ----
 
-    pub async fn add_member(&self, tenant: &TenantId, kind: &str, external_id: &str, display_name: &str) -> Result<Member> {
+    pub async fn add_member(
+        &self,
+        tenant: &TenantId,
+        kind: &str,
+        external_id: &str,
+        display_name: &str,
+    ) -> Result<Member> {
         let m = Member {
             id: MemberId::new(),
             tenant_id: tenant.clone(),
@@ -282,17 +311,29 @@ impl Store {
 
     /// The tenant and key a live (unrevoked) token belongs to.
     pub async fn key_for_token(&self, token: &str) -> Result<Option<(TenantId, KeyId)>> {
-        let row = sqlx::query("SELECT id, tenant_id FROM api_keys WHERE token_sha256 = $1 AND revoked_at IS NULL")
-            .bind(token_sha256(token))
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| Ok((parse_id(r.try_get::<String, _>("tenant_id")?)?, parse_id(r.try_get::<String, _>("id")?)?)))
-            .transpose()
+        let row = sqlx::query(
+            "SELECT id, tenant_id FROM api_keys WHERE token_sha256 = $1 AND revoked_at IS NULL",
+        )
+        .bind(token_sha256(token))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok((
+                parse_id(r.try_get::<String, _>("tenant_id")?)?,
+                parse_id(r.try_get::<String, _>("id")?)?,
+            ))
+        })
+        .transpose()
     }
 
     // ---- agents ----
 
-    pub async fn create_agent(&self, tenant: &TenantId, name: &str, max_agents: u32) -> Result<Agent> {
+    pub async fn create_agent(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        max_agents: u32,
+    ) -> Result<Agent> {
         let now = now_ms();
         let agent = Agent {
             id: AgentId::new(),
@@ -328,35 +369,43 @@ impl Store {
         .await
         .map_err(|e| conflict_on_unique(e, "an agent with this name already exists"))?;
         if res.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!("the tenant's plan allows at most {max_agents} agents")));
+            return Err(StoreError::Conflict(format!(
+                "the tenant's plan allows at most {max_agents} agents"
+            )));
         }
         Ok(agent)
     }
 
     pub async fn list_agents(&self, tenant: &TenantId) -> Result<Vec<Agent>> {
-        let rows = sqlx::query(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 ORDER BY created_at, id"))
-            .bind(tenant.as_str())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(tenant.as_str())
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(Agent::from_row).collect()
     }
 
     /// Every agent of every tenant; for the reconciler only, never for a request.
     pub async fn all_agents(&self) -> Result<Vec<Agent>> {
-        let rows = sqlx::query(&format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY created_at, id"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(Agent::from_row).collect()
     }
 
     /// An agent of this tenant. Another tenant's agent is `NotFound`, exactly like a missing one.
     pub async fn get_agent(&self, tenant: &TenantId, id: &AgentId) -> Result<Agent> {
-        let row = sqlx::query(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1 AND tenant_id = $2"))
-            .bind(id.as_str())
-            .bind(tenant.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let row = sqlx::query(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1 AND tenant_id = $2"
+        ))
+        .bind(id.as_str())
+        .bind(tenant.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
         Agent::from_row(&row)
     }
 
@@ -410,7 +459,10 @@ impl Store {
     }
 
     pub async fn delete_agent(&self, id: &AgentId) -> Result<()> {
-        sqlx::query("DELETE FROM agents WHERE id = $1").bind(id.as_str()).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM agents WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -432,7 +484,12 @@ impl Store {
     }
 
     /// The audit log, newest first; scoped to one tenant when `tenant` is given.
-    pub async fn list_audit(&self, tenant: Option<&TenantId>, agent: Option<&AgentId>, limit: i64) -> Result<Vec<AuditEntry>> {
+    pub async fn list_audit(
+        &self,
+        tenant: Option<&TenantId>,
+        agent: Option<&AgentId>,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(
             "SELECT id, at, tenant_id, agent_id, actor, action, reason, detail FROM audit_log \
              WHERE ($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR agent_id = $2) ORDER BY id DESC LIMIT $3",
@@ -446,7 +503,8 @@ impl Store {
     }
 }
 
-const AGENT_COLUMNS: &str = "id, tenant_id, name, desired_state, observed_state, container_id, spec_hash, \
+const AGENT_COLUMNS: &str =
+    "id, tenant_id, name, desired_state, observed_state, container_id, spec_hash, \
     exit_code, oom_count, last_oom_at, last_error, created_at, updated_at";
 
 fn parse_id<T: TryFrom<String>>(s: String) -> Result<T> {
@@ -454,7 +512,8 @@ fn parse_id<T: TryFrom<String>>(s: String) -> Result<T> {
 }
 
 fn parse_enum<T: FromStr>(s: String) -> Result<T> {
-    s.parse().map_err(|_| StoreError::Corrupt(format!("bad state {s:?}")))
+    s.parse()
+        .map_err(|_| StoreError::Corrupt(format!("bad state {s:?}")))
 }
 
 impl Tenant {
@@ -536,36 +595,82 @@ mod tests {
 
     #[tokio::test]
     async fn tenants_keys_agents_and_audit() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::for_testing(dir.path()).await.unwrap();
+        for db in crate::testing::backends().await {
+            tenants_keys_agents_and_audit_on(&db.store).await;
+        }
+    }
+
+    async fn tenants_keys_agents_and_audit_on(store: &Store) {
         let a = store.create_tenant("a", "free", 100_000).await.unwrap();
         let b = store.create_tenant("b", "free", 100_000).await.unwrap();
         assert_ne!(a.uid, b.uid);
-        assert!(matches!(store.create_tenant("a", "free", 100_000).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            store.create_tenant("a", "free", 100_000).await,
+            Err(StoreError::Conflict(_))
+        ));
 
         let (key, token) = store.create_api_key(&a.id).await.unwrap();
         assert!(token.starts_with(API_KEY_PREFIX));
-        assert_eq!(store.key_for_token(&token).await.unwrap(), Some((a.id.clone(), key.id.clone())));
-        assert!(matches!(store.revoke_api_key(&b.id, &key.id).await, Err(StoreError::NotFound)));
+        assert_eq!(
+            store.key_for_token(&token).await.unwrap(),
+            Some((a.id.clone(), key.id.clone()))
+        );
+        assert!(matches!(
+            store.revoke_api_key(&b.id, &key.id).await,
+            Err(StoreError::NotFound)
+        ));
         store.revoke_api_key(&a.id, &key.id).await.unwrap();
         assert_eq!(store.key_for_token(&token).await.unwrap(), None);
 
         let ag = store.create_agent(&a.id, "main", 1).await.unwrap();
-        assert!(matches!(store.create_agent(&a.id, "second", 1).await, Err(StoreError::Conflict(_))));
-        assert!(matches!(store.get_agent(&b.id, &ag.id).await, Err(StoreError::NotFound)));
+        assert!(matches!(
+            store.create_agent(&a.id, "second", 1).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            store.get_agent(&b.id, &ag.id).await,
+            Err(StoreError::NotFound)
+        ));
         assert_eq!(store.get_agent(&a.id, &ag.id).await.unwrap().name, "main");
         assert!(store.list_agents(&b.id).await.unwrap().is_empty());
         let r = store.delete_tenant(&a.id).await;
-        assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+        assert!(
+            matches!(r, Err(StoreError::Conflict(_))),
+            "{:?}: {r:?}",
+            store.backend()
+        );
 
         store
-            .audit(NewAudit { tenant: Some(&a.id), agent: Some(&ag.id), actor: "test", action: "create", reason: "r", detail: None })
+            .audit(NewAudit {
+                tenant: Some(&a.id),
+                agent: Some(&ag.id),
+                actor: "test",
+                action: "create",
+                reason: "r",
+                detail: None,
+            })
             .await
             .unwrap();
-        assert_eq!(store.list_audit(Some(&a.id), None, 10).await.unwrap().len(), 1);
-        assert!(store.list_audit(Some(&b.id), None, 10).await.unwrap().is_empty());
-        assert!(sqlx::query("DELETE FROM audit_log").execute(&store.pool).await.is_err(), "audit log must be append-only");
-        assert!(sqlx::query("UPDATE audit_log SET reason = 'x'").execute(&store.pool).await.is_err());
+        assert_eq!(
+            store.list_audit(Some(&a.id), None, 10).await.unwrap().len(),
+            1
+        );
+        assert!(store
+            .list_audit(Some(&b.id), None, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(
+            sqlx::query("DELETE FROM audit_log")
+                .execute(&store.pool)
+                .await
+                .is_err(),
+            "audit log must be append-only"
+        );
+        assert!(sqlx::query("UPDATE audit_log SET reason = 'x'")
+            .execute(&store.pool)
+            .await
+            .is_err());
 
         let again = store.instance_id().await.unwrap();
         assert_eq!(again, store.instance_id().await.unwrap());

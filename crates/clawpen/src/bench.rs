@@ -16,6 +16,9 @@ use serde_json::json;
 pub enum Scenario {
     /// Create-and-start call to the first `/health` answer, against a plain `docker run`.
     Coldstart,
+    /// A model call through the meter (control socket, ledger, upstream) against the same call
+    /// straight to the upstream stand-in.
+    Meter,
 }
 
 #[derive(Args)]
@@ -24,6 +27,9 @@ pub struct BenchArgs {
     /// How many agents to start (coldstart).
     #[arg(long, default_value_t = 20)]
     agents: usize,
+    /// Requests per worker in each case (meter).
+    #[arg(long, default_value_t = 40)]
+    requests: usize,
     /// Print only the JSON object (progress still goes to stderr).
     #[arg(long)]
     json: bool,
@@ -48,7 +54,7 @@ pub fn percentile(samples: &[f64], p: f64) -> f64 {
     s[rank.min(s.len()) - 1]
 }
 
-fn round2(x: f64) -> f64 {
+pub fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
@@ -75,6 +81,8 @@ impl Case {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (scenario, cases) = match args.scenario {
         Scenario::Coldstart => ("coldstart", coldstart(args.agents).await?),
+        // TEMP Scenario::Meter => ("meter", crate::bench_meter::run(args.requests).await?),
+        Scenario::Meter => anyhow::bail!("TEMP"),
     };
     let out = json!({"scenario": scenario, "cases": cases.iter().map(Case::to_json).collect::<Vec<_>>()});
     if args.json {
@@ -101,7 +109,7 @@ impl BenchServer {
         plan.max_agents = max_agents;
         config.plans.insert("bench".into(), plan);
         let image = crate::image_cmd::ensure(&config, true).await?;
-        let app = clawpen_server::open(dir.path(), config, image).await?;
+        let app = clawpen_server::open(dir.path(), None, config, image).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

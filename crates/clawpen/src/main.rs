@@ -4,12 +4,13 @@
 //! - `main.rs`: the command line and its dispatch.
 //! - `image_cmd`: `clawpen image build` and the image check shared by `up` and `doctor`.
 //! - `doctor`: `clawpen doctor`.
-//! - `bench`: `clawpen bench SCENARIO --json`.
+//! - `bench`: `clawpen bench SCENARIO --json`; `bench_meter`: its `meter` scenario.
 //! - `probe`: `clawpen probe …`, attacks run inside a sandbox by the isolation tests.
 //! - `admin`: offline admin commands on a data dir.
 
 mod admin;
 mod bench;
+// TEMP mod bench_meter;
 mod doctor;
 mod image_cmd;
 mod probe;
@@ -39,6 +40,9 @@ pub struct ServerArgs {
     /// Address to listen on (overrides the config), e.g. 127.0.0.1:8080; port 0 picks a free one.
     #[arg(long, env = "CLAWPEN_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Store URL (`postgres://…`); default: the SQLite file `<data-dir>/clawpen.db`.
+    #[arg(long, env = "CLAWPEN_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -146,7 +150,7 @@ async fn serve(mut args: ServerArgs, build_image: bool) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     let image = image_cmd::ensure(&config, build_image).await?;
     let listen = config.listen;
-    let app = clawpen_server::open(&args.data_dir, config, image).await?;
+    let app = clawpen_server::open(&args.data_dir, args.database_url.as_deref(), config, image).await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}; is another server using it? pass --listen"))?;
     let addr = listener.local_addr()?;
     // Written after binding, so scripts and tests started with port 0 can find the server.

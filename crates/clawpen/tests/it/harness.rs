@@ -35,6 +35,8 @@ pub struct TestServer {
     pub http: reqwest::Client,
     child: Option<Child>,
     config: Option<PathBuf>,
+    /// Extra environment of the server process (upstream keys in meter tests).
+    env: Vec<(String, String)>,
 }
 
 impl TestServer {
@@ -44,6 +46,11 @@ impl TestServer {
 
     /// Starts a server whose config file has this TOML text.
     pub async fn start_with_config(config: Option<&str>) -> TestServer {
+        TestServer::start_with(config, &[]).await
+    }
+
+    /// Starts a server with a config file of this TOML text and extra environment.
+    pub async fn start_with(config: Option<&str>, env: &[(&str, &str)]) -> TestServer {
         image();
         // Short path: Unix socket paths under the data dir must stay under 108 bytes.
         let dir = tempfile::Builder::new().prefix("cpt-").tempdir_in("/tmp").unwrap();
@@ -52,7 +59,8 @@ impl TestServer {
             std::fs::write(&p, text).unwrap();
             p
         });
-        let mut s = TestServer { dir, base: String::new(), admin: String::new(), http: reqwest::Client::new(), child: None, config };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut s = TestServer { dir, base: String::new(), admin: String::new(), http: reqwest::Client::new(), child: None, config, env };
         s.spawn().await;
         s
     }
@@ -70,7 +78,7 @@ impl TestServer {
             cmd.arg("--config").arg(c);
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.data_dir().join("server.log")).unwrap();
-        cmd.stdout(Stdio::null()).stderr(log).env("CLAWPEN_LOG", "info");
+        cmd.stdout(Stdio::null()).stderr(log).env("CLAWPEN_LOG", "info").envs(self.env.iter().cloned());
         self.child = Some(cmd.spawn().expect("spawn clawpen serve"));
         let deadline = Instant::now() + Duration::from_secs(60);
         let addr = loop {
@@ -225,4 +233,19 @@ impl Drop for TestServer {
             }
         }
     }
+}
+
+/// One HTTP/1.1 request over a Unix socket (an agent's `control.sock`): `(status, body)`.
+pub async fn uds_post(socket: &Path, path: &str, body: &Value, headers: &[(&str, &str)]) -> (u16, bytes::Bytes) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::post(path).header("host", "meter").header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = sender.send_request(req.body(http_body_util::Full::new(bytes::Bytes::from(body.to_string()))).unwrap()).await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.into_body().collect().await.unwrap().to_bytes())
 }

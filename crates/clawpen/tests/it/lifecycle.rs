@@ -159,3 +159,60 @@ async fn readme_walkthrough_works_as_written() {
     assert_eq!(lines.last(), Some(&"204"), "{stdout}");
     assert!(s.containers().is_empty());
 }
+
+/// A throwaway PostgreSQL database, dropped when this goes (even when the test failed).
+struct PgDb {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl PgDb {
+    /// `None` (with a loud note) when no PostgreSQL is configured outside CI; under CI a missing
+    /// server fails the test.
+    fn create() -> Option<PgDb> {
+        let admin = match std::env::var("CLAWPEN_TEST_POSTGRES_URL") {
+            Ok(a) => a,
+            Err(_) if std::env::var("CI").is_ok() => panic!("CLAWPEN_TEST_POSTGRES_URL is not set: CI must test the server on PostgreSQL"),
+            Err(_) => {
+                eprintln!("NOT RUN: CLAWPEN_TEST_POSTGRES_URL is not set, so the server was not tested on PostgreSQL");
+                return None;
+            }
+        };
+        let name = format!("clawpen_it_{}_{}", std::process::id(), rand::random::<u32>());
+        let out = std::process::Command::new("psql").arg(&admin).args(["-qc", &format!("CREATE DATABASE {name}")]).output().expect("psql");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+        Some(PgDb { admin, name, url })
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql").arg(&self.admin).args(["-qc", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)]).output();
+    }
+}
+
+/// The server on PostgreSQL: lifecycle, a SIGKILL and adoption, with the store at a URL.
+#[tokio::test(flavor = "multi_thread")]
+async fn lifecycle_on_postgres() {
+    let Some(db) = PgDb::create() else { return };
+    let mut s = TestServer::start_with(None, &[("CLAWPEN_DATABASE_URL", &db.url)]).await;
+    assert!(!s.data_dir().join("clawpen.db").exists(), "no SQLite file when a database URL is given");
+    let (_, key) = s.tenant("pg-family").await;
+    let a = s.agent(&key, "helper", true).await;
+    let id = a["id"].as_str().unwrap();
+    let (st, r) = s.post(&format!("/api/v1/agents/{id}/messages"), &key, json!({"text": "hello postgres"})).await;
+    assert_eq!(st, 200, "{r}");
+    s.kill();
+    s.spawn().await;
+    let (st, a) = s.get(&format!("/api/v1/agents/{id}"), &key).await;
+    assert_eq!((st, a["observed_state"].as_str()), (200, Some("running")), "{a}");
+    let (st, _) = s.post(&format!("/api/v1/agents/{id}/stop"), &key, json!({})).await;
+    assert_eq!(st, 200);
+    let (st, _) = s.call(Method::DELETE, &format!("/api/v1/agents/{id}"), Some(&key), None).await;
+    assert_eq!(st, 204);
+    let (_, audit) = s.get("/api/v1/audit", &s.admin).await;
+    assert!(audit["entries"].as_array().unwrap().len() >= 5, "{audit}");
+    assert!(s.containers().is_empty());
+}

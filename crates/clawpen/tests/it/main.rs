@@ -8,6 +8,7 @@
 //! - `lifecycle`: create, start, message, stop, delete; OpenAPI; doctor.
 //! - `isolation`: attacks from inside a tenant's sandbox.
 //! - `kill`: SIGKILL of the server mid-operation, then restart and agreement.
+//! - `meter`: model calls through the meter against a stand-in upstream; caps, aborts, crashes.
 
 mod harness;
 
@@ -16,3 +17,4 @@ mod bad_input;
 mod isolation;
 mod kill;
 mod lifecycle;
+// TEMP mod meter;
