@@ -1,6 +1,6 @@
 //! [`Meter`]: reserve → forward → settle, for each call an agent makes on its control socket.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,6 +55,10 @@ pub struct Meter {
     http: reqwest::Client,
     /// Holds whose call is still running in this process; the sweeper leaves them to their owner.
     in_flight: Mutex<HashSet<String>>,
+    /// Tenants whose account is known to exist (saves a write per call).
+    accounts_open: Mutex<HashSet<TenantId>>,
+    /// Runs admitted in the last hour, so only a run's first model call touches the store.
+    runs_admitted: Mutex<HashMap<(AgentId, String), i64>>,
 }
 
 /// A refusal or failure, in a body both the agent and the OpenAI/Anthropic SDKs can read.
@@ -124,6 +128,7 @@ struct Prepared {
     /// chunk is stripped before the caller sees it.
     caller_wants_usage: bool,
     held: i64,
+    plan: Plan,
 }
 
 impl Meter {
@@ -134,7 +139,17 @@ impl Meter {
             .pool_max_idle_per_host(256)
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Meter { store, config, upstreams, plans, default_plan, http, in_flight: Mutex::new(HashSet::new()) })
+        Ok(Meter {
+            store,
+            config,
+            upstreams,
+            plans,
+            default_plan,
+            http,
+            in_flight: Mutex::new(HashSet::new()),
+            accounts_open: Mutex::new(HashSet::new()),
+            runs_admitted: Mutex::new(HashMap::new()),
+        })
     }
 
     fn now_ms() -> i64 {
@@ -195,6 +210,13 @@ impl Meter {
         if !body.get("messages").is_some_and(Value::is_array) {
             return Err(invalid("messages: required, an array".into()));
         }
+        if self.config.models.is_empty() {
+            return Err(MeterError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_model",
+                "No language model is configured on this server yet; the operator adds one under [meter] in clawpen.toml (see docs/CONFIG.md).",
+            ));
+        }
         let model_name = match (requested.as_str(), &self.config.default_model) {
             ("default", Some(d)) => d.clone(),
             _ => requested.clone(),
@@ -237,14 +259,17 @@ impl Meter {
             warn!(error = %e, "meter: store error");
             MeterError::new(StatusCode::SERVICE_UNAVAILABLE, "meter_unavailable", "the meter cannot reach its ledger; try again")
         };
-        if !self.store.admit_run(&caller.agent, &run, plan.runs_per_hour as i64, now).await.map_err(db)? {
+        if !self.admit_run(caller, &run, &plan, now).await.map_err(db)? {
             return Err(MeterError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 format!("This agent already handled {} requests in the last hour, the most its plan allows; try again later.", plan.runs_per_hour),
             ));
         }
-        self.store.ensure_account(&caller.tenant, plan.initial_credits, &period).await.map_err(db)?;
+        if !self.accounts_open.lock().expect("accounts set").contains(&caller.tenant) {
+            self.store.ensure_account(&caller.tenant, plan.initial_credits, &period).await.map_err(db)?;
+            self.accounts_open.lock().expect("accounts set").insert(caller.tenant.clone());
+        }
         let held = price::estimate(&model, body_len, max_tokens);
         self.in_flight.lock().expect("in-flight set").insert(id.clone());
         let reserve = Reserve {
@@ -269,7 +294,26 @@ impl Meter {
             return Err(self.refusal(caller, r, next_month).await);
         }
         let _ = next_day;
-        Ok(Prepared { id, model_name, model, upstream, body, stream, caller_wants_usage, held })
+        Ok(Prepared { id, model_name, model, upstream, body, stream, caller_wants_usage, held, plan })
+    }
+
+    /// Admits a run against the plan's runs per hour. Only a run's first call reaches the store.
+    async fn admit_run(&self, caller: &MeterCaller, run: &str, plan: &Plan, now: i64) -> clawpen_store::Result<bool> {
+        let key = (caller.agent.clone(), run.to_owned());
+        {
+            let mut known = self.runs_admitted.lock().expect("runs map");
+            if known.contains_key(&key) {
+                return Ok(true);
+            }
+            if known.len() > 100_000 {
+                known.retain(|_, at| *at > now - 3_600_000);
+            }
+        }
+        let admitted = self.store.admit_run(&caller.agent, run, plan.runs_per_hour as i64, now).await?;
+        if admitted {
+            self.runs_admitted.lock().expect("runs map").insert(key, now);
+        }
+        Ok(admitted)
     }
 
     async fn refusal(&self, caller: &MeterCaller, r: Refusal, next_month: i64) -> MeterError {
@@ -456,10 +500,7 @@ impl Meter {
         if !settled.applied || void {
             return;
         }
-        let plan = match self.plan_of(&caller.tenant).await {
-            Ok(p) => p,
-            Err(_) => return,
-        };
+        let plan = &p.plan;
         if plan.daily_cap > 0 && settled.day_spent >= plan.daily_cap {
             let reason = "the daily credit limit of its plan is reached";
             if let Err(e) = self.store.pause_account(&caller.tenant, Some(next_day), reason).await {

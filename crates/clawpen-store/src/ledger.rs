@@ -227,29 +227,26 @@ impl Store {
     ) -> Result<Settled> {
         let mut tx = self.pool.begin().await?;
         let state = if void { "voided" } else { "settled" };
-        let row = sqlx::query("UPDATE holds SET state = $1, settled_at = $2 WHERE id = $3 AND state = 'held' RETURNING tenant_id, amount")
-            .bind(state)
-            .bind(p.now_ms)
-            .bind(hold_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        // Closing is conditional on the hold still being open, and the charge is capped by the
+        // hold in the same statement.
+        let row = sqlx::query(
+            "UPDATE holds SET state = $1, settled_at = $2, \
+                charged = CASE WHEN $3 < 0 THEN 0 WHEN $3 < amount THEN $3 ELSE amount END \
+             WHERE id = $4 AND state = 'held' RETURNING tenant_id, amount, charged",
+        )
+        .bind(state)
+        .bind(p.now_ms)
+        .bind(if void { 0 } else { call.cost })
+        .bind(hold_id)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(row) = row else {
             tx.rollback().await?;
-            return Ok(Settled {
-                applied: false,
-                charged: 0,
-                day_spent: 0,
-                month_spent: 0,
-            });
+            return Ok(Settled { applied: false, charged: 0, day_spent: 0, month_spent: 0 });
         };
         let tenant: String = row.try_get("tenant_id")?;
         let amount: i64 = row.try_get("amount")?;
-        let charged = if void { 0 } else { call.cost.clamp(0, amount) };
-        sqlx::query("UPDATE holds SET charged = $1 WHERE id = $2")
-            .bind(charged)
-            .bind(hold_id)
-            .execute(&mut *tx)
-            .await?;
+        let charged: i64 = row.try_get("charged")?;
         let acc = sqlx::query(
             "UPDATE accounts SET \
                 reserved = reserved - $1, balance = balance - $2, \
