@@ -7,12 +7,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::net::UnixStream;
 
 use crate::protocol::{Health, MessageIn, MessageOut};
+use crate::uds::{self, ConnectError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -45,10 +44,10 @@ async fn call_inner<B: Serialize, R: DeserializeOwned>(
     path: &str,
     body: Option<&B>,
 ) -> Result<R, ClientError> {
-    let stream = UnixStream::connect(socket).await.map_err(ClientError::Connect)?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| ClientError::Http(e.to_string()))?;
-    let conn_task = tokio::spawn(conn);
+    let mut conn = uds::connect(socket).await.map_err(|e| match e {
+        ConnectError::Io(e) => ClientError::Connect(e),
+        ConnectError::Handshake(e) => ClientError::Http(e.to_string()),
+    })?;
     let bytes = match body {
         Some(b) => serde_json::to_vec(b).map_err(|e| ClientError::Decode(e.to_string()))?,
         None => Vec::new(),
@@ -60,10 +59,10 @@ async fn call_inner<B: Serialize, R: DeserializeOwned>(
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(bytes)))
         .map_err(|e| ClientError::Http(e.to_string()))?;
-    let res = sender.send_request(req).await.map_err(|e| ClientError::Http(e.to_string()))?;
+    let res = conn.sender.send_request(req).await.map_err(|e| ClientError::Http(e.to_string()))?;
     let status = res.status();
     let body = res.into_body().collect().await.map_err(|e| ClientError::Http(e.to_string()))?.to_bytes();
-    conn_task.abort();
+    drop(conn);
     if !status.is_success() {
         return Err(ClientError::Status { status, body: String::from_utf8_lossy(&body).into_owned() });
     }

@@ -16,24 +16,47 @@ pub struct Health {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MessageIn {
+    /// The user's message.
     pub text: String,
     /// Session the message belongs to; `main` when absent.
     #[serde(default)]
     pub session: Option<String>,
 }
 
-/// `POST /messages` response.
+/// `POST /messages` response. Sent with status 200 whenever the user gets an answer: the model's,
+/// a guardrail's explanation (`stopped_by`) or the meter's refusal (`error_code`, `paused`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MessageOut {
+    /// What the user reads.
     pub reply: String,
     pub agent_id: String,
     pub tenant_id: String,
     pub session: String,
+    /// The run's id, sent to the meter as `x-clawpen-run` on each of its model calls.
+    #[serde(default)]
+    pub run_id: String,
+    /// Tool calls the run made.
+    #[serde(default)]
+    pub tool_calls: u32,
+    /// The guardrail that stopped the run: `max_tool_calls` or `max_run_time`.
+    #[serde(default)]
+    pub stopped_by: Option<String>,
+    /// The meter refused because the agent is paused or out of credits (a 402 refusal).
+    #[serde(default)]
+    pub paused: bool,
+    /// The meter's refusal code (`cap_reached`, `daily_cap_reached`, `rate_limited`,
+    /// `max_tokens`, `agent_paused`, …) when the reply is its refusal.
+    #[serde(default)]
+    pub error_code: Option<String>,
+    /// When a paused agent resumes (Unix ms), if the meter said.
+    #[serde(default)]
+    pub paused_until: Option<i64>,
 }
 
 /// Error body of the agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentError {
+    /// What went wrong, in a sentence.
     pub error: String,
 }
 

@@ -1,6 +1,7 @@
-//! The agent's HTTP server on its Unix socket.
+//! The agent's HTTP server on its Unix socket: `GET /health` and `POST /messages`, which runs the
+//! assistant loop ([`crate::assistant`]) and logs the turn in the session.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -8,40 +9,29 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
-use tokio::sync::Mutex;
 
+use crate::assistant::{self, Ending, Turn};
+use crate::meter_client::MeterError;
+pub use crate::config::AgentConfig;
 use crate::protocol::{AgentError, Health, MessageIn, MessageOut, MAX_BODY_BYTES};
+use crate::session::{self, now_ts, LogLine};
+use crate::workspace::Workspace;
 
-/// Where the agent lives, read from the environment the sandbox spec sets.
-#[derive(Debug, Clone)]
-pub struct AgentConfig {
-    pub agent_id: String,
-    pub tenant_id: String,
-    /// The workspace (`/data` in the sandbox).
-    pub workspace: PathBuf,
-    /// The run dir holding `agent.sock` (`/run/clawpen` in the sandbox).
-    pub run_dir: PathBuf,
-}
-
-impl AgentConfig {
-    pub fn from_env() -> Result<AgentConfig, String> {
-        let var = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set; `clawpen agent` runs inside a sandbox made by the server"));
-        Ok(AgentConfig {
-            agent_id: var("CLAWPEN_AGENT_ID")?,
-            tenant_id: var("CLAWPEN_TENANT_ID")?,
-            workspace: var("CLAWPEN_WORKSPACE")?.into(),
-            run_dir: var("CLAWPEN_RUN_DIR")?.into(),
-        })
-    }
-}
+/// `error_code` on the log lines of a turn whose model call failed (the user got a 502).
+const FAILED_CODE: &str = "meter_failed";
 
 struct AgentState {
     config: AgentConfig,
+    workspace: Workspace,
     started: Instant,
-    /// Serialises session-log appends so lines never interleave.
-    log_lock: Mutex<()>,
+}
+
+/// An error answer of the agent.
+type Rejection = (StatusCode, Json<AgentError>);
+
+fn reject(status: StatusCode, error: impl Into<String>) -> Rejection {
+    (status, Json(AgentError { error: error.into() }))
 }
 
 fn router(state: Arc<AgentState>) -> Router {
@@ -74,45 +64,84 @@ fn valid_session(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-async fn message(
-    State(s): State<Arc<AgentState>>,
-    Json(m): Json<MessageIn>,
-) -> Result<Json<MessageOut>, (StatusCode, Json<AgentError>)> {
+async fn message(State(s): State<Arc<AgentState>>, Json(m): Json<MessageIn>) -> Result<Json<MessageOut>, Rejection> {
     let session = m.session.unwrap_or_else(|| "main".to_owned());
     if !valid_session(&session) {
-        return Err((StatusCode::BAD_REQUEST, Json(AgentError { error: "session must be 1-64 of [A-Za-z0-9_-]".into() })));
+        return Err(reject(StatusCode::BAD_REQUEST, "session must be 1-64 of [A-Za-z0-9_-]"));
     }
-    // Until the model loop exists the reply is an acknowledgement that names this sandbox, so a
-    // caller can see the round trip reached the right tenant.
-    let reply = format!(
-        "ack from agent {} of tenant {}: received {} characters",
-        s.config.agent_id,
-        s.config.tenant_id,
-        m.text.chars().count()
-    );
-    let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-    let lines = [
-        serde_json::json!({"ts": now, "role": "user", "content": m.text}),
-        serde_json::json!({"ts": now, "role": "assistant", "content": reply}),
-    ];
-    append_session(&s, &session, &lines).await.map_err(|e| {
-        (StatusCode::INTERNAL_SERVER_ERROR, Json(AgentError { error: format!("cannot write the session log: {e}") }))
+    if m.text.trim().is_empty() {
+        return Err(reject(StatusCode::BAD_REQUEST, "text must not be empty"));
+    }
+    let asked_at = now_ts();
+    let Turn { run_id, ending, tool_lines } = assistant::run(&s.config, &s.workspace, &session, &m.text).await;
+    let tool_calls = tool_lines.len() as u32;
+    let answer = answer(&s.config, &session, &run_id, tool_calls, ending);
+    let lines = log_lines(LogLine::User { content: m.text, ts: asked_at, run: Some(run_id.clone()), error_code: None }, tool_lines, &answer, &run_id);
+    // The turn is logged even when the model failed: the question was asked and tools may have run.
+    let logged = session::append(&s.workspace, &session, &lines).await;
+    let out = answer.map_err(|e| {
+        eprintln!("clawpen agent: run {run_id} failed: {e}");
+        reject(StatusCode::BAD_GATEWAY, format!("the model could not be reached: {e}"))
     })?;
-    Ok(Json(MessageOut { reply, agent_id: s.config.agent_id.clone(), tenant_id: s.config.tenant_id.clone(), session }))
+    logged.map_err(|e| reject(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write the session log: {e}")))?;
+    Ok(Json(out))
 }
 
-async fn append_session(s: &AgentState, session: &str, lines: &[serde_json::Value]) -> std::io::Result<()> {
-    let _guard = s.log_lock.lock().await;
-    let dir = s.config.workspace.join("sessions");
-    tokio::fs::create_dir_all(&dir).await?;
-    let mut f = tokio::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{session}.jsonl"))).await?;
-    let mut buf = Vec::new();
-    for l in lines {
-        serde_json::to_writer(&mut buf, l)?;
-        buf.push(b'\n');
+/// What the user is told at the end of a run; `Err` when the model could not be reached.
+fn answer(config: &AgentConfig, session: &str, run_id: &str, tool_calls: u32, ending: Ending) -> Result<MessageOut, MeterError> {
+    let mut out = MessageOut {
+        reply: String::new(),
+        agent_id: config.agent_id.clone(),
+        tenant_id: config.tenant_id.clone(),
+        session: session.to_owned(),
+        run_id: run_id.to_owned(),
+        tool_calls,
+        stopped_by: None,
+        paused: false,
+        error_code: None,
+        paused_until: None,
+    };
+    match ending {
+        Ending::Answer(text) if text.trim().is_empty() => out.reply = "(The model returned an empty answer.)".to_owned(),
+        Ending::Answer(text) => out.reply = text,
+        Ending::Stopped(stop) => {
+            out.reply = stop.reply(config);
+            out.stopped_by = Some(stop.code().to_owned());
+        }
+        Ending::Refused(r) => {
+            out.reply = r.message;
+            out.paused = r.status == StatusCode::PAYMENT_REQUIRED.as_u16();
+            out.error_code = Some(r.code);
+            out.paused_until = r.paused_until;
+        }
+        Ending::Failed(e) => return Err(e),
     }
-    f.write_all(&buf).await?;
-    f.sync_data().await
+    Ok(out)
+}
+
+/// The session-log lines of a turn: the question, the tool calls, and the reply when there is
+/// one. A turn without the model's words (refused, failed) is marked with `error_code` on its
+/// lines, so the history of later runs leaves it out.
+fn log_lines(mut question: LogLine, tool_lines: Vec<LogLine>, answer: &Result<MessageOut, MeterError>, run_id: &str) -> Vec<LogLine> {
+    let error_code = match answer {
+        Ok(out) => out.error_code.clone(),
+        Err(_) => Some(FAILED_CODE.to_owned()),
+    };
+    if let LogLine::User { error_code: code, .. } = &mut question {
+        code.clone_from(&error_code);
+    }
+    let mut lines = vec![question];
+    lines.extend(tool_lines);
+    if let Ok(out) = answer {
+        lines.push(LogLine::Assistant {
+            content: out.reply.clone(),
+            ts: now_ts(),
+            run: Some(run_id.to_owned()),
+            stopped_by: out.stopped_by.clone(),
+            error_code,
+        });
+    }
+    lines
 }
 
 /// Binds `agent.sock` in the run dir, replacing a stale one from an earlier run.
@@ -124,7 +153,8 @@ pub fn bind(run_dir: &Path) -> std::io::Result<UnixListener> {
 
 /// Serves the agent until `shutdown` completes.
 pub async fn run(config: AgentConfig, listener: UnixListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    let state = Arc::new(AgentState { config, started: Instant::now(), log_lock: Mutex::new(()) });
+    let workspace = Workspace::new(config.workspace.clone());
+    let state = Arc::new(AgentState { config, workspace, started: Instant::now() });
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
@@ -135,7 +165,14 @@ pub fn main_blocking() -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async move {
         let listener = bind(&config.run_dir).map_err(|e| format!("cannot bind {}: {e}", config.run_dir.display()))?;
-        eprintln!("clawpen agent {} listening on {}", config.agent_id, config.run_dir.join("agent.sock").display());
+        eprintln!(
+            "clawpen agent {} listening on {} (model {}, at most {} tool calls and {} s a run)",
+            config.agent_id,
+            config.run_dir.join(clawpen_core::spec::AGENT_SOCKET).display(),
+            config.model,
+            config.max_tool_calls,
+            config.max_run.as_secs()
+        );
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
             tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
