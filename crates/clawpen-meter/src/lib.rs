@@ -7,6 +7,7 @@
 //! - [`meter`]: [`Meter`], reserve → forward → settle, the sweeper, caps and pauses.
 //! - [`router`]: the HTTP routes served on an agent's `control.sock`.
 
+pub mod budget;
 pub mod config;
 pub mod meter;
 pub mod price;

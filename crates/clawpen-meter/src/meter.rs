@@ -17,6 +17,7 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+use crate::budget::Budgets;
 use crate::config::{MeterConfig, ModelConfig, Provider, Upstream};
 use crate::price;
 use crate::usage::{self, event_data, SseSplitter, StreamUsage, Usage};
@@ -53,12 +54,14 @@ pub struct Meter {
     plans: BTreeMap<String, Plan>,
     default_plan: String,
     http: reqwest::Client,
-    /// Holds whose call is still running in this process; the sweeper leaves them to their owner.
-    in_flight: Mutex<HashSet<String>>,
+    /// Each tenant's lease, the calls carved from it, and the settled calls still to charge.
+    budgets: Budgets,
     /// Tenants whose account is known to exist (saves a write per call).
     accounts_open: Mutex<HashSet<TenantId>>,
     /// Runs admitted in the last hour, so only a run's first model call touches the store.
     runs_admitted: Mutex<HashMap<(AgentId, String), i64>>,
+    /// Each tenant's plan name, read once; [`Meter::plan_changed`] drops an entry.
+    plan_names: Mutex<HashMap<TenantId, String>>,
 }
 
 /// A refusal or failure, in a body both the agent and the OpenAI/Anthropic SDKs can read.
@@ -128,7 +131,6 @@ struct Prepared {
     /// chunk is stripped before the caller sees it.
     caller_wants_usage: bool,
     held: i64,
-    plan: Plan,
 }
 
 impl Meter {
@@ -139,16 +141,18 @@ impl Meter {
             .pool_max_idle_per_host(256)
             .build()
             .map_err(|e| e.to_string())?;
+        let ttl = Duration::from_secs(config.hold_ttl_secs);
         Ok(Meter {
-            store,
+            store: store.clone(),
             config,
             upstreams,
             plans,
             default_plan,
             http,
-            in_flight: Mutex::new(HashSet::new()),
+            budgets: Budgets::new(store.clone(), ttl),
             accounts_open: Mutex::new(HashSet::new()),
             runs_admitted: Mutex::new(HashMap::new()),
+            plan_names: Mutex::new(HashMap::new()),
         })
     }
 
@@ -157,11 +161,24 @@ impl Meter {
     }
 
     async fn plan_of(&self, tenant: &TenantId) -> Result<Plan, MeterError> {
-        let t = self.store.get_tenant(tenant).await.map_err(|e| {
-            warn!(error = %e, "meter: tenant lookup failed");
-            MeterError::new(StatusCode::SERVICE_UNAVAILABLE, "meter_unavailable", "the meter cannot read the tenant's plan; try again")
-        })?;
-        Ok(self.plans.get(&t.plan).or_else(|| self.plans.get(&self.default_plan)).cloned().unwrap_or_default())
+        let cached = self.plan_names.lock().expect("plan names").get(tenant).cloned();
+        let name = match cached {
+            Some(name) => name,
+            None => {
+                let t = self.store.get_tenant(tenant).await.map_err(|e| {
+                    warn!(error = %e, "meter: tenant lookup failed");
+                    MeterError::new(StatusCode::SERVICE_UNAVAILABLE, "meter_unavailable", "the meter cannot read the tenant's plan; try again")
+                })?;
+                self.plan_names.lock().expect("plan names").insert(tenant.clone(), t.plan.clone());
+                t.plan
+            }
+        };
+        Ok(self.plans.get(&name).or_else(|| self.plans.get(&self.default_plan)).cloned().unwrap_or_default())
+    }
+
+    /// The operator moved `tenant` to another plan (or deleted it): read its plan again.
+    pub fn plan_changed(&self, tenant: &TenantId) {
+        self.plan_names.lock().expect("plan names").remove(tenant);
     }
 
     async fn audit(&self, caller: &MeterCaller, action: &str, reason: &str) {
@@ -271,7 +288,6 @@ impl Meter {
             self.accounts_open.lock().expect("accounts set").insert(caller.tenant.clone());
         }
         let held = price::estimate(&model, body_len, max_tokens);
-        self.in_flight.lock().expect("in-flight set").insert(id.clone());
         let reserve = Reserve {
             hold_id: &id,
             tenant: &caller.tenant,
@@ -280,21 +296,17 @@ impl Meter {
             monthly_cap: plan.monthly_cap,
             expires_at: now + self.config.hold_ttl_secs as i64 * 1000,
         };
-        let outcome = self.store.reserve(&reserve, &period).await;
+        let outcome = self.budgets.carve(&reserve, &period, new_request_id).await;
         let refusal = match outcome {
             Ok(Ok(())) => None,
             Ok(Err(r)) => Some(r),
-            Err(e) => {
-                self.in_flight.lock().expect("in-flight set").remove(&id);
-                return Err(db(e));
-            }
+            Err(e) => return Err(db(e)),
         };
         if let Some(r) = refusal {
-            self.in_flight.lock().expect("in-flight set").remove(&id);
             return Err(self.refusal(caller, r, next_month).await);
         }
         let _ = next_day;
-        Ok(Prepared { id, model_name, model, upstream, body, stream, caller_wants_usage, held, plan })
+        Ok(Prepared { id, model_name, model, upstream, body, stream, caller_wants_usage, held })
     }
 
     /// Admits a run against the plan's runs per hour. Only a run's first call reaches the store.
@@ -398,7 +410,10 @@ impl Meter {
                 Endpoint::Messages => usage::anthropic(u),
             })
         });
-        self.close(&caller, &p, usage, "ok", false).await;
+        // Settled once the answer is on its way: the caller does not wait for the ledger. The
+        // hold stays counted until then, and a crash in between voids it at its expiry.
+        let meter = Arc::clone(self);
+        tokio::spawn(async move { meter.close(&caller, &p, usage, "ok", false).await });
         let mut r = Response::new(Body::from(body));
         r.headers_mut().insert("content-type", content_type.unwrap_or(HeaderValue::from_static("application/json")));
         r
@@ -470,7 +485,8 @@ impl Meter {
             (false, Some(u)) => price::cost(&p.model, &u),
             // No usage came back for a call that did generate: never settle at 0.
             (false, None) => p.held,
-        };
+        }
+        .min(p.held);
         let call = CallRecord {
             id: p.id.clone(),
             tenant_id: caller.tenant.to_string(),
@@ -487,26 +503,44 @@ impl Meter {
             held: p.held,
             outcome: outcome.to_owned(),
         };
-        let settled = self.store.close_hold(&p.id, &call, void, &period).await;
-        self.in_flight.lock().expect("in-flight set").remove(&p.id);
-        let settled = match settled {
-            Ok(s) => s,
-            Err(e) => {
-                // The hold stays open and the sweeper will void it when it expires.
-                warn!(error = %e, hold = %p.id, "meter: cannot settle; the sweeper will close the hold");
-                return;
-            }
-        };
-        if !settled.applied || void {
-            return;
+        let _ = (period, next_day);
+        self.budgets.settle(&caller.tenant, p.held, call).await;
+    }
+
+    /// Charges settled calls in the store (in batches, as they come) and releases idle leases,
+    /// until the task is dropped. A tenant past its daily soft cap is paused until the next day.
+    pub async fn run_flusher(self: Arc<Self>) {
+        loop {
+            self.budgets.wait_dirty(crate::budget::RELEASE_AFTER).await;
+            self.flush_once().await;
         }
-        let plan = &p.plan;
-        if plan.daily_cap > 0 && settled.day_spent >= plan.daily_cap {
-            let reason = "the daily credit limit of its plan is reached";
-            if let Err(e) = self.store.pause_account(&caller.tenant, Some(next_day), reason).await {
-                warn!(error = %e, "meter: cannot record a pause");
+    }
+
+    /// One flush (see [`Meter::run_flusher`]).
+    pub async fn flush_once(&self) {
+        let now = Self::now_ms();
+        let (period, next_day, _) = period_at(now);
+        for f in self.budgets.flush(&period).await {
+            let Ok(plan) = self.plan_of(&f.tenant).await else { continue };
+            if plan.daily_cap > 0 && f.settled.day_spent >= plan.daily_cap {
+                let reason = "the daily credit limit of its plan is reached";
+                if let Err(e) = self.store.pause_account(&f.tenant, Some(next_day), reason).await {
+                    warn!(error = %e, "meter: cannot record a pause");
+                }
+                let agent = AgentId::parse(&f.last.agent_id).unwrap_or_else(|_| AgentId::new());
+                let caller = MeterCaller { tenant: f.tenant.clone(), agent };
+                self.audit(&caller, "tenant.paused", &format!("{reason}; until {}", format_utc(next_day))).await;
             }
-            self.audit(caller, "tenant.paused", &format!("{reason}; until {}", format_utc(next_day))).await;
+        }
+    }
+
+    /// Charges what waits to be charged and releases idle leases, until none is open or
+    /// `max` passes (at shutdown).
+    pub async fn quiesce(&self, max: Duration) {
+        let deadline = tokio::time::Instant::now() + max;
+        while !self.budgets.is_quiet().await && tokio::time::Instant::now() < deadline {
+            self.flush_once().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -524,7 +558,7 @@ impl Meter {
         let (period, _, _) = period_at(now);
         let mut voided = 0;
         for (id, tenant, agent) in expired {
-            if self.in_flight.lock().expect("in-flight set").contains(&id) {
+            if self.budgets.owns(&id) {
                 continue;
             }
             let call = CallRecord { id: id.clone(), tenant_id: tenant, agent_id: agent, at: now, model: String::new(), provider: String::new(), outcome: "expired".into(), ..Default::default() };

@@ -23,6 +23,8 @@ use anyhow::Context;
 use clawpen_runtime::{DockerRuntime, Runtime};
 use clawpen_store::Store;
 use rand::RngCore;
+use std::time::Duration;
+
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -88,8 +90,15 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
     });
     let _reconcile_guard = AbortOnDrop(reconcile);
     let _sweeper_guard = AbortOnDrop(tokio::spawn(app.meter.clone().run_sweeper()));
+    let _flusher_guard = AbortOnDrop(tokio::spawn(app.meter.clone().run_flusher()));
     info!(addr = %listener.local_addr()?, instance = %app.instance, image = %app.image, "clawpen serving");
-    axum::serve(listener, api::router(app)).with_graceful_shutdown(shutdown).await?;
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, api::router(app.clone())).with_graceful_shutdown(shutdown).await?;
+    // Charge the calls already settled and release the leases before going.
+    app.meter.quiesce(Duration::from_secs(5)).await;
     Ok(())
 }
 

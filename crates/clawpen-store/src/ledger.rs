@@ -141,7 +141,7 @@ impl Store {
             .bind(initial)
             .bind(&p.month)
             .bind(&p.day)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -160,7 +160,49 @@ impl Store {
     /// Reserves `amount` for a call: one conditional write, then the hold row, in one
     /// transaction. On refusal nothing is written and the reason is returned.
     pub async fn reserve(&self, r: &Reserve<'_>, p: &Period) -> Result<Result<(), Refusal>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
+        if let Err(refusal) = Self::reserve_in(&mut tx, r, p).await? {
+            tx.rollback().await?;
+            return Ok(Err(self.explain(r, p, refusal).await?));
+        }
+        sqlx::query("INSERT INTO holds (id, tenant_id, agent_id, amount, state, created_at, expires_at) VALUES ($1, $2, $3, $4, 'held', $5, $6)")
+            .bind(r.hold_id)
+            .bind(r.tenant.as_str())
+            .bind(r.agent.as_str())
+            .bind(r.amount)
+            .bind(p.now_ms)
+            .bind(r.expires_at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Grows an open hold (a meter's lease) by `r.amount` with the same conditional write as
+    /// [`Store::reserve`], and moves its expiry to `r.expires_at`. `Ok(Ok(false))` when the hold is
+    /// no longer open (the sweeper closed it): nothing is written.
+    pub async fn grow_hold(&self, r: &Reserve<'_>, p: &Period) -> Result<Result<bool, Refusal>> {
+        let mut tx = self.writer.begin().await?;
+        if let Err(refusal) = Self::reserve_in(&mut tx, r, p).await? {
+            tx.rollback().await?;
+            return Ok(Err(self.explain(r, p, refusal).await?));
+        }
+        let res = sqlx::query("UPDATE holds SET amount = amount + $1, expires_at = $2 WHERE id = $3 AND state = 'held'")
+            .bind(r.amount)
+            .bind(r.expires_at)
+            .bind(r.hold_id)
+            .execute(&mut *tx)
+            .await?;
+        if res.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(Ok(false));
+        }
+        tx.commit().await?;
+        Ok(Ok(true))
+    }
+
+    /// The conditional write of a reserve; `Err(())` when the account refuses it.
+    async fn reserve_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, r: &Reserve<'_>, p: &Period) -> Result<Result<(), ()>> {
         let res = sqlx::query(
             "UPDATE accounts SET \
                 reserved = reserved + $1, \
@@ -177,43 +219,56 @@ impl Store {
         .bind(r.tenant.as_str())
         .bind(r.monthly_cap)
         .bind(p.now_ms)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        if res.rows_affected() == 0 {
-            tx.rollback().await?;
-            // Only to explain the refusal: the decision above was the conditional write.
-            let a = self.account(r.tenant).await?;
-            let month_spent = if a.month == p.month { a.month_spent } else { 0 };
-            let refusal = if a.paused_until.is_some_and(|u| u > p.now_ms) {
-                Refusal::Paused {
-                    until: a.paused_until,
-                    reason: a.paused_reason.unwrap_or_default(),
-                }
-            } else if a.balance - a.reserved < r.amount {
-                Refusal::InsufficientCredits {
-                    balance: a.balance,
-                    reserved: a.reserved,
-                }
-            } else {
-                Refusal::MonthlyCap {
-                    cap: r.monthly_cap,
-                    spent: month_spent,
-                    reserved: a.reserved,
-                }
-            };
-            return Ok(Err(refusal));
-        }
-        sqlx::query("INSERT INTO holds (id, tenant_id, agent_id, amount, state, created_at, expires_at) VALUES ($1, $2, $3, $4, 'held', $5, $6)")
-            .bind(r.hold_id)
-            .bind(r.tenant.as_str())
-            .bind(r.agent.as_str())
-            .bind(r.amount)
-            .bind(p.now_ms)
-            .bind(r.expires_at)
+        Ok(if res.rows_affected() == 0 { Err(()) } else { Ok(()) })
+    }
+
+    /// Why a reserve was refused. Only to explain: the decision was the conditional write.
+    async fn explain(&self, r: &Reserve<'_>, p: &Period, _: ()) -> Result<Refusal> {
+        let a = self.account(r.tenant).await?;
+        let month_spent = if a.month == p.month { a.month_spent } else { 0 };
+        Ok(if a.paused_until.is_some_and(|u| u > p.now_ms) {
+            Refusal::Paused { until: a.paused_until, reason: a.paused_reason.unwrap_or_default() }
+        } else if a.balance - a.reserved < r.amount {
+            Refusal::InsufficientCredits { balance: a.balance, reserved: a.reserved }
+        } else {
+            Refusal::MonthlyCap { cap: r.monthly_cap, spent: month_spent, reserved: a.reserved }
+        })
+    }
+
+    /// Charges settled calls against an open hold (a meter's lease), in one transaction: the
+    /// calls are recorded (idempotently, by id), their total leaves the balance and the hold,
+    /// and the hold's expiry moves to `expires_at`. Each call's cost must already be capped by
+    /// what was carved out of the hold for it. When the hold is no longer open (it expired and
+    /// was voided) the calls are still charged: what was generated is never settled at 0.
+    pub async fn charge_hold(&self, hold_id: &str, tenant: &TenantId, calls: &[CallRecord], expires_at: i64, p: &Period) -> Result<Settled> {
+        let total: i64 = calls.iter().map(|c| c.cost.max(0)).sum();
+        let mut tx = self.writer.begin().await?;
+        let res = sqlx::query("UPDATE holds SET amount = amount - $1, charged = COALESCE(charged, 0) + $1, expires_at = $2 WHERE id = $3 AND state = 'held'")
+            .bind(total)
+            .bind(expires_at)
+            .bind(hold_id)
             .execute(&mut *tx)
             .await?;
+        let from_reserved = if res.rows_affected() == 1 { total } else { 0 };
+        let acc = sqlx::query(
+            "UPDATE accounts SET \
+                reserved = reserved - $1, balance = balance - $2, \
+                month_spent = (CASE WHEN month = $3 THEN month_spent ELSE 0 END) + $2, month = $3, \
+                day_spent = (CASE WHEN day = $4 THEN day_spent ELSE 0 END) + $2, day = $4 \
+             WHERE tenant_id = $5 RETURNING month_spent, day_spent",
+        )
+        .bind(from_reserved)
+        .bind(total)
+        .bind(&p.month)
+        .bind(&p.day)
+        .bind(tenant.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        insert_calls(&mut tx, calls).await?;
         tx.commit().await?;
-        Ok(Ok(()))
+        Ok(Settled { applied: true, charged: total, day_spent: acc.try_get("day_spent")?, month_spent: acc.try_get("month_spent")? })
     }
 
     /// Settles a hold at `call.cost` (at most the held amount) and records the call; or, with
@@ -225,18 +280,18 @@ impl Store {
         void: bool,
         p: &Period,
     ) -> Result<Settled> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let state = if void { "voided" } else { "settled" };
         // Closing is conditional on the hold still being open, and the charge is capped by the
         // hold in the same statement.
         let row = sqlx::query(
             "UPDATE holds SET state = $1, settled_at = $2, \
-                charged = CASE WHEN $3 < 0 THEN 0 WHEN $3 < amount THEN $3 ELSE amount END \
+                charged = CASE WHEN $3 < 0 THEN charged WHEN $3 < amount THEN COALESCE(charged, 0) + $3 ELSE COALESCE(charged, 0) + amount END \
              WHERE id = $4 AND state = 'held' RETURNING tenant_id, amount, charged",
         )
         .bind(state)
         .bind(p.now_ms)
-        .bind(if void { 0 } else { call.cost })
+        .bind(if void { -1 } else { call.cost.max(0) })
         .bind(hold_id)
         .fetch_optional(&mut *tx)
         .await?;
@@ -245,8 +300,9 @@ impl Store {
             return Ok(Settled { applied: false, charged: 0, day_spent: 0, month_spent: 0 });
         };
         let tenant: String = row.try_get("tenant_id")?;
+        // What was still held, and what this close charges of it (a voided hold: nothing).
         let amount: i64 = row.try_get("amount")?;
-        let charged: i64 = row.try_get("charged")?;
+        let charged: i64 = if void { 0 } else { call.cost.max(0).min(amount) };
         let acc = sqlx::query(
             "UPDATE accounts SET \
                 reserved = reserved - $1, balance = balance - $2, \
@@ -274,9 +330,31 @@ impl Store {
         })
     }
 
+    /// Closes an open hold without a further charge, releasing what it still holds (a meter's
+    /// lease that is no longer needed). Returns whether it was open.
+    pub async fn release_hold(&self, hold_id: &str, p: &Period) -> Result<bool> {
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query("UPDATE holds SET state = 'settled', settled_at = $1 WHERE id = $2 AND state = 'held' RETURNING tenant_id, amount")
+            .bind(p.now_ms)
+            .bind(hold_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        sqlx::query("UPDATE accounts SET reserved = reserved - $1 WHERE tenant_id = $2")
+            .bind(row.try_get::<i64, _>("amount")?)
+            .bind(row.try_get::<String, _>("tenant_id")?)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Records a call that was refused before any hold (cost 0).
     pub async fn record_call(&self, call: &CallRecord) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         insert_call(&mut tx, call).await?;
         tx.commit().await?;
         Ok(())
@@ -330,7 +408,7 @@ impl Store {
         .bind(until)
         .bind(reason)
         .bind(tenant.as_str())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -343,7 +421,7 @@ impl Store {
         reason: &str,
         p: &Period,
     ) -> Result<Account> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("INSERT INTO accounts (tenant_id, balance, month, day) VALUES ($1, 0, $2, $3) ON CONFLICT (tenant_id) DO NOTHING")
             .bind(tenant.as_str())
             .bind(&p.month)
@@ -368,15 +446,23 @@ impl Store {
         self.account(tenant).await
     }
 
+    /// Moves a tenant to another plan and lifts any pause: the new plan's caps decide from now on
+    /// (a call past them pauses the tenant again).
     pub async fn set_plan(&self, tenant: &TenantId, plan: &str) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
         let res = sqlx::query("UPDATE tenants SET plan = $1 WHERE id = $2")
             .bind(plan)
             .bind(tenant.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         if res.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        sqlx::query("UPDATE accounts SET paused_until = NULL, paused_reason = NULL WHERE tenant_id = $1")
+            .bind(tenant.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -399,7 +485,7 @@ impl Store {
         .bind(now_ms)
         .bind(now_ms - 3_600_000)
         .bind(max_per_hour)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         let row = sqlx::query("SELECT COUNT(*) AS n FROM runs WHERE agent_id = $1 AND run_id = $2")
             .bind(agent.as_str())
@@ -447,6 +533,37 @@ impl Store {
         rows.iter().map(call_from_row).collect()
     }
 }
+
+/// Records calls in one statement (at most [`CALLS_PER_INSERT`] rows each).
+async fn insert_calls(tx: &mut sqlx::Transaction<'_, sqlx::Any>, calls: &[CallRecord]) -> Result<()> {
+    for chunk in calls.chunks(CALLS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Any>::new(
+            "INSERT INTO calls (id, tenant_id, agent_id, at, model, provider, stream, input_tokens, output_tokens, cache_read, cache_write, cost, held, outcome) ",
+        );
+        q.push_values(chunk, |mut b, c| {
+            b.push_bind(c.id.clone())
+                .push_bind(c.tenant_id.clone())
+                .push_bind(c.agent_id.clone())
+                .push_bind(c.at)
+                .push_bind(c.model.clone())
+                .push_bind(c.provider.clone())
+                .push_bind(c.stream as i64)
+                .push_bind(c.input_tokens)
+                .push_bind(c.output_tokens)
+                .push_bind(c.cache_read)
+                .push_bind(c.cache_write)
+                .push_bind(c.cost)
+                .push_bind(c.held)
+                .push_bind(c.outcome.clone());
+        });
+        q.push(" ON CONFLICT (id) DO NOTHING");
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// 14 columns a row: well under SQLite's 32,766 bound parameters.
+const CALLS_PER_INSERT: usize = 500;
 
 async fn insert_call(tx: &mut sqlx::Transaction<'_, sqlx::Any>, c: &CallRecord) -> Result<()> {
     sqlx::query(

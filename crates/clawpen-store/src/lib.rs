@@ -45,10 +45,15 @@ pub enum Backend {
     Postgres,
 }
 
-/// The store: a connection pool plus the backend it talks to.
+/// The store: connection pools plus the backend it talks to.
 #[derive(Clone)]
 pub struct Store {
+    /// Reads.
     pool: AnyPool,
+    /// Writes. On SQLite one connection, so that writers queue here in order instead of
+    /// sleeping in SQLite's busy handler (which costs milliseconds under contention); on
+    /// PostgreSQL the same pool as reads.
+    writer: AnyPool,
     backend: Backend,
 }
 
@@ -92,8 +97,10 @@ impl Store {
         } else {
             Backend::Sqlite
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+        let options = || AnyPoolOptions::new()
+            // A ping before every acquire is a round trip to the driver's thread: on SQLite the
+            // file cannot go away, and PostgreSQL errors surface on the query itself.
+            .test_before_acquire(false)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -109,14 +116,17 @@ impl Store {
                     }
                     Ok(())
                 })
-            })
-            .connect(url)
-            .await?;
+            });
+        let pool = options().max_connections(if backend == Backend::Sqlite { 8 } else { 16 }).connect(url).await?;
+        let writer = match backend {
+            Backend::Sqlite => options().max_connections(1).connect(url).await?,
+            Backend::Postgres => pool.clone(),
+        };
         match backend {
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
-            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&writer).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&writer).await?,
         }
-        Ok(Store { pool, backend })
+        Ok(Store { pool, writer, backend })
     }
 
     /// A throwaway SQLite store in a temp file (for tests).
@@ -144,7 +154,7 @@ impl Store {
             "INSERT INTO meta (key, value) VALUES ('instance_id', $1) ON CONFLICT (key) DO NOTHING",
         )
         .bind(&fresh)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         let row = sqlx::query("SELECT value FROM meta WHERE key = 'instance_id'")
             .fetch_one(&self.pool)
@@ -156,7 +166,7 @@ impl Store {
 
     /// Creates a tenant with a fresh uid (`uid_base` + a counter that never goes back).
     pub async fn create_tenant(&self, name: &str, plan: &str, uid_base: u32) -> Result<Tenant> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let row = sqlx::query(
             "UPDATE counters SET value = value + 1 WHERE name = 'tenant_uid' RETURNING value",
         )
@@ -207,7 +217,7 @@ impl Store {
     pub async fn delete_tenant(&self, id: &TenantId) -> Result<()> {
         let res = sqlx::query("DELETE FROM tenants WHERE id = $1")
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(|e| match &e {
                 // SQLite reports a RESTRICT violation with its trigger code, not the foreign-key one.
@@ -248,7 +258,7 @@ impl Store {
             .bind(&m.external_id)
             .bind(&m.display_name)
             .bind(m.created_at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(|e| conflict_on_unique(e, "this member already belongs to a tenant"))?;
         Ok(m)
@@ -282,7 +292,7 @@ impl Store {
             .bind(&key.prefix)
             .bind(token_sha256(&token))
             .bind(key.created_at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok((key, token))
     }
@@ -301,7 +311,7 @@ impl Store {
             .bind(now_ms())
             .bind(key.as_str())
             .bind(tenant.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         if res.rows_affected() == 0 {
             return Err(StoreError::NotFound);
@@ -365,7 +375,7 @@ impl Store {
         .bind(now)
         .bind(now)
         .bind(max_agents as i64)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| conflict_on_unique(e, "an agent with this name already exists"))?;
         if res.rows_affected() == 0 {
@@ -423,7 +433,7 @@ impl Store {
             .bind(desired.as_str())
             .bind(now_ms())
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -441,7 +451,7 @@ impl Store {
         .bind(obs.last_error.as_deref())
         .bind(now_ms())
         .bind(id.as_str())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -453,7 +463,7 @@ impl Store {
             .bind(now)
             .bind(now)
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -461,7 +471,7 @@ impl Store {
     pub async fn delete_agent(&self, id: &AgentId) -> Result<()> {
         sqlx::query("DELETE FROM agents WHERE id = $1")
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -478,7 +488,7 @@ impl Store {
             .bind(e.action)
             .bind(e.reason)
             .bind(e.detail.map(|d| d.to_string()))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

@@ -9,6 +9,8 @@ use crate::Store;
 
 pub struct TestDb {
     pub store: Store,
+    /// `sqlite` or `postgres`, for failure messages.
+    #[allow(dead_code)]
     pub backend: &'static str,
     _dir: Option<tempfile::TempDir>,
     /// The admin URL and the database to drop.

@@ -28,7 +28,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 20)]
     agents: usize,
     /// Requests per worker in each case (meter).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 200)]
     requests: usize,
     /// Print only the JSON object (progress still goes to stderr).
     #[arg(long)]
@@ -81,8 +81,7 @@ impl Case {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (scenario, cases) = match args.scenario {
         Scenario::Coldstart => ("coldstart", coldstart(args.agents).await?),
-        // TEMP Scenario::Meter => ("meter", crate::bench_meter::run(args.requests).await?),
-        Scenario::Meter => anyhow::bail!("TEMP"),
+        Scenario::Meter => ("meter", crate::bench_meter::run(args.requests).await?),
     };
     let out = json!({"scenario": scenario, "cases": cases.iter().map(Case::to_json).collect::<Vec<_>>()});
     if args.json {

@@ -10,7 +10,7 @@
 
 mod admin;
 mod bench;
-// TEMP mod bench_meter;
+mod bench_meter;
 mod doctor;
 mod image_cmd;
 mod probe;
@@ -154,7 +154,10 @@ async fn serve(mut args: ServerArgs, build_image: bool) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}; is another server using it? pass --listen"))?;
     let addr = listener.local_addr()?;
     // Written after binding, so scripts and tests started with port 0 can find the server.
-    std::fs::write(args.data_dir.join("server.addr"), addr.to_string())?;
+    // Whole or not at all (written aside, then renamed): a reader never sees it half written.
+    let partial = args.data_dir.join("server.addr.partial");
+    std::fs::write(&partial, addr.to_string())?;
+    std::fs::rename(&partial, args.data_dir.join("server.addr"))?;
     println!("clawpen listening on http://{addr}");
     println!("admin token: {}", app.layout.admin_token_path().display());
     clawpen_server::run(app, listener, shutdown_signal()).await

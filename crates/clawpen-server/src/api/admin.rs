@@ -58,6 +58,7 @@ pub async fn get_tenant(State(app): State<App>, _: Admin, TenantPath(id): Tenant
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete_tenant(State(app): State<App>, _: Admin, TenantPath(id): TenantPath) -> Result<StatusCode, ApiError> {
     app.delete_tenant(&id, &admin()).await?;
+    app.meter.plan_changed(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 

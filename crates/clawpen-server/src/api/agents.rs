@@ -134,5 +134,20 @@ pub async fn send_message(State(app): State<App>, caller: TenantCaller, AgentPat
     let msg = MessageIn { text: body.text, session: body.session };
     let timeout = Duration::from_secs(app.config.sandbox.message_timeout_secs);
     let out = clawpen_agent::client::message(&app.layout.agent_socket(&id), &msg, timeout).await?;
-    Ok(Json(MessageReply { reply: out.reply, session: out.session }))
+    // The agent reports the identity its sandbox was given: a mismatch means a miswired socket,
+    // and nothing from it may reach this tenant.
+    if out.agent_id != id.as_str() || out.tenant_id != caller.tenant.id.as_str() {
+        tracing::error!(agent = %id, answered_as = %out.agent_id, "an agent socket answered with another identity; reply withheld");
+        return Err(ApiError::new(StatusCode::BAD_GATEWAY, "agent_mismatch", "the agent's sandbox answered with another identity; restart the agent"));
+    }
+    Ok(Json(MessageReply {
+        reply: out.reply,
+        session: out.session,
+        run_id: out.run_id,
+        tool_calls: out.tool_calls,
+        stopped_by: out.stopped_by,
+        paused: out.paused,
+        error_code: out.error_code,
+        paused_until: out.paused_until,
+    }))
 }

@@ -21,6 +21,10 @@ use views::*;
 /// Largest request body the API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// How much of a too-large body is read and thrown away so that the client, still sending, gets
+/// the 413 instead of a reset connection. Past this the connection is closed.
+const DRAIN_BYTES: usize = 16 * 1024 * 1024;
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "clawpen", description = "Hosts personal AI agents, one hardened sandbox per tenant."),
@@ -75,8 +79,40 @@ pub fn router(app: App) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(whole_body))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(app)
+}
+
+/// Reads the request body whole (at most [`MAX_BODY_BYTES`]) before any handler runs. A larger
+/// body is answered 413 only after it has been read to its end (up to [`DRAIN_BYTES`]): answering
+/// while the client is still sending makes it see a reset instead of the JSON error.
+async fn whole_body(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use futures_util::StreamExt;
+    let (parts, body) = req.into_parts();
+    let mut body = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else {
+            return ApiError::new(StatusCode::BAD_REQUEST, "bad_body", "the request body could not be read").into_response();
+        };
+        seen += chunk.len();
+        if seen <= MAX_BODY_BYTES {
+            buf.extend_from_slice(&chunk);
+        } else if seen > DRAIN_BYTES {
+            break;
+        }
+    }
+    if seen > MAX_BODY_BYTES {
+        let mut res = ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is larger than {MAX_BODY_BYTES} bytes"))
+            .into_response();
+        if seen > DRAIN_BYTES {
+            res.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        }
+        return res;
+    }
+    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(buf.freeze()))).await
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -171,6 +171,7 @@ pub async fn set_plan(State(app): State<App>, _: Admin, TenantPath(id): TenantPa
         return Err(ApiError::invalid(format!("plan: unknown plan; known plans: {}", known.join(", "))));
     }
     app.store.set_plan(&id, &body.plan).await?;
+    app.meter.plan_changed(&id);
     let detail = serde_json::json!({"plan": body.plan});
     let _ = app.store.audit(clawpen_store::NewAudit { tenant: Some(&id), agent: None, actor: "admin", action: "tenant.plan", reason: "requested", detail: Some(&detail) }).await;
     Ok(Json(tenant_or_404(&app, &id).await?.into()))

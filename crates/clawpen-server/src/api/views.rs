@@ -167,8 +167,21 @@ pub struct SendMessage {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MessageReply {
+    /// What the user reads: the model's answer, or why the run stopped or was refused.
     pub reply: String,
     pub session: String,
+    /// The run's id; its model calls carry it in the usage API.
+    pub run_id: String,
+    /// Tool calls the run made.
+    pub tool_calls: u32,
+    /// The guardrail that stopped the run: `max_tool_calls` or `max_run_time`.
+    pub stopped_by: Option<String>,
+    /// The agent is paused (a cap was reached) or out of credits: the reply says why and until when.
+    pub paused: bool,
+    /// The meter's refusal code (`cap_reached`, `agent_paused`, `daily_cap_reached`, `rate_limited`, …).
+    pub error_code: Option<String>,
+    /// When a paused agent resumes (Unix ms).
+    pub paused_until: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

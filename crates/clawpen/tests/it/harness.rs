@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use clawpen_standin::{Standin, StandinConfig};
 use serde_json::{json, Value};
 
 pub const EXE: &str = env!("CARGO_BIN_EXE_clawpen");
@@ -28,7 +29,74 @@ pub fn image() -> &'static str {
     })
 }
 
+pub const OPENAI_KEY_ENV: &str = "CLAWPEN_TEST_OPENAI_KEY";
+pub const ANTHROPIC_KEY_ENV: &str = "CLAWPEN_TEST_ANTHROPIC_KEY";
+
+/// A config whose meter reaches `standin` (OpenAI and Anthropic models, keys from the
+/// environment), with `plan` lines under `[plans.free]` and `meter_extra` lines under `[meter]`.
+/// Prices, micro-credits per million tokens: 1 per input token, 2 per output token, 0.5 per cache
+/// read, 1.25 per cache write.
+pub fn meter_config(standin: &Standin, plan: &str, meter_extra: &str) -> String {
+    let base = standin.base_url();
+    let max_agents = if plan.contains("max_agents") { "" } else { "max_agents = 20" };
+    let priced = |name: &str, upstream: &str, upstream_model: &str| {
+        format!(
+            "[meter.models.{name}]\nupstream = \"{upstream}\"\nupstream_model = \"{upstream_model}\"\n\
+             input_per_mtok = 1000000\noutput_per_mtok = 2000000\ncache_read_per_mtok = 500000\ncache_write_per_mtok = 1250000\n"
+        )
+    };
+    format!(
+        r#"
+[plans.free]
+{max_agents}
+{plan}
+
+[plans.standard]
+max_agents = 20
+monthly_cap = 20000000
+daily_cap = 2000000
+
+[meter]
+default_model = "gpt-test"
+{meter_extra}
+
+[meter.upstreams.oai]
+provider = "openai"
+base_url = "{base}/v1"
+api_key_env = "{OPENAI_KEY_ENV}"
+
+[meter.upstreams.ant]
+provider = "anthropic"
+base_url = "{base}/v1"
+api_key_env = "{ANTHROPIC_KEY_ENV}"
+
+{}
+{}
+{}
+{}
+{}
+"#,
+        priced("gpt-test", "oai", "gpt-test"),
+        priced("gpt-cached", "oai", "gpt-cached"),
+        priced("gpt-slow", "oai", "gpt-test-slow"),
+        priced("claude-test", "ant", "claude-test"),
+        priced("claude-cached", "ant", "claude-cached"),
+    )
+}
+
+/// The cost the test prices give a call record, rounding each part up like the meter.
+pub fn expected_cost(c: &Value) -> i64 {
+    let up = |tokens: i64, per_mtok: i64| (tokens * per_mtok + 999_999) / 1_000_000;
+    up(c["input_tokens"].as_i64().unwrap(), 1_000_000)
+        + up(c["output_tokens"].as_i64().unwrap(), 2_000_000)
+        + up(c["cache_read_tokens"].as_i64().unwrap(), 500_000)
+        + up(c["cache_write_tokens"].as_i64().unwrap(), 1_250_000)
+}
+
+/// A real server whose meter reaches an in-process stand-in upstream (`standin`), so agents
+/// answer with model replies: "stand-in reply to: <the message>".
 pub struct TestServer {
+    pub standin: Standin,
     pub dir: tempfile::TempDir,
     pub base: String,
     pub admin: String,
@@ -41,26 +109,24 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> TestServer {
-        TestServer::start_with_config(None).await
+        TestServer::start_with("", "", &[]).await
     }
 
-    /// Starts a server whose config file has this TOML text.
-    pub async fn start_with_config(config: Option<&str>) -> TestServer {
-        TestServer::start_with(config, &[]).await
-    }
-
-    /// Starts a server with a config file of this TOML text and extra environment.
-    pub async fn start_with(config: Option<&str>, env: &[(&str, &str)]) -> TestServer {
+    /// Starts a server with `plan` lines under `[plans.free]`, `meter_extra` lines under
+    /// `[meter]` (see [`meter_config`]) and extra environment.
+    pub async fn start_with(plan: &str, meter_extra: &str, env: &[(&str, &str)]) -> TestServer {
         image();
+        let keys = StandinConfig::for_testing();
+        let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        env.push((OPENAI_KEY_ENV.into(), keys.openai_key.clone()));
+        env.push((ANTHROPIC_KEY_ENV.into(), keys.anthropic_key.clone()));
+        let standin = Standin::start(keys).await.expect("start the stand-in upstream");
         // Short path: Unix socket paths under the data dir must stay under 108 bytes.
         let dir = tempfile::Builder::new().prefix("cpt-").tempdir_in("/tmp").unwrap();
-        let config = config.map(|text| {
-            let p = dir.path().join("test-config.toml");
-            std::fs::write(&p, text).unwrap();
-            p
-        });
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut s = TestServer { dir, base: String::new(), admin: String::new(), http: reqwest::Client::new(), child: None, config, env };
+        let config = dir.path().join("test-config.toml");
+        std::fs::write(&config, meter_config(&standin, plan, meter_extra)).unwrap();
+        let config = Some(config);
+        let mut s = TestServer { standin, dir, base: String::new(), admin: String::new(), http: reqwest::Client::new(), child: None, config, env };
         s.spawn().await;
         s
     }
@@ -83,7 +149,9 @@ impl TestServer {
         let deadline = Instant::now() + Duration::from_secs(60);
         let addr = loop {
             if let Ok(a) = std::fs::read_to_string(self.data_dir().join("server.addr")) {
-                break a;
+                if a.trim().parse::<std::net::SocketAddr>().is_ok() {
+                    break a;
+                }
             }
             assert!(Instant::now() < deadline, "server did not start; log:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -91,12 +159,13 @@ impl TestServer {
         self.base = format!("http://{}", addr.trim());
         self.admin = std::fs::read_to_string(self.data_dir().join("admin.token")).unwrap().trim().to_owned();
         loop {
-            if let Ok(r) = self.http.get(self.url("/readyz")).send().await {
-                if r.status() == 200 {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "server not ready; log:\n{}", self.log());
+            let last = match self.http.get(self.url("/readyz")).timeout(Duration::from_secs(5)).send().await {
+                Ok(r) if r.status() == 200 => break,
+                Ok(r) => format!("{}: {}", r.status(), r.text().await.unwrap_or_default()),
+                Err(e) => format!("{e:?}"),
+            };
+            let alive = self.child.as_mut().map(|c| c.try_wait().ok().flatten().map(|st| st.to_string()));
+            assert!(Instant::now() < deadline, "server at {} not ready (last /readyz: {last}; exited: {alive:?}); log:\n{}", self.base, self.log());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -159,6 +228,25 @@ impl TestServer {
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
         self.call(reqwest::Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PUT, path, Some(token), Some(body)).await
+    }
+
+    /// The tenant's usage once every call is charged and nothing is held any more (the meter
+    /// charges settled calls in batches and releases an idle lease shortly after).
+    pub async fn settled_usage(&self, key: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (st, u) = self.get("/api/v1/usage", key).await;
+            assert_eq!(st, 200, "{u}");
+            if u["reserved"] == 0 {
+                return u;
+            }
+            assert!(Instant::now() < deadline, "holds stay open: {u}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// Creates a tenant and a key for it: `(tenant json, token)`.

@@ -74,7 +74,7 @@ async fn async_probe(s: &TestServer, agent: &str, args: &[&str]) -> tokio::proce
 async fn b_and_server_answer(t: &Tenants) {
     let (st, r) = t.s.post(&format!("/api/v1/agents/{}/messages", t.b), &t.key_b, json!({"text": "are you fine?"})).await;
     assert_eq!(st, 200, "B must keep answering: {r}");
-    assert!(r["reply"].as_str().unwrap().contains(&t.b));
+    assert_eq!(r["reply"], "stand-in reply to: are you fine?", "B's agent answers: {r}");
     let (st, _) = t.s.call(reqwest::Method::GET, "/healthz", None, None).await;
     assert_eq!(st, 200, "the server must keep answering");
 }
@@ -130,11 +130,14 @@ async fn cannot_read_another_tenants_files() {
 async fn no_network_at_all() {
     let t = two_tenants().await;
     let port = t.s.base.rsplit(':').next().unwrap().to_owned();
-    let mut tcp = vec![format!("127.0.0.1:{port}"), "127.0.0.1:22".to_owned(), "127.0.0.1:53".to_owned()];
+    // The server, the model provider (the stand-in upstream the meter calls), ssh and DNS.
+    let provider = t.s.standin.base_url().rsplit(':').next().unwrap().to_owned();
+    let mut tcp = vec![format!("127.0.0.1:{port}"), format!("127.0.0.1:{provider}"), "127.0.0.1:22".to_owned(), "127.0.0.1:53".to_owned()];
     // The host's own addresses, as the host sees them.
     let hosts = Command::new("hostname").arg("-I").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     for h in hosts.split_whitespace().filter(|h| !h.contains(':')) {
         tcp.push(format!("{h}:{port}"));
+        tcp.push(format!("{h}:{provider}"));
         tcp.push(format!("{h}:2375"));
     }
     let mut args = vec!["network".to_owned()];
@@ -257,7 +260,9 @@ async fn no_privileges_and_a_read_only_root() {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_secret_inside_the_sandbox_or_in_docker_inspect() {
     let t = two_tenants().await;
-    let needles = [t.s.admin.clone(), t.key_a.clone(), t.key_b.clone()];
+    // The server holds the provider keys (in its environment here): none may reach a sandbox.
+    let keys = clawpen_standin::StandinConfig::for_testing();
+    let needles = [t.s.admin.clone(), t.key_a.clone(), t.key_b.clone(), keys.openai_key, keys.anthropic_key];
     let mut args = vec!["secrets"];
     for n in &needles {
         args.extend(["--needle", n.as_str()]);

@@ -10,10 +10,6 @@ use serde_json::{json, Value};
 
 use crate::harness::TestServer;
 
-const CONFIG: &str = r#"
-[plans.free]
-max_agents = 100
-"#;
 
 /// Asserts that the store (through the API) and Docker tell the same story.
 async fn assert_agreement(s: &TestServer, tenant: &str, key: &str, round: &str) {
@@ -53,7 +49,7 @@ async fn assert_agreement(s: &TestServer, tenant: &str, key: &str, round: &str) 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_during_lifecycle_then_restart_agrees() {
-    let mut s = TestServer::start_with_config(Some(CONFIG)).await;
+    let mut s = TestServer::start_with("max_agents = 100", "", &[]).await;
     let (t, key) = s.tenant("survivor").await;
     let tid = t["id"].as_str().unwrap().to_owned();
     let keeper = s.agent(&key, "keeper", true).await;

@@ -2,19 +2,22 @@
 //! Docker Engine through [`harness::TestServer`]; nothing is skipped when Docker is missing.
 //!
 //! # Layout
-//! - `harness`: starting servers on temp data dirs, HTTP helpers, cleanup by label.
+//! - `harness`: starting servers on temp data dirs (each with a stand-in model upstream), HTTP
+//!   helpers, cleanup by label.
 //! - `authz`: the authorization matrix (who may call what, and 404 for foreign ids).
 //! - `bad_input`: malformed, oversized and hostile input is refused and creates nothing.
 //! - `lifecycle`: create, start, message, stop, delete; OpenAPI; doctor.
 //! - `isolation`: attacks from inside a tenant's sandbox.
 //! - `kill`: SIGKILL of the server mid-operation, then restart and agreement.
+//! - `chat`: messages to running agents answered by the model through the meter; tools, guards, caps.
 //! - `meter`: model calls through the meter against a stand-in upstream; caps, aborts, crashes.
 
 mod harness;
 
 mod authz;
 mod bad_input;
+mod chat;
 mod isolation;
 mod kill;
 mod lifecycle;
-// TEMP mod meter;
+mod meter;

@@ -1,0 +1,167 @@
+#![doc = include_str!("../README.md")]
+//!
+//! # Layout
+//! - this file: [`StandinConfig`], [`Standin`] (in-process), [`serve`] and [`run_cli`] (own process).
+//! - `tokens`: word counts and the deterministic reply, shared by both protocols.
+//! - `openai`: Chat Completions and the model list.
+//! - `anthropic`: Messages.
+//! - `log`: [`RecordedRequest`]s, and the body wrapper that marks an answer completed.
+//! - `sse`: server-sent event streams, paced for `-slow` models.
+
+mod anthropic;
+mod log;
+mod openai;
+mod sse;
+mod tokens;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use log::RecordedRequest;
+
+/// What the stand-in accepts and how fast it streams.
+#[derive(Clone)]
+pub struct StandinConfig {
+    /// The key OpenAI clients must send as `Authorization: Bearer …`.
+    pub openai_key: String,
+    /// The key Anthropic clients must send as `x-api-key`.
+    pub anthropic_key: String,
+    /// Pause between streamed events for models whose name ends in `-slow`.
+    pub token_delay_ms: u64,
+}
+
+impl StandinConfig {
+    /// Keys `sk-standin-openai` and `sk-ant-standin`, 20 ms between a slow model's events.
+    pub fn for_testing() -> Self {
+        Self { openai_key: "sk-standin-openai".into(), anthropic_key: "sk-ant-standin".into(), token_delay_ms: 20 }
+    }
+}
+
+/// State shared by the handlers and the [`Standin`] handle.
+struct Shared {
+    config: StandinConfig,
+    log: Arc<log::RequestLog>,
+    /// Numbers answers (`chatcmpl-…`, `msg_…`).
+    answers: AtomicU64,
+    /// Numbers scripted tool calls (`call_<n>`), apart so that they count from 1 per stand-in.
+    tool_calls: AtomicU64,
+}
+
+impl Shared {
+    fn new(config: StandinConfig) -> Arc<Self> {
+        Arc::new(Self { config, log: Arc::default(), answers: AtomicU64::new(0), tool_calls: AtomicU64::new(0) })
+    }
+
+    fn next_answer(&self) -> u64 {
+        self.answers.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn next_tool_call(&self) -> u64 {
+        self.tool_calls.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn delay(&self, model: &str) -> Duration {
+        if model.ends_with("-slow") {
+            Duration::from_millis(self.config.token_delay_ms)
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
+/// The key of an `Authorization: Bearer <key>` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/messages", post(anthropic::messages))
+        .fallback(openai::not_found)
+        .with_state(shared)
+}
+
+async fn serve_shared(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Events are small writes: without TCP_NODELAY each waits for the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router(shared)).with_graceful_shutdown(shutdown).await
+}
+
+/// Serves both APIs on `listener` until `shutdown` resolves (then lets open answers finish).
+pub async fn serve(listener: TcpListener, config: StandinConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    serve_shared(listener, Shared::new(config), shutdown).await
+}
+
+/// A stand-in serving on a free loopback port in a background task, until dropped.
+pub struct Standin {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Standin {
+    /// Binds 127.0.0.1 on a free port and serves in the background.
+    pub async fn start(config: StandinConfig) -> std::io::Result<Standin> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Shared::new(config);
+        let task = tokio::spawn(serve_shared(listener, shared.clone(), std::future::pending()));
+        Ok(Standin { addr, shared, task })
+    }
+
+    /// `http://127.0.0.1:PORT`: Anthropic's base URL; OpenAI's is this plus `/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.log.snapshot()
+    }
+}
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Runs a stand-in as its own process: binds `listen`, writes the bound address (`IP:PORT`) to
+/// `addr_file` if given, prints `standin listening on http://ADDR`, and serves until SIGTERM or
+/// ctrl-c.
+pub async fn run_cli(listen: SocketAddr, addr_file: Option<PathBuf>, config: StandinConfig) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Registered before the address is published, so a supervisor's SIGTERM is never missed.
+    let mut term = signal(SignalKind::terminate())?;
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    if let Some(path) = addr_file {
+        // Written whole then renamed, so a reader polling for the file never sees half of it.
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, addr.to_string())?;
+        std::fs::rename(&partial, &path)?;
+    }
+    println!("standin listening on http://{addr}");
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    serve(listener, config, shutdown).await
+}

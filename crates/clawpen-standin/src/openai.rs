@@ -1,0 +1,205 @@
+//! OpenAI: Chat Completions, the model list, and OpenAI's error shape.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::log::RecordedRequest;
+use crate::tokens::{input_tokens, last_user_text, reply_to, text, words, Reply};
+use crate::{sse, Shared};
+
+const MODEL_IDS: [&str; 3] = ["gpt-test", "gpt-test-slow", "gpt-cached"];
+
+pub(crate) async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request = serde_json::from_slice::<Value>(&body).ok();
+    let authorized = authorized(&shared, &headers);
+    let max = request.as_ref().map_or(Ok(None), max_tokens);
+    let entry = shared.log.record(RecordedRequest::new("/v1/chat/completions", request.clone().unwrap_or_default(), authorized, max.unwrap_or(None)));
+    let response = if authorized { chat(&shared, request) } else { unauthorized(&headers) };
+    entry.answer(response)
+}
+
+pub(crate) async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let authorized = authorized(&shared, &headers);
+    let entry = shared.log.record(RecordedRequest::new("/v1/models", Value::Null, authorized, None));
+    let response = if authorized {
+        let data = MODEL_IDS.map(|id| json!({"id": id, "object": "model", "created": 1_700_000_000, "owned_by": "clawpen-standin"}));
+        Json(json!({"object": "list", "data": data})).into_response()
+    } else {
+        unauthorized(&headers)
+    };
+    entry.answer(response)
+}
+
+/// Any other route: OpenAI's 404.
+pub(crate) async fn not_found(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let request = serde_json::from_slice::<Value>(&body).unwrap_or_default();
+    let entry = shared.log.record(RecordedRequest::new(uri.path(), request, authorized(&shared, &headers), None));
+    entry.answer(error(StatusCode::NOT_FOUND, &format!("Unknown request URL: {method} {}.", uri.path()), None, Some("unknown_url")))
+}
+
+fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    crate::bearer(headers) == Some(shared.config.openai_key.as_str())
+}
+
+/// `max_completion_tokens`, else the older `max_tokens`; `Err(field)` when it is not a count.
+fn max_tokens(request: &Value) -> Result<Option<u64>, &'static str> {
+    for field in ["max_completion_tokens", "max_tokens"] {
+        match &request[field] {
+            Value::Null => continue,
+            v => return v.as_u64().map(Some).ok_or(field),
+        }
+    }
+    Ok(None)
+}
+
+fn error(status: StatusCode, message: &str, param: Option<&str>, code: Option<&str>) -> Response {
+    (status, Json(json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}))).into_response()
+}
+
+fn unauthorized(headers: &HeaderMap) -> Response {
+    let message = if headers.contains_key(header::AUTHORIZATION) {
+        "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."
+    } else {
+        "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+    };
+    error(StatusCode::UNAUTHORIZED, message, None, Some("invalid_api_key"))
+}
+
+fn chat(shared: &Shared, request: Option<Value>) -> Response {
+    let Some(request) = request else {
+        return error(StatusCode::BAD_REQUEST, "We could not parse the JSON body of your request. The OpenAI API expects a JSON payload.", None, None);
+    };
+    let Some(model) = request["model"].as_str() else {
+        return error(StatusCode::BAD_REQUEST, "you must provide a model parameter", None, None);
+    };
+    let Some(messages) = request["messages"].as_array().filter(|m| !m.is_empty()) else {
+        return error(StatusCode::BAD_REQUEST, "Missing required parameter: 'messages'.", Some("messages"), Some("missing_required_parameter"));
+    };
+    let max = match max_tokens(&request) {
+        Ok(max) => max,
+        Err(field) => return error(StatusCode::BAD_REQUEST, &format!("Invalid '{field}': expected a non-negative integer."), Some(field), Some("invalid_value")),
+    };
+    let answer = answer(shared, &request, messages, max);
+    let input = input_tokens(&Value::Null, messages);
+    let cached = if model.contains("cached") { input.min(10) } else { 0 };
+    let usage = usage(input, answer.tokens(), cached);
+    let (id, created) = (format!("chatcmpl-standin{:012}", shared.next_answer()), SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+
+    if request["stream"] != true {
+        return Json(json!({
+            "id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": answer.message(), "logprobs": null, "finish_reason": answer.finish_reason()}],
+            "usage": usage, "system_fingerprint": null,
+        }))
+        .into_response();
+    }
+    // OpenAI adds `usage` to chunks only when asked: that is why the meter must ask.
+    let include_usage = request["stream_options"]["include_usage"] == true;
+    let chunk = |choices: Value| {
+        let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "system_fingerprint": null, "choices": choices});
+        if include_usage {
+            c["usage"] = Value::Null;
+        }
+        c
+    };
+    let choice = |delta: Value, finish: Value| json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]);
+    let mut events: Vec<Bytes> = answer.deltas().into_iter().map(|delta| sse::data(&chunk(choice(delta, Value::Null)))).collect();
+    events.push(sse::data(&chunk(choice(json!({}), json!(answer.finish_reason())))));
+    if include_usage {
+        let mut last = chunk(json!([]));
+        last["usage"] = usage;
+        events.push(sse::data(&last));
+    }
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    sse::response(events, shared.delay(model))
+}
+
+fn usage(input: u64, output: u64, cached: u64) -> Value {
+    json!({
+        "prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+    })
+}
+
+enum Answer {
+    Text(Reply),
+    Call { id: String, name: String, arguments: String },
+}
+
+/// A text reply, or a scripted tool call (rules in the crate docs).
+fn answer(shared: &Shared, request: &Value, messages: &[Value], max: Option<u64>) -> Answer {
+    let tools: Vec<&str> = request["tools"].as_array().map(|tools| tools.iter().filter_map(|t| t["function"]["name"].as_str()).collect()).unwrap_or_default();
+    let prompt = last_user_text(messages);
+    let last = &messages[messages.len() - 1];
+    let call = |name: &str, arguments: &str| Answer::Call { id: format!("call_{}", shared.next_tool_call()), name: name.to_owned(), arguments: arguments.to_owned() };
+    if let Some(first) = tools.first().filter(|_| prompt.starts_with("/loop")) {
+        return call(first, "{}");
+    }
+    if last["role"] == "user" {
+        if let Some((name, arguments)) = scripted_call(&prompt).filter(|(name, _)| tools.contains(name)) {
+            return call(name, arguments);
+        }
+    }
+    let reply = if last["role"] == "tool" { format!("tool result: {}", text(&last["content"])) } else { reply_to(&prompt) };
+    Answer::Text(Reply::new(&reply, max))
+}
+
+/// `/tool NAME {json object}` → (NAME, the JSON text).
+fn scripted_call(prompt: &str) -> Option<(&str, &str)> {
+    let (name, arguments) = prompt.strip_prefix("/tool ")?.split_once(' ')?;
+    let arguments = arguments.trim();
+    serde_json::from_str::<Value>(arguments).ok()?.is_object().then_some((name, arguments))
+}
+
+impl Answer {
+    fn tokens(&self) -> u64 {
+        match self {
+            Answer::Text(reply) => reply.tokens(),
+            Answer::Call { arguments, .. } => words(arguments) + 1,
+        }
+    }
+
+    fn finish_reason(&self) -> &'static str {
+        match self {
+            Answer::Text(reply) if reply.cut => "length",
+            Answer::Text(_) => "stop",
+            Answer::Call { .. } => "tool_calls",
+        }
+    }
+
+    fn message(&self) -> Value {
+        match self {
+            Answer::Text(reply) => json!({"role": "assistant", "content": reply.text(), "refusal": null}),
+            Answer::Call { id, name, arguments } => json!({
+                "role": "assistant", "content": null, "refusal": null,
+                "tool_calls": [{"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}],
+            }),
+        }
+    }
+
+    /// The stream's deltas before the finishing one.
+    fn deltas(&self) -> Vec<Value> {
+        match self {
+            Answer::Text(reply) => {
+                let first = json!({"role": "assistant", "content": "", "refusal": null});
+                std::iter::once(first).chain(reply.pieces().map(|piece| json!({"content": piece}))).collect()
+            }
+            Answer::Call { id, name, arguments } => {
+                let first = json!({
+                    "role": "assistant", "content": null, "refusal": null,
+                    "tool_calls": [{"index": 0, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}],
+                });
+                let pieces = arguments.split_inclusive(' ').map(|piece| json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}));
+                std::iter::once(first).chain(pieces).collect()
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The agent's mind end to end: a message to a running agent in its real sandbox is answered by
+//! the model through the meter, its tools write to its own workspace, its guardrails stop a
+//! runaway run, and a tenant at its cap gets the paused reply while another tenant is unaffected.
+
+use serde_json::{json, Value};
+
+use crate::harness::{expected_cost, TestServer};
+
+async fn say(s: &TestServer, key: &str, agent: &str, text: &str) -> Value {
+    let (st, r) = s.post(&format!("/api/v1/agents/{agent}/messages"), key, json!({"text": text})).await;
+    assert_eq!(st, 200, "{r}\nlog:\n{}", s.log());
+    r
+}
+
+async fn usage(s: &TestServer, key: &str) -> Value {
+    let (st, u) = s.get("/api/v1/usage", key).await;
+    assert_eq!(st, 200, "{u}");
+    u
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_is_answered_by_the_model_through_the_meter_and_charged() {
+    let s = TestServer::start().await;
+    let (t, key) = s.tenant("talker").await;
+    let tid = t["id"].as_str().unwrap();
+    let a = s.agent(&key, "a", true).await;
+    let id = a["id"].as_str().unwrap();
+    let start = usage(&s, &key).await["balance"].as_i64().unwrap();
+
+    let r = say(&s, &key, id, "what is the weather like").await;
+    assert_eq!(r["reply"], "stand-in reply to: what is the weather like");
+    assert_eq!((r["paused"].as_bool(), r["tool_calls"].as_u64()), (Some(false), Some(0)), "{r}");
+
+    // The upstream got a streamed chat completion built from the workspace, with the platform's key.
+    let reqs = s.standin.requests();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    let req = &reqs[0];
+    assert!(req.authorized && req.stream && req.model == "gpt-test", "{req:?}");
+    let system = req.body["messages"][0]["content"].as_str().unwrap_or_default();
+    assert_eq!(req.body["messages"][0]["role"], "system");
+    let soul = std::fs::read_to_string(s.workspace(tid, id).join("SOUL.md")).unwrap();
+    let soul_line = soul.lines().find(|l| l.len() > 20).expect("SOUL.md has a line of text");
+    assert!(system.contains(soul_line.trim()), "the prompt carries the persona from SOUL.md: {system}");
+
+    // The usage API shows the call and its exact cost.
+    let u = s.settled_usage(&key).await;
+    let calls = u["recent_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{u:#}");
+    let c = &calls[0];
+    assert_eq!((c["outcome"].as_str(), c["agent_id"].as_str(), c["stream"].as_bool()), (Some("ok"), Some(id), Some(true)), "{c}");
+    assert!(c["cost"].as_i64().unwrap() > 0);
+    assert_eq!(c["cost"].as_i64().unwrap(), expected_cost(c), "{c}");
+    assert_eq!(u["balance"].as_i64().unwrap(), start - c["cost"].as_i64().unwrap());
+    assert_eq!(u["agents"][0]["cost"], c["cost"]);
+
+    // The memory tool writes into this agent's own workspace, and the next prompt remembers it.
+    let r = say(&s, &key, id, r#"/tool remember {"fact": "the cat is called Miso"}"#).await;
+    assert_eq!(r["tool_calls"], 1, "{r}");
+    let memory = std::fs::read_to_string(s.workspace(tid, id).join("MEMORY.md")).unwrap();
+    assert!(memory.contains("the cat is called Miso"), "{memory}");
+    say(&s, &key, id, "and what is the cat called").await;
+    let last = s.standin.requests().pop().unwrap();
+    assert!(last.body["messages"][0]["content"].as_str().unwrap().contains("Miso"), "MEMORY.md is in the prompt");
+
+    // A runaway run stops at the tool-call guard and says so.
+    let r = say(&s, &key, id, "/loop forever").await;
+    assert_eq!(r["stopped_by"], "max_tool_calls", "{r}");
+    assert_eq!(r["tool_calls"], 8, "the default guard is 8 tool calls: {r}");
+    assert!(r["reply"].as_str().unwrap().contains("tool calls"), "the user is told why: {r}");
+
+    // The session log in the workspace holds the turns.
+    let session = std::fs::read_to_string(s.workspace(tid, id).join("sessions/main.jsonl")).unwrap();
+    assert!(session.contains("stand-in reply to: what is the weather like"), "{session}");
+    let u = s.settled_usage(&key).await;
+    assert_eq!(u["balance"].as_i64().unwrap() + u["month"]["spent"].as_i64().unwrap(), start);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_at_its_cap_gets_the_paused_reply_and_another_is_unaffected() {
+    // A monthly cap of a few messages: the agent's prompt is a few hundred tokens.
+    let s = TestServer::start_with("monthly_cap = 3000\ndaily_cap = 0\ninitial_credits = 1000000", "", &[]).await;
+    let (_, key_a) = s.tenant("capped").await;
+    let (_, key_b) = s.tenant("other").await;
+    let a = s.agent(&key_a, "a", true).await["id"].as_str().unwrap().to_owned();
+    let b = s.agent(&key_b, "b", true).await["id"].as_str().unwrap().to_owned();
+
+    let mut paused = None;
+    for i in 0..40 {
+        let r = say(&s, &key_a, &a, &format!("message number {i}")).await;
+        if r["paused"] == true {
+            paused = Some(r);
+            break;
+        }
+        assert_eq!(r["reply"], format!("stand-in reply to: message number {i}"));
+    }
+    let r = paused.expect("the monthly cap pauses the agent within 40 messages");
+    assert_eq!(r["error_code"], "cap_reached", "{r}");
+    let until = r["paused_until"].as_i64().expect("the reply says until when");
+    assert!(until > clawpen_store::now_ms());
+    let reply = r["reply"].as_str().unwrap();
+    assert!(reply.contains("monthly") && reply.contains("resumes on"), "the user reads why and until when: {reply}");
+
+    // Still paused: the next message gets the paused reply at once, and the API agrees.
+    let r = say(&s, &key_a, &a, "hello?").await;
+    assert_eq!((r["paused"].as_bool(), r["error_code"].as_str()), (Some(true), Some("agent_paused")), "{r}");
+    let (_, view) = s.get(&format!("/api/v1/agents/{a}"), &key_a).await;
+    assert_eq!(view["paused_until"].as_i64(), Some(until), "{view}");
+    let u = s.settled_usage(&key_a).await;
+    assert!(u["month"]["spent"].as_i64().unwrap() <= 3000, "{u}");
+
+    // Tenant B, same plan, same server: answered and not paused.
+    let r = say(&s, &key_b, &b, "am I fine").await;
+    assert_eq!(r["reply"], "stand-in reply to: am I fine");
+    assert_eq!(r["paused"], false);
+    let (_, view) = s.get(&format!("/api/v1/agents/{b}"), &key_b).await;
+    assert!(view["paused_until"].is_null(), "{view}");
+}
