@@ -269,7 +269,7 @@ impl Meter {
         }
 
         let now = Self::now_ms();
-        let (period, next_day, next_month) = period_at(now);
+        let (period, _, next_month) = period_at(now);
         let id = new_request_id();
         let run = headers.get("x-clawpen-run").and_then(|v| v.to_str().ok()).filter(|r| valid_run_id(r)).unwrap_or(&id).to_owned();
         let db = |e: clawpen_store::StoreError| {
@@ -305,7 +305,6 @@ impl Meter {
         if let Some(r) = refusal {
             return Err(self.refusal(caller, r, next_month).await);
         }
-        let _ = next_day;
         Ok(Prepared { id, model_name, model, upstream, body, stream, caller_wants_usage, held })
     }
 
@@ -478,7 +477,6 @@ impl Meter {
     /// much) or voids the call's hold, then applies the daily soft cap.
     async fn close(&self, caller: &MeterCaller, p: &Prepared, usage: Option<Usage>, outcome: &str, void: bool) {
         let now = Self::now_ms();
-        let (period, next_day, _) = period_at(now);
         let u = usage.unwrap_or_default();
         let cost = match (void, usage) {
             (true, _) => 0,
@@ -503,7 +501,6 @@ impl Meter {
             held: p.held,
             outcome: outcome.to_owned(),
         };
-        let _ = (period, next_day);
         self.budgets.settle(&caller.tenant, p.held, call).await;
     }
 

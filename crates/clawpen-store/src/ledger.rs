@@ -534,30 +534,38 @@ impl Store {
     }
 }
 
-/// Records calls in one statement (at most [`CALLS_PER_INSERT`] rows each).
+/// Records calls in one statement (at most [`CALLS_PER_INSERT`] rows each). The placeholders are
+/// numbered by hand: `QueryBuilder<Any>` writes `?`, which PostgreSQL does not take.
 async fn insert_calls(tx: &mut sqlx::Transaction<'_, sqlx::Any>, calls: &[CallRecord]) -> Result<()> {
+    const COLUMNS: usize = 14;
     for chunk in calls.chunks(CALLS_PER_INSERT) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Any>::new(
-            "INSERT INTO calls (id, tenant_id, agent_id, at, model, provider, stream, input_tokens, output_tokens, cache_read, cache_write, cost, held, outcome) ",
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|r| format!("({})", (1..=COLUMNS).map(|c| format!("${}", r * COLUMNS + c)).collect::<Vec<_>>().join(", ")))
+            .collect();
+        let sql = format!(
+            "INSERT INTO calls (id, tenant_id, agent_id, at, model, provider, stream, input_tokens, output_tokens, cache_read, cache_write, cost, held, outcome) \
+             VALUES {} ON CONFLICT (id) DO NOTHING",
+            rows.join(", ")
         );
-        q.push_values(chunk, |mut b, c| {
-            b.push_bind(c.id.clone())
-                .push_bind(c.tenant_id.clone())
-                .push_bind(c.agent_id.clone())
-                .push_bind(c.at)
-                .push_bind(c.model.clone())
-                .push_bind(c.provider.clone())
-                .push_bind(c.stream as i64)
-                .push_bind(c.input_tokens)
-                .push_bind(c.output_tokens)
-                .push_bind(c.cache_read)
-                .push_bind(c.cache_write)
-                .push_bind(c.cost)
-                .push_bind(c.held)
-                .push_bind(c.outcome.clone());
-        });
-        q.push(" ON CONFLICT (id) DO NOTHING");
-        q.build().execute(&mut **tx).await?;
+        let mut q = sqlx::query(&sql);
+        for c in chunk {
+            q = q
+                .bind(&c.id)
+                .bind(&c.tenant_id)
+                .bind(&c.agent_id)
+                .bind(c.at)
+                .bind(&c.model)
+                .bind(&c.provider)
+                .bind(c.stream as i64)
+                .bind(c.input_tokens)
+                .bind(c.output_tokens)
+                .bind(c.cache_read)
+                .bind(c.cache_write)
+                .bind(c.cost)
+                .bind(c.held)
+                .bind(&c.outcome);
+        }
+        q.execute(&mut **tx).await?;
     }
     Ok(())
 }
@@ -566,27 +574,7 @@ async fn insert_calls(tx: &mut sqlx::Transaction<'_, sqlx::Any>, calls: &[CallRe
 const CALLS_PER_INSERT: usize = 500;
 
 async fn insert_call(tx: &mut sqlx::Transaction<'_, sqlx::Any>, c: &CallRecord) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO calls (id, tenant_id, agent_id, at, model, provider, stream, input_tokens, output_tokens, cache_read, cache_write, cost, held, outcome) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(&c.id)
-    .bind(&c.tenant_id)
-    .bind(&c.agent_id)
-    .bind(c.at)
-    .bind(&c.model)
-    .bind(&c.provider)
-    .bind(c.stream as i64)
-    .bind(c.input_tokens)
-    .bind(c.output_tokens)
-    .bind(c.cache_read)
-    .bind(c.cache_write)
-    .bind(c.cost)
-    .bind(c.held)
-    .bind(&c.outcome)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    insert_calls(tx, std::slice::from_ref(c)).await
 }
 
 #[cfg(test)]
@@ -599,6 +587,44 @@ mod tests {
             month: "2026-11".into(),
             day: "2026-11-22".into(),
             now_ms,
+        }
+    }
+
+    /// A lease: opened and grown by the conditional write (refused past the cap), charged in a
+    /// batch, released; charging after it is gone still charges the balance.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_lease_is_grown_charged_and_released() {
+        for db in crate::testing::backends().await {
+            let store = &db.store;
+            let t = store.create_tenant("t", "free", 100_000).await.unwrap();
+            let agent = AgentId::new();
+            let p = period(1_000);
+            store.ensure_account(&t.id, 10_000, &p).await.unwrap();
+            let r = |amount| Reserve { hold_id: "lease-1", tenant: &t.id, agent: &agent, amount, monthly_cap: 2_000, expires_at: 60_000 };
+            store.reserve(&r(1_000), &p).await.unwrap().unwrap();
+            assert!(store.grow_hold(&r(500), &p).await.unwrap().unwrap());
+            let refused = store.grow_hold(&r(600), &p).await.unwrap().unwrap_err();
+            assert!(matches!(refused, Refusal::MonthlyCap { .. }), "{refused:?}");
+            assert_eq!(store.account(&t.id).await.unwrap().reserved, 1_500);
+
+            let call = |id: &str, cost| CallRecord { id: id.into(), tenant_id: t.id.to_string(), agent_id: agent.to_string(), cost, held: 400, outcome: "ok".into(), ..Default::default() };
+            let s = store.charge_hold("lease-1", &t.id, &[call("c1", 300), call("c2", 200)], 90_000, &p).await.unwrap();
+            assert_eq!((s.charged, s.month_spent), (500, 500));
+            let a = store.account(&t.id).await.unwrap();
+            assert_eq!((a.balance, a.reserved), (9_500, 1_000));
+            assert_eq!(store.recent_calls(&t.id, 10).await.unwrap().len(), 2);
+
+            assert!(store.release_hold("lease-1", &p).await.unwrap());
+            assert!(!store.release_hold("lease-1", &p).await.unwrap(), "releasing twice changes nothing");
+            assert!(!store.grow_hold(&r(10), &p).await.unwrap().unwrap(), "a closed lease does not grow");
+            let a = store.account(&t.id).await.unwrap();
+            assert_eq!((a.balance, a.reserved), (9_500, 0));
+            assert_eq!(store.settled_total(&t.id).await.unwrap(), 500);
+
+            // A call settled after its lease is gone is still charged, from the balance alone.
+            store.charge_hold("lease-1", &t.id, &[call("c3", 100)], 90_000, &p).await.unwrap();
+            let a = store.account(&t.id).await.unwrap();
+            assert_eq!((a.balance, a.reserved, a.month_spent), (9_400, 0, 600));
         }
     }
 

@@ -204,6 +204,13 @@ async fn lifecycle_on_postgres() {
     let id = a["id"].as_str().unwrap();
     let (st, r) = s.post(&format!("/api/v1/agents/{id}/messages"), &key, json!({"text": "hello postgres"})).await;
     assert_eq!(st, 200, "{r}");
+    assert_eq!(r["reply"], "stand-in reply to: hello postgres");
+    // The meter's ledger on PostgreSQL: the call is charged and nothing stays held.
+    let u = s.settled_usage(&key).await;
+    let calls = u["recent_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{u}");
+    assert!(calls[0]["cost"].as_i64().unwrap() > 0 && calls[0]["outcome"] == "ok", "{u}");
+    assert_eq!(u["month"]["spent"], calls[0]["cost"]);
     s.kill();
     s.spawn().await;
     let (st, a) = s.get(&format!("/api/v1/agents/{id}"), &key).await;
