@@ -130,6 +130,8 @@ async fn orphans_of_this_installation_are_swept_and_others_left_alone() {
     let image = crate::harness::image();
     let orphan = format!("clawpen-{}-ag_orphanorphanorphanorphanorph", &instance[..8]);
     let foreign = format!("cpt-foreign-{}", std::process::id());
+    // Removed even when the test fails: the orphan is the server's to remove, the foreign one ours.
+    let _cleanup = RemoveOnDrop(vec![orphan.clone(), foreign.clone()]);
     for (name, inst, agent) in [(&orphan, instance.as_str(), "ag_orphanorphanorphanorphanorph"), (&foreign, "someone-else", "ag_foreignforeignforeignforeig")] {
         let out = std::process::Command::new("docker")
             .args(["create", "--name", name, "--label", &format!("clawpen.instance={inst}"), "--label", &format!("clawpen.agent={agent}"), "--network", "none", image, "agent"])
@@ -140,10 +142,18 @@ async fn orphans_of_this_installation_are_swept_and_others_left_alone() {
     s.spawn().await;
     let exists = |n: &str| std::process::Command::new("docker").args(["inspect", n]).output().unwrap().status.success();
     let foreign_there = exists(&foreign);
-    let _ = std::process::Command::new("docker").args(["rm", "-f", &foreign]).output();
     assert!(!exists(&orphan), "the orphan of this installation is removed");
     assert!(foreign_there, "another installation's container is never touched");
     assert!(s.log().contains("removing orphan sandbox"));
     let (st, _) = s.post(&format!("/api/v1/agents/{id}/messages"), &key, json!({"text": "hi"})).await;
     assert_eq!(st, 200, "the known agent was adopted");
+}
+
+/// Force-removes these containers when dropped (a test that fails midway leaves none behind).
+struct RemoveOnDrop(Vec<String>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker").arg("rm").arg("-f").args(&self.0).output();
+    }
 }
