@@ -252,23 +252,10 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let from_reserved = if res.rows_affected() == 1 { total } else { 0 };
-        let acc = sqlx::query(
-            "UPDATE accounts SET \
-                reserved = reserved - $1, balance = balance - $2, \
-                month_spent = (CASE WHEN month = $3 THEN month_spent ELSE 0 END) + $2, month = $3, \
-                day_spent = (CASE WHEN day = $4 THEN day_spent ELSE 0 END) + $2, day = $4 \
-             WHERE tenant_id = $5 RETURNING month_spent, day_spent",
-        )
-        .bind(from_reserved)
-        .bind(total)
-        .bind(&p.month)
-        .bind(&p.day)
-        .bind(tenant.as_str())
-        .fetch_one(&mut *tx)
-        .await?;
+        let (month_spent, day_spent) = charge_account(&mut tx, tenant.as_str(), from_reserved, total, p).await?;
         insert_calls(&mut tx, calls).await?;
         tx.commit().await?;
-        Ok(Settled { applied: true, charged: total, day_spent: acc.try_get("day_spent")?, month_spent: acc.try_get("month_spent")? })
+        Ok(Settled { applied: true, charged: total, day_spent, month_spent })
     }
 
     /// Settles a hold at `call.cost` (at most the held amount) and records the call; or, with
@@ -303,20 +290,7 @@ impl Store {
         // What was still held, and what this close charges of it (a voided hold: nothing).
         let amount: i64 = row.try_get("amount")?;
         let charged: i64 = if void { 0 } else { call.cost.max(0).min(amount) };
-        let acc = sqlx::query(
-            "UPDATE accounts SET \
-                reserved = reserved - $1, balance = balance - $2, \
-                month_spent = (CASE WHEN month = $3 THEN month_spent ELSE 0 END) + $2, month = $3, \
-                day_spent = (CASE WHEN day = $4 THEN day_spent ELSE 0 END) + $2, day = $4 \
-             WHERE tenant_id = $5 RETURNING month_spent, day_spent",
-        )
-        .bind(amount)
-        .bind(charged)
-        .bind(&p.month)
-        .bind(&p.day)
-        .bind(&tenant)
-        .fetch_one(&mut *tx)
-        .await?;
+        let (month_spent, day_spent) = charge_account(&mut tx, &tenant, amount, charged, p).await?;
         let mut record = call.clone();
         record.cost = charged;
         record.held = amount;
@@ -325,8 +299,8 @@ impl Store {
         Ok(Settled {
             applied: true,
             charged,
-            day_spent: acc.try_get("day_spent")?,
-            month_spent: acc.try_get("month_spent")?,
+            day_spent,
+            month_spent,
         })
     }
 
@@ -532,6 +506,26 @@ impl Store {
         .await?;
         rows.iter().map(call_from_row).collect()
     }
+}
+
+/// Releases `released` from what a tenant holds and charges `charged` to its balance and to this
+/// day's and month's spending (a new period starts from 0). Returns (month spent, day spent).
+async fn charge_account(tx: &mut sqlx::Transaction<'_, sqlx::Any>, tenant: &str, released: i64, charged: i64, p: &Period) -> Result<(i64, i64)> {
+    let acc = sqlx::query(
+        "UPDATE accounts SET \
+            reserved = reserved - $1, balance = balance - $2, \
+            month_spent = (CASE WHEN month = $3 THEN month_spent ELSE 0 END) + $2, month = $3, \
+            day_spent = (CASE WHEN day = $4 THEN day_spent ELSE 0 END) + $2, day = $4 \
+         WHERE tenant_id = $5 RETURNING month_spent, day_spent",
+    )
+    .bind(released)
+    .bind(charged)
+    .bind(&p.month)
+    .bind(&p.day)
+    .bind(tenant)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok((acc.try_get("month_spent")?, acc.try_get("day_spent")?))
 }
 
 /// Records calls in one statement (at most [`CALLS_PER_INSERT`] rows each). The placeholders are
