@@ -564,8 +564,10 @@ async fn insert_calls(tx: &mut sqlx::Transaction<'_, sqlx::Any>, calls: &[CallRe
     Ok(())
 }
 
-/// 14 columns a row: well under SQLite's 32,766 bound parameters.
-const CALLS_PER_INSERT: usize = 500;
+/// Rows per insert. Small on purpose: SQLite looks up each `$N` parameter's name with a linear
+/// scan (binding is quadratic in the parameter count), and each distinct row count is its own
+/// prepared statement in the driver's cache.
+const CALLS_PER_INSERT: usize = 16;
 
 async fn insert_call(tx: &mut sqlx::Transaction<'_, sqlx::Any>, c: &CallRecord) -> Result<()> {
     insert_calls(tx, std::slice::from_ref(c)).await
