@@ -28,6 +28,8 @@ pub struct AppInner {
     pub admin_token_sha256: String,
     /// The meter every model call of every agent goes through.
     pub meter: Arc<Meter>,
+    /// Seals and opens tenant secrets (bot tokens, OAuth tokens).
+    pub vault: clawpen_vault::Vault,
     /// The serving task of each agent's `control.sock`.
     control: Mutex<HashMap<AgentId, tokio::task::AbortHandle>>,
     /// One lock per agent so start, stop and delete of one agent never interleave.
@@ -53,6 +55,7 @@ impl App {
         image: String,
         admin_token_sha256: String,
         meter: Arc<Meter>,
+        vault: clawpen_vault::Vault,
     ) -> App {
         App(Arc::new(AppInner {
             store,
@@ -63,6 +66,7 @@ impl App {
             image,
             admin_token_sha256,
             meter,
+            vault,
             control: Mutex::new(HashMap::new()),
             agent_locks: Mutex::new(HashMap::new()),
             reconciled: AtomicBool::new(false),

@@ -3,6 +3,8 @@
 //! ```text
 //! <data-dir>/clawpen.db                          the store (SQLite)
 //! <data-dir>/admin.token                         the admin token, mode 0600
+//! <data-dir>/master.key                          the vault's master keys, mode 0600 (unless
+//!                                                CLAWPEN_MASTER_KEY is set)
 //! <data-dir>/tenants/<tenant>/agents/<agent>/workspace   mounted at /data, 0700, tenant uid
 //! <data-dir>/run/<agent>/                        mounted at /run/clawpen, 0700, tenant uid
 //! ```
@@ -34,6 +36,9 @@ impl Layout {
     }
     pub fn admin_token_path(&self) -> PathBuf {
         self.data_dir.join("admin.token")
+    }
+    pub fn master_key_path(&self) -> PathBuf {
+        self.data_dir.join("master.key")
     }
     pub fn tenant_dir(&self, tenant: &TenantId) -> PathBuf {
         self.data_dir.join("tenants").join(tenant.as_str())

@@ -70,11 +70,23 @@ pub async fn open(data_dir: &Path, database_url: Option<&str>, config: Config, i
     if created {
         info!(path = %layout.admin_token_path().display(), "created the admin token (mode 0600)");
     }
+    let keys = open_keyring(&layout)?;
     let instance = store.instance_id().await?;
     let runtime: Arc<dyn Runtime> = Arc::new(DockerRuntime::connect_local().await?);
     let meter = clawpen_meter::Meter::new(store.clone(), config.meter.clone(), config.plans.clone(), config.default_plan.clone())
         .map_err(|e| anyhow::anyhow!("meter configuration: {e}"))?;
-    Ok(App::new(store, runtime, config, layout, instance, image, admin_sha, Arc::new(meter)))
+    Ok(App::new(store, runtime, config, layout, instance, image, admin_sha, Arc::new(meter), clawpen_vault::Vault::new(keys)))
+}
+
+/// The vault's master keys: `CLAWPEN_MASTER_KEY` if set, else `<data-dir>/master.key`, created
+/// (mode 0600) on first start.
+pub fn open_keyring(layout: &Layout) -> anyhow::Result<clawpen_vault::Keyring> {
+    let env = std::env::var(clawpen_vault::MASTER_KEY_ENV).ok();
+    let (keys, created) = clawpen_vault::Keyring::load(env.as_deref(), &layout.master_key_path())?;
+    if created {
+        info!(path = %layout.master_key_path().display(), "created the vault's master key (mode 0600); keep a copy safe");
+    }
+    Ok(keys)
 }
 
 /// Serves the API on `listener` until `shutdown` completes. Reconciles store and runtime first

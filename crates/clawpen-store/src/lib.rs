@@ -6,6 +6,7 @@
 //! - [`StoreError`]: what a query can fail with.
 
 pub mod ledger;
+pub mod secrets;
 pub mod models;
 #[cfg(test)]
 mod testing;

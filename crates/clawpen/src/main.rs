@@ -11,6 +11,7 @@
 mod admin;
 mod bench;
 mod bench_meter;
+mod vault_cmd;
 mod doctor;
 mod image_cmd;
 mod probe;
@@ -64,6 +65,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Tenants and keys, straight on a data dir (the server may be running).
     Admin(admin::AdminArgs),
+    /// The vault's master keys.
+    Vault {
+        #[command(subcommand)]
+        command: vault_cmd::VaultCommand,
+    },
     /// Attacks run inside a sandbox by the isolation tests.
     #[command(hide = true)]
     Probe {
@@ -127,6 +133,7 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Doctor(args) => doctor::run(args).await,
         Command::Bench(args) => bench::run(args).await.map(|_| 0),
         Command::Admin(args) => admin::run(args).await.map(|_| 0),
+        Command::Vault { command } => vault_cmd::run(command).await.map(|_| 0),
         Command::Agent | Command::Probe { .. } => unreachable!("handled before the runtime starts"),
     }
 }

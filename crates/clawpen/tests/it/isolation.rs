@@ -262,7 +262,11 @@ async fn no_secret_inside_the_sandbox_or_in_docker_inspect() {
     let t = two_tenants().await;
     // The server holds the provider keys (in its environment here): none may reach a sandbox.
     let keys = clawpen_standin::StandinConfig::for_testing();
-    let needles = [t.s.admin.clone(), t.key_a.clone(), t.key_b.clone(), keys.openai_key, keys.anthropic_key];
+    let mut needles = vec![t.s.admin.clone(), t.key_a.clone(), t.key_b.clone(), keys.openai_key, keys.anthropic_key];
+    // And the vault's master keys.
+    let master = std::fs::read_to_string(t.s.data_dir().join("master.key")).expect("the server created its master key");
+    needles.extend(master.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_whitespace().nth(1)).map(str::to_owned));
+    assert!(needles.len() >= 6, "{needles:?}");
     let mut args = vec!["secrets"];
     for n in &needles {
         args.extend(["--needle", n.as_str()]);

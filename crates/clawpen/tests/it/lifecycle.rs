@@ -223,3 +223,35 @@ async fn lifecycle_on_postgres() {
     assert!(audit["entries"].as_array().unwrap().len() >= 5, "{audit}");
     assert!(s.containers().is_empty());
 }
+
+/// The server creates the vault's master key (0600) on first start; `clawpen vault rotate` adds a
+/// version and re-seals, and the server starts again on the rotated file.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_master_key_is_created_private_and_rotates() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = TestServer::start().await;
+    let path = s.data_dir().join("master.key");
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let before = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(before.lines().filter(|l| !l.starts_with('#')).count(), 1, "{}", before.len());
+    s.kill();
+    let out = std::process::Command::new(EXE).args(["vault", "rotate", "--data-dir"]).arg(s.data_dir()).env_remove("CLAWPEN_MASTER_KEY").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("added master key version 2") && stderr.contains("re-sealed 0 of 0"), "{stderr}");
+    let after = std::fs::read_to_string(&path).unwrap();
+    assert!(after.contains(before.lines().find(|l| l.starts_with("1 ")).unwrap()), "version 1 is kept");
+    assert!(after.lines().any(|l| l.starts_with("2 ")));
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    for key in after.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+        assert!(!stderr.contains(key), "the rotation prints no key");
+    }
+    s.spawn().await;
+    assert!(!s.log().contains(after.lines().nth(2).unwrap().split_whitespace().nth(1).unwrap()), "the log holds no key");
+    // A key file others may read is refused, with what to do.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    s.kill();
+    let out = std::process::Command::new(EXE).args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(s.data_dir()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"), "{}", String::from_utf8_lossy(&out.stderr));
+}
