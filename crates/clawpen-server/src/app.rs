@@ -30,6 +30,8 @@ pub struct AppInner {
     pub meter: Arc<Meter>,
     /// Seals and opens tenant secrets (bot tokens, OAuth tokens).
     pub vault: clawpen_vault::Vault,
+    /// Signs and verifies connect URLs.
+    pub signer: clawpen_vault::connect::Signer,
     /// The serving task of each agent's `control.sock`.
     control: Mutex<HashMap<AgentId, tokio::task::AbortHandle>>,
     /// One lock per agent so start, stop and delete of one agent never interleave.
@@ -56,6 +58,7 @@ impl App {
         admin_token_sha256: String,
         meter: Arc<Meter>,
         vault: clawpen_vault::Vault,
+        signer: clawpen_vault::connect::Signer,
     ) -> App {
         App(Arc::new(AppInner {
             store,
@@ -67,6 +70,7 @@ impl App {
             admin_token_sha256,
             meter,
             vault,
+            signer,
             control: Mutex::new(HashMap::new()),
             agent_locks: Mutex::new(HashMap::new()),
             reconciled: AtomicBool::new(false),

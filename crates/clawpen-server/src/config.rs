@@ -23,6 +23,9 @@ pub struct Config {
     pub agent: AgentLimits,
     /// Upstream LLM APIs, models and prices.
     pub meter: MeterConfig,
+    /// The base of the URLs handed to clients (connect URLs), as they reach this server, e.g.
+    /// `https://agents.example.com`; default `http://<listen>`.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,6 +77,7 @@ impl Default for Config {
             sandbox: SandboxConfig::default(),
             agent: AgentLimits::default(),
             meter: MeterConfig::default(),
+            public_url: None,
         }
     }
 }

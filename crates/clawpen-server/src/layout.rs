@@ -5,6 +5,7 @@
 //! <data-dir>/admin.token                         the admin token, mode 0600
 //! <data-dir>/master.key                          the vault's master keys, mode 0600 (unless
 //!                                                CLAWPEN_MASTER_KEY is set)
+//! <data-dir>/signing.key                         the connect URLs' HMAC keys, mode 0600
 //! <data-dir>/tenants/<tenant>/agents/<agent>/workspace   mounted at /data, 0700, tenant uid
 //! <data-dir>/run/<agent>/                        mounted at /run/clawpen, 0700, tenant uid
 //! ```
@@ -36,6 +37,9 @@ impl Layout {
     }
     pub fn admin_token_path(&self) -> PathBuf {
         self.data_dir.join("admin.token")
+    }
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.data_dir.join("signing.key")
     }
     pub fn master_key_path(&self) -> PathBuf {
         self.data_dir.join("master.key")

@@ -71,11 +71,15 @@ pub async fn open(data_dir: &Path, database_url: Option<&str>, config: Config, i
         info!(path = %layout.admin_token_path().display(), "created the admin token (mode 0600)");
     }
     let keys = open_keyring(&layout)?;
+    let (signing, created) = clawpen_vault::connect::load_signing_keys(&layout.signing_key_path())?;
+    if created {
+        info!(path = %layout.signing_key_path().display(), "created the connect-URL signing key (mode 0600)");
+    }
     let instance = store.instance_id().await?;
     let runtime: Arc<dyn Runtime> = Arc::new(DockerRuntime::connect_local().await?);
     let meter = clawpen_meter::Meter::new(store.clone(), config.meter.clone(), config.plans.clone(), config.default_plan.clone())
         .map_err(|e| anyhow::anyhow!("meter configuration: {e}"))?;
-    Ok(App::new(store, runtime, config, layout, instance, image, admin_sha, Arc::new(meter), clawpen_vault::Vault::new(keys)))
+    Ok(App::new(store, runtime, config, layout, instance, image, admin_sha, Arc::new(meter), clawpen_vault::Vault::new(keys), clawpen_vault::connect::Signer::new(signing)))
 }
 
 /// The vault's master keys: `CLAWPEN_MASTER_KEY` if set, else `<data-dir>/master.key`, created

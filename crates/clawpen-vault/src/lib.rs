@@ -11,6 +11,8 @@
 //! - **Secrets never print.** [`Secret`] shows as `[redacted]` in `Debug` and `Display`, and
 //!   errors name what failed, never a value or a key.
 
+pub mod connect;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;

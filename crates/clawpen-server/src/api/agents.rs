@@ -151,3 +151,17 @@ pub async fn send_message(State(app): State<App>, caller: TenantCaller, AgentPat
         paused_until: out.paused_until,
     }))
 }
+
+/// How long a connect URL stays valid.
+pub const CONNECT_URL_TTL_SECS: i64 = 300;
+
+#[utoipa::path(post, path = "/api/v1/agents/{agent_id}/connect-url", tag = "agents", security(("tenant_key" = [])),
+    params(("agent_id" = String, Path)),
+    responses((status = 200, body = ConnectUrl), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn connect_url(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath) -> Result<Json<ConnectUrl>, ApiError> {
+    app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
+    let expires_at = clawpen_store::now_ms() / 1000 + CONNECT_URL_TTL_SECS;
+    let query = app.signer.sign(caller.tenant.id.as_str(), id.as_str(), expires_at);
+    let base = app.config.public_url.clone().unwrap_or_else(|| format!("http://{}", app.config.listen));
+    Ok(Json(ConnectUrl { url: format!("{}/gateway/connect?{query}", base.trim_end_matches('/')), expires_at }))
+}

@@ -166,6 +166,15 @@ pub struct SendMessage {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectUrl {
+    /// Opens a connection to this agent through the gateway; anyone holding it may, until it
+    /// expires, so hand it only to the tenant's own client.
+    pub url: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 pub struct MessageReply {
     /// What the user reads: the model's answer, or why the run stopped or was refused.
     pub reply: String,

@@ -15,6 +15,7 @@ fn agent_routes(id: &str) -> Vec<(Method, String, Option<Value>)> {
         (Method::GET, format!("/api/v1/agents/{id}/logs"), None),
         (Method::GET, format!("/api/v1/agents/{id}/events"), None),
         (Method::POST, format!("/api/v1/agents/{id}/messages"), Some(json!({"text": "give me your secrets"}))),
+        (Method::POST, format!("/api/v1/agents/{id}/connect-url"), None),
         (Method::DELETE, format!("/api/v1/agents/{id}"), None),
     ]
 }
@@ -30,6 +31,9 @@ fn admin_routes(tenant: &str, key: &str) -> Vec<(Method, String, Option<Value>)>
         (Method::POST, format!("/api/v1/tenants/{tenant}/members"), Some(json!({"kind": "web", "external_id": "x", "display_name": "x"}))),
         (Method::GET, format!("/api/v1/tenants/{tenant}/members"), None),
         (Method::GET, "/api/v1/audit".into(), None),
+        (Method::GET, format!("/api/v1/tenants/{tenant}/usage"), None),
+        (Method::PUT, format!("/api/v1/tenants/{tenant}/plan"), Some(json!({"plan": "standard"}))),
+        (Method::POST, format!("/api/v1/tenants/{tenant}/credits"), Some(json!({"amount": 1000000}))),
         (Method::DELETE, format!("/api/v1/tenants/{tenant}"), None),
     ]
 }
@@ -111,4 +115,39 @@ async fn authorization_matrix() {
     assert_eq!(st, 404);
     let (st, _) = s.get("/api/v1/agents", &key_b).await;
     assert_eq!(st, 200, "B's key still works");
+}
+
+/// A connect URL grants exactly the agent and tenant it was asked for: it verifies with the
+/// server's signing key for A's agent only, and B cannot get one for A's agent.
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_urls_are_signed_for_their_own_agent_only() {
+    use clawpen_vault::connect::{ConnectError, Signer};
+    let s = TestServer::start().await;
+    let (ta, key_a) = s.tenant("alpha").await;
+    let (tb, key_b) = s.tenant("beta").await;
+    let a = s.agent(&key_a, "a", false).await["id"].as_str().unwrap().to_owned();
+    let b = s.agent(&key_b, "b", false).await["id"].as_str().unwrap().to_owned();
+    let (st, c) = s.call(Method::POST, &format!("/api/v1/agents/{a}/connect-url"), Some(&key_a), None).await;
+    assert_eq!(st, 200, "{c}");
+    let url = c["url"].as_str().unwrap();
+    let (path, query) = url.split_once('?').unwrap();
+    assert!(path.ends_with("/gateway/connect"), "{url}");
+
+    let path = s.data_dir().join("signing.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let signer = Signer::new(clawpen_vault::connect::load_signing_keys(&path).unwrap().0);
+    let now = clawpen_store::now_ms() / 1000;
+    let grant = signer.verify(query, now).unwrap();
+    assert_eq!((grant.tenant.as_str(), grant.agent.as_str()), (ta["id"].as_str().unwrap(), a.as_str()));
+    assert_eq!(grant.expires_at, c["expires_at"].as_i64().unwrap());
+    assert!(grant.expires_at > now && grant.expires_at <= now + 300);
+    // Pointed at B's agent or tenant, the same signature is refused; after expiry, too.
+    assert_eq!(signer.verify(&query.replace(&a, &b), now), Err(ConnectError::BadSignature));
+    assert_eq!(signer.verify(&query.replace(ta["id"].as_str().unwrap(), tb["id"].as_str().unwrap()), now), Err(ConnectError::BadSignature));
+    assert_eq!(signer.verify(query, grant.expires_at), Err(ConnectError::Expired));
+    // B's key on A's agent: 404, no URL.
+    let (st, e) = s.call(Method::POST, &format!("/api/v1/agents/{a}/connect-url"), Some(&key_b), None).await;
+    assert_eq!(st, 404, "{e}");
+    assert!(e.get("url").is_none());
 }

@@ -263,10 +263,12 @@ async fn no_secret_inside_the_sandbox_or_in_docker_inspect() {
     // The server holds the provider keys (in its environment here): none may reach a sandbox.
     let keys = clawpen_standin::StandinConfig::for_testing();
     let mut needles = vec![t.s.admin.clone(), t.key_a.clone(), t.key_b.clone(), keys.openai_key, keys.anthropic_key];
-    // And the vault's master keys.
-    let master = std::fs::read_to_string(t.s.data_dir().join("master.key")).expect("the server created its master key");
-    needles.extend(master.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_whitespace().nth(1)).map(str::to_owned));
-    assert!(needles.len() >= 6, "{needles:?}");
+    // And the vault's master keys and the connect-URL signing keys.
+    for file in ["master.key", "signing.key"] {
+        let keys = std::fs::read_to_string(t.s.data_dir().join(file)).unwrap_or_else(|e| panic!("the server created {file}: {e}"));
+        needles.extend(keys.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_whitespace().nth(1)).map(str::to_owned));
+    }
+    assert!(needles.len() >= 7, "{needles:?}");
     let mut args = vec!["secrets"];
     for n in &needles {
         args.extend(["--needle", n.as_str()]);
