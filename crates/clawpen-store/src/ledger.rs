@@ -647,18 +647,21 @@ mod tests {
             .await
             .unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let plans: Vec<(i64, i64, bool)> = (0..200)
+        let plans: Vec<(i64, i64, bool, u64)> = (0..200)
             .map(|_| {
                 let hold = rng.gen_range(800..=1_200);
                 // Some calls cost more than held (clamped), some less, some are voided.
                 let cost = rng.gen_range(0..=1_500);
-                (hold, cost, rng.gen_bool(0.1))
+                // Arrivals spread over 50 ms, so that settles free room for later reserves (with
+                // one writer connection, 200 reserves at once would all queue before any settle).
+                (hold, cost, rng.gen_bool(0.1), rng.gen_range(0..50u64))
             })
             .collect();
         let mut tasks = Vec::new();
-        for (i, (hold, cost, void)) in plans.into_iter().enumerate() {
+        for (i, (hold, cost, void, delay_ms)) in plans.into_iter().enumerate() {
             let (store, tenant, agent) = (store.clone(), t.id.clone(), agent.clone());
             tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
                 let id = format!("h{seed}-{i}");
                 let r = Reserve {
                     hold_id: &id,
