@@ -28,6 +28,9 @@ pub struct Plan {
     pub max_tokens: u32,
     /// Most runs (user messages handled by an agent) per agent per hour.
     pub runs_per_hour: u32,
+    /// Messages a tenant may send to its agents per minute, all doors together (a burst of this
+    /// many, refilled evenly over the minute); past it a message is refused with 429.
+    pub messages_per_minute: u32,
 }
 
 /// One credit in micro-credits.
@@ -46,6 +49,7 @@ impl Default for Plan {
             initial_credits: CREDIT / 5,
             max_tokens: 1024,
             runs_per_hour: 30,
+            messages_per_minute: 20,
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct AppInner {
     pub vault: clawpen_vault::Vault,
     /// Signs and verifies connect URLs.
     pub signer: clawpen_vault::connect::Signer,
+    /// Messages per minute per tenant.
+    pub message_limits: crate::ratelimit::MessageLimits,
     /// The serving task of each agent's `control.sock`.
     control: Mutex<HashMap<AgentId, tokio::task::AbortHandle>>,
     /// One lock per agent so start, stop and delete of one agent never interleave.
@@ -71,6 +73,7 @@ impl App {
             meter,
             vault,
             signer,
+            message_limits: Default::default(),
             control: Mutex::new(HashMap::new()),
             agent_locks: Mutex::new(HashMap::new()),
             reconciled: AtomicBool::new(false),

@@ -67,6 +67,7 @@ impl Default for Config {
                     initial_credits: 0,
                     max_tokens: 4096,
                     runs_per_hour: 300,
+                    messages_per_minute: 120,
                 },
             ),
         ]);
@@ -105,6 +106,7 @@ impl Config {
         anyhow::ensure!(self.sandbox.uid_base >= 10_000, "sandbox.uid_base must be at least 10000, clear of system users");
         for (name, p) in &self.plans {
             anyhow::ensure!(p.memory_mib >= 16, "plan {name}: memory_mib must be at least 16");
+            anyhow::ensure!(p.messages_per_minute >= 1, "plan {name}: messages_per_minute must be at least 1");
             anyhow::ensure!(p.pids >= 8, "plan {name}: pids must be at least 8");
             anyhow::ensure!(p.cpu_millis >= 10, "plan {name}: cpu_millis must be at least 10");
         }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod layout;
+pub mod ratelimit;
 
 use std::future::Future;
 use std::path::Path;

@@ -115,3 +115,24 @@ async fn a_tenant_at_its_cap_gets_the_paused_reply_and_another_is_unaffected() {
     let (_, view) = s.get(&format!("/api/v1/agents/{b}"), &key_b).await;
     assert!(view["paused_until"].is_null(), "{view}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_are_rate_limited_per_tenant() {
+    let s = TestServer::start_with("messages_per_minute = 3", "", &[]).await;
+    let (_, key_a) = s.tenant("chatty").await;
+    let (_, key_b) = s.tenant("quiet").await;
+    let a = s.agent(&key_a, "a", true).await["id"].as_str().unwrap().to_owned();
+    let b = s.agent(&key_b, "b", true).await["id"].as_str().unwrap().to_owned();
+    for i in 0..3 {
+        say(&s, &key_a, &a, &format!("message {i}")).await;
+    }
+    let (st, e) = s.post(&format!("/api/v1/agents/{a}/messages"), &key_a, json!({"text": "one too many"})).await;
+    assert_eq!(st, 429, "{e}");
+    assert_eq!(e["error"]["code"], "rate_limited");
+    assert!(e["error"]["message"].as_str().unwrap().contains("3 messages a minute"), "{e}");
+    // The refused message never reached the agent or the model.
+    assert!(!s.standin.requests().iter().any(|r| r.body.to_string().contains("one too many")));
+    // Another tenant has its own allowance.
+    let r = say(&s, &key_b, &b, "my turn").await;
+    assert_eq!(r["reply"], "stand-in reply to: my turn");
+}

@@ -33,12 +33,14 @@ async fn create_start_message_stop_delete() {
 
     let (st, a) = s.post(&format!("/api/v1/agents/{id}/stop"), &key, json!({})).await;
     assert_eq!((st, a["observed_state"].as_str(), a["desired_state"].as_str()), (200, Some("stopped"), Some("stopped")));
-    let (st, e) = s.post(&format!("/api/v1/agents/{id}/messages"), &key, json!({"text": "anyone?"})).await;
-    assert_eq!(st, 409, "a stopped agent cannot answer: {e}");
-    assert!(e["error"]["message"].as_str().unwrap().contains("start"), "the error says what to do: {e}");
-
-    let (st, _) = s.post(&format!("/api/v1/agents/{id}/start"), &key, json!({})).await;
-    assert_eq!(st, 200);
+    // A message wakes the stopped agent: the reply waits for the start.
+    let t0 = std::time::Instant::now();
+    let (st, r) = s.post(&format!("/api/v1/agents/{id}/messages"), &key, json!({"text": "anyone?"})).await;
+    assert_eq!(st, 200, "a message wakes a stopped agent: {r}");
+    assert_eq!(r["reply"], "stand-in reply to: anyone?");
+    eprintln!("wake on message from stopped: {} ms", t0.elapsed().as_millis());
+    let (_, a) = s.get(&format!("/api/v1/agents/{id}"), &key).await;
+    assert_eq!((a["observed_state"].as_str(), a["desired_state"].as_str()), (Some("running"), Some("running")), "{a}");
     let session = std::fs::read_to_string(s.workspace(tid, id).join("sessions/main.jsonl")).unwrap();
     assert!(session.contains("hello there"), "the workspace survives a stop and start");
 
@@ -48,6 +50,7 @@ async fn create_start_message_stop_delete() {
     for want in ["agent.create", "agent.start", "agent.stop"] {
         assert!(actions.contains(&want), "audit log lacks {want}: {actions:?}");
     }
+    assert!(ev["entries"].as_array().unwrap().iter().any(|e| e["reason"] == "woken by a message"), "the wake is audited with its reason: {ev}");
 
     let (st, _) = s.call(Method::DELETE, &format!("/api/v1/agents/{id}"), Some(&key), None).await;
     assert_eq!(st, 204);
