@@ -16,6 +16,7 @@ pub mod assistant;
 pub mod chat;
 pub mod client;
 pub mod config;
+pub mod gateway;
 pub mod meter_client;
 pub mod prompt;
 pub mod protocol;

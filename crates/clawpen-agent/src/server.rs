@@ -21,9 +21,9 @@ use crate::workspace::Workspace;
 /// `error_code` on the log lines of a turn whose model call failed (the user got a 502).
 const FAILED_CODE: &str = "meter_failed";
 
-struct AgentState {
-    config: AgentConfig,
-    workspace: Workspace,
+pub(crate) struct AgentState {
+    pub(crate) config: AgentConfig,
+    pub(crate) workspace: Workspace,
     started: Instant,
 }
 
@@ -38,6 +38,7 @@ fn router(state: Arc<AgentState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/messages", post(message))
+        .route("/gateway", get(crate::gateway::upgrade))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -72,19 +73,25 @@ async fn message(State(s): State<Arc<AgentState>>, Json(m): Json<MessageIn>) -> 
     if m.text.trim().is_empty() {
         return Err(reject(StatusCode::BAD_REQUEST, "text must not be empty"));
     }
+    turn(&s, &session, m.text).await.map(Json).map_err(|(status, e)| reject(status, e))
+}
+
+/// One user message, whichever door it came through: the assistant loop, then the turn in the
+/// session log. `Err` is the status and what to tell the user.
+pub(crate) async fn turn(s: &AgentState, session: &str, text: String) -> Result<MessageOut, (StatusCode, String)> {
     let asked_at = now_ts();
-    let Turn { run_id, ending, tool_lines } = assistant::run(&s.config, &s.workspace, &session, &m.text).await;
+    let Turn { run_id, ending, tool_lines } = assistant::run(&s.config, &s.workspace, session, &text).await;
     let tool_calls = tool_lines.len() as u32;
-    let answer = answer(&s.config, &session, &run_id, tool_calls, ending);
-    let lines = log_lines(LogLine::User { content: m.text, ts: asked_at, run: Some(run_id.clone()), error_code: None }, tool_lines, &answer, &run_id);
+    let answer = answer(&s.config, session, &run_id, tool_calls, ending);
+    let lines = log_lines(LogLine::User { content: text, ts: asked_at, run: Some(run_id.clone()), error_code: None }, tool_lines, &answer, &run_id);
     // The turn is logged even when the model failed: the question was asked and tools may have run.
-    let logged = session::append(&s.workspace, &session, &lines).await;
+    let logged = session::append(&s.workspace, session, &lines).await;
     let out = answer.map_err(|e| {
         eprintln!("clawpen agent: run {run_id} failed: {e}");
-        reject(StatusCode::BAD_GATEWAY, format!("the model could not be reached: {e}"))
+        (StatusCode::BAD_GATEWAY, format!("the model could not be reached: {e}"))
     })?;
-    logged.map_err(|e| reject(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write the session log: {e}")))?;
-    Ok(Json(out))
+    logged.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write the session log: {e}")))?;
+    Ok(out)
 }
 
 /// What the user is told at the end of a run; `Err` when the model could not be reached.

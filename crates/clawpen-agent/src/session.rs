@@ -100,6 +100,11 @@ fn fit(lines: impl DoubleEndedIterator<Item = LogLine>, budget: usize) -> Vec<Ch
     kept
 }
 
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
 /// Now, as the RFC 3339 time stamp of a log line.
 pub fn now_ts() -> String {
     time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()

@@ -13,6 +13,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod fleet;
+pub mod gateway;
 pub mod layout;
 pub mod ratelimit;
 

@@ -10,6 +10,7 @@
 //! - `isolation`: attacks from inside a tenant's sandbox.
 //! - `kill`: SIGKILL of the server mid-operation, then restart and agreement.
 //! - `chat`: messages to running agents answered by the model through the meter; tools, guards, caps.
+//! - `gateway`: a WebSocket client through the gateway to a woken agent (OpenClaw protocol).
 //! - `meter`: model calls through the meter against a stand-in upstream; caps, aborts, crashes.
 
 mod harness;
@@ -17,6 +18,7 @@ mod harness;
 mod authz;
 mod bad_input;
 mod chat;
+mod gateway;
 mod isolation;
 mod kill;
 mod lifecycle;

@@ -1,0 +1,130 @@
+//! The gateway: `GET /gateway/connect?<signed query>` upgrades to a WebSocket and relays it,
+//! frame for frame, to the agent's own WebSocket on its socket (`/gateway`, where the agent
+//! speaks the OpenClaw protocol subset). The signed query is the only credential: it names the
+//! tenant and the agent, so a connection can reach that agent and no other. A stopped agent is
+//! started first, and the upgrade waits for it.
+
+use std::time::Duration;
+
+use axum::extract::ws::{self, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, RawQuery, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use clawpen_core::ids::{AgentId, TenantId};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::{self, protocol::frame::coding::CloseCode};
+use tracing::{info, warn};
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::fleet::Actor;
+
+/// Largest frame relayed either way.
+const FRAME_MAX: usize = 256 * 1024;
+
+/// The WebSocket upgrade, when the request asked for one.
+pub struct MaybeUpgrade(Option<WebSocketUpgrade>);
+
+impl FromRequestParts<App> for MaybeUpgrade {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, state: &App) -> Result<Self, Self::Rejection> {
+        Ok(MaybeUpgrade(WebSocketUpgrade::from_request_parts(parts, state).await.ok()))
+    }
+}
+
+fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
+    ApiError::new(status, code, message).into_response()
+}
+
+pub async fn connect(State(app): State<App>, RawQuery(query): RawQuery, MaybeUpgrade(upgrade): MaybeUpgrade) -> Response {
+    let now = clawpen_store::now_ms() / 1000;
+    let grant = match app.signer.verify(query.as_deref().unwrap_or_default(), now) {
+        Ok(g) => g,
+        Err(e) => return refuse(StatusCode::UNAUTHORIZED, "bad_connect_url", e.to_string()),
+    };
+    let (Ok(tenant_id), Ok(agent_id)) = (TenantId::parse(&grant.tenant), AgentId::parse(&grant.agent)) else {
+        return refuse(StatusCode::UNAUTHORIZED, "bad_connect_url", "the connect URL names no valid agent");
+    };
+    // The grant outlives nothing: a deleted tenant or agent is gone for its URLs too.
+    let (Ok(tenant), Ok(agent)) = (app.store.get_tenant(&tenant_id).await, app.store.get_agent(&tenant_id, &agent_id).await) else {
+        return refuse(StatusCode::NOT_FOUND, "not_found", "no such agent");
+    };
+    let Some(upgrade) = upgrade else {
+        return refuse(StatusCode::UPGRADE_REQUIRED, "websocket_required", "connect with a WebSocket client (Upgrade: websocket)");
+    };
+    let per_minute = app.config.plan(&tenant.plan).or_else(|| app.config.plan(&app.config.default_plan)).map_or(1, |p| p.messages_per_minute);
+    if let Err(wait) = app.message_limits.check(&tenant.id, per_minute) {
+        return refuse(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("too many messages and connections; try again in {} s", wait.as_secs() + 1));
+    }
+    let actor = Actor("gateway".into());
+    if agent.observed_state != clawpen_store::ObservedState::Running {
+        if let Err(e) = app.start_agent(&tenant, &agent_id, &actor, "woken by a connection").await {
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "wake_failed", format!("the agent was not running and could not be started ({})", e.message));
+        }
+    }
+    let socket = app.layout.agent_socket(&agent_id);
+    let inner = match open_agent(&socket).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            warn!(agent = %agent_id, error = %e, "gateway: the agent's socket did not take the connection");
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "agent_unavailable", "the agent did not take the connection; try again");
+        }
+    };
+    info!(tenant = %tenant_id, agent = %agent_id, "gateway: connection relayed");
+    upgrade.max_message_size(FRAME_MAX).max_frame_size(FRAME_MAX).on_upgrade(move |client| relay(client, inner)).into_response()
+}
+
+type AgentWs = tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>;
+
+async fn open_agent(socket: &std::path::Path) -> Result<AgentWs, String> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::UnixStream::connect(socket)).await.map_err(|_| "timed out".to_owned())?.map_err(|e| e.to_string())?;
+    let config = tungstenite::protocol::WebSocketConfig::default().max_message_size(Some(FRAME_MAX)).max_frame_size(Some(FRAME_MAX));
+    let (ws, _) = tokio_tungstenite::client_async_with_config("ws://agent/gateway", stream, Some(config)).await.map_err(|e| e.to_string())?;
+    Ok(ws)
+}
+
+/// Copies frames both ways until either side closes.
+async fn relay(client: WebSocket, agent: AgentWs) {
+    let (mut c_tx, mut c_rx) = client.split();
+    let (mut a_tx, mut a_rx) = agent.split();
+    let up = async {
+        while let Some(Ok(m)) = c_rx.next().await {
+            let m = match m {
+                ws::Message::Text(t) => tungstenite::Message::Text(t.as_str().into()),
+                ws::Message::Binary(b) => tungstenite::Message::Binary(b),
+                ws::Message::Ping(_) | ws::Message::Pong(_) => continue,
+                ws::Message::Close(f) => {
+                    let frame = f.map(|f| tungstenite::protocol::CloseFrame { code: CloseCode::from(f.code), reason: f.reason.as_str().into() });
+                    let _ = a_tx.send(tungstenite::Message::Close(frame)).await;
+                    break;
+                }
+            };
+            if a_tx.send(m).await.is_err() {
+                break;
+            }
+        }
+    };
+    let down = async {
+        while let Some(Ok(m)) = a_rx.next().await {
+            let m = match m {
+                tungstenite::Message::Text(t) => ws::Message::Text(t.as_str().into()),
+                tungstenite::Message::Binary(b) => ws::Message::Binary(b),
+                tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) | tungstenite::Message::Frame(_) => continue,
+                tungstenite::Message::Close(f) => {
+                    let frame = f.map(|f| ws::CloseFrame { code: u16::from(f.code), reason: f.reason.as_str().into() });
+                    let _ = c_tx.send(ws::Message::Close(frame)).await;
+                    break;
+                }
+            };
+            if c_tx.send(m).await.is_err() {
+                break;
+            }
+        }
+    };
+    // Whichever side ends first ends the relay; dropping the other closes its connection.
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
+}

@@ -1,0 +1,56 @@
+//! The gateway end to end: a signed connect URL, a real WebSocket client (Python `websockets`)
+//! speaking the OpenClaw protocol through the relay to a real agent, woken from stopped.
+
+use std::time::Instant;
+
+use reqwest::Method;
+
+use crate::harness::TestServer;
+
+/// The connect URL of an agent, pointed at this server (`ws://`).
+async fn connect_url(s: &TestServer, key: &str, agent: &str) -> String {
+    let (st, c) = s.call(Method::POST, &format!("/api/v1/agents/{agent}/connect-url"), Some(key), None).await;
+    assert_eq!(st, 200, "{c}");
+    let query = c["url"].as_str().unwrap().split_once('?').unwrap().1.to_owned();
+    format!("{}/gateway/connect?{query}", s.base.replacen("http://", "ws://", 1))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_client_chats_through_the_gateway_and_wakes_the_agent() {
+    let s = TestServer::start().await;
+    let (_, key_a) = s.tenant("alpha").await;
+    let (tb, key_b) = s.tenant("beta").await;
+    let a = s.agent(&key_a, "a", false).await["id"].as_str().unwrap().to_owned();
+    let b = s.agent(&key_b, "b", true).await["id"].as_str().unwrap().to_owned();
+    let url = connect_url(&s, &key_a, &a).await;
+
+    // Wake on connect: A's agent is stopped; the upgrade waits for its start.
+    let t0 = Instant::now();
+    let out = tokio::process::Command::new("python3")
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/test_gateway.py")])
+        .env("CLAWPEN_CONNECT_URL", &url)
+        .output()
+        .await
+        .expect("python3 with `pip install -r tests/python/requirements.txt`");
+    let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{report}\nserver log:\n{}", s.log());
+    assert!(report.contains("5 passed"), "{report}");
+    eprintln!("gateway suite (first connection woke the agent) took {} ms", t0.elapsed().as_millis());
+    let (_, view) = s.get(&format!("/api/v1/agents/{a}"), &key_a).await;
+    assert_eq!(view["observed_state"], "running", "{view}");
+    let (_, ev) = s.get(&format!("/api/v1/agents/{a}/events"), &key_a).await;
+    assert!(ev["entries"].as_array().unwrap().iter().any(|e| e["reason"] == "woken by a connection"), "{ev}");
+
+    // Cross-tenant: A's URL only ever reached A's agent; B's session log has no trace of it.
+    let b_session = s.workspace(tb["id"].as_str().unwrap(), &b).join("sessions");
+    let b_text: String = std::fs::read_dir(&b_session).map(|d| d.flatten().map(|e| std::fs::read_to_string(e.path()).unwrap_or_default()).collect()).unwrap_or_default();
+    assert!(!b_text.contains("hello gateway"), "B's agent saw A's chat");
+    // A plain HTTP GET (no upgrade) with a valid URL is told to use a WebSocket; a bad one is 401.
+    let http_url = url.replacen("ws://", "http://", 1);
+    let r = reqwest::get(&http_url).await.unwrap();
+    assert_eq!(r.status(), 426);
+    let r = reqwest::get(http_url.replace("sig=", "sig=f")).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_connect_url");
+}
