@@ -34,7 +34,8 @@ const PROTOCOL: u64 = 3;
 const METHODS: [&str; 5] = ["connect", "chat.send", "chat.history", "chat.abort", "health"];
 
 pub(crate) async fn upgrade(State(s): State<Arc<AgentState>>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(FRAME_MAX).max_frame_size(FRAME_MAX).on_upgrade(move |socket| serve(s, socket))
+    // Small buffers: an idle connection should cost little (they grow for a large frame).
+    ws.max_message_size(FRAME_MAX).max_frame_size(FRAME_MAX).read_buffer_size(4096).write_buffer_size(0).on_upgrade(move |socket| serve(s, socket))
 }
 
 fn res_ok(id: &Value, payload: Value) -> Value {

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use clawpen_core::ids::{AgentId, TenantId};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::{self, protocol::frame::coding::CloseCode};
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use crate::app::App;
 use crate::error::ApiError;
@@ -71,15 +71,16 @@ pub async fn connect(State(app): State<App>, RawQuery(query): RawQuery, MaybeUpg
             return refuse(StatusCode::SERVICE_UNAVAILABLE, "agent_unavailable", "the agent did not take the connection; try again");
         }
     };
-    info!(tenant = %tenant_id, agent = %agent_id, "gateway: connection relayed");
-    upgrade.max_message_size(FRAME_MAX).max_frame_size(FRAME_MAX).on_upgrade(move |client| relay(client, inner)).into_response()
+    debug!(tenant = %tenant_id, agent = %agent_id, "gateway: connection relayed");
+    // Small buffers: an idle connection should cost little (they grow for a large frame).
+    upgrade.max_message_size(FRAME_MAX).max_frame_size(FRAME_MAX).read_buffer_size(4096).write_buffer_size(0).on_upgrade(move |client| relay(client, inner)).into_response()
 }
 
 type AgentWs = tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>;
 
 async fn open_agent(socket: &std::path::Path) -> Result<AgentWs, String> {
     let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::UnixStream::connect(socket)).await.map_err(|_| "timed out".to_owned())?.map_err(|e| e.to_string())?;
-    let config = tungstenite::protocol::WebSocketConfig::default().max_message_size(Some(FRAME_MAX)).max_frame_size(Some(FRAME_MAX));
+    let config = tungstenite::protocol::WebSocketConfig::default().max_message_size(Some(FRAME_MAX)).max_frame_size(Some(FRAME_MAX)).read_buffer_size(4096).write_buffer_size(0);
     let (ws, _) = tokio_tungstenite::client_async_with_config("ws://agent/gateway", stream, Some(config)).await.map_err(|e| e.to_string())?;
     Ok(ws)
 }

@@ -19,6 +19,9 @@ pub enum Scenario {
     /// A model call through the meter (control socket, ledger, upstream) against the same call
     /// straight to the upstream stand-in.
     Meter,
+    /// A request's round trip through the gateway against straight to the agent's socket; and
+    /// many idle connections through it.
+    Gateway,
 }
 
 #[derive(Args)]
@@ -27,9 +30,12 @@ pub struct BenchArgs {
     /// How many agents to start (coldstart).
     #[arg(long, default_value_t = 20)]
     agents: usize,
-    /// Requests per worker in each case (meter).
+    /// Requests per worker in each case (meter); requests each way (gateway).
     #[arg(long, default_value_t = 200)]
     requests: usize,
+    /// Idle connections to open (gateway).
+    #[arg(long, default_value_t = 5000)]
+    connections: usize,
     /// Print only the JSON object (progress still goes to stderr).
     #[arg(long)]
     json: bool,
@@ -82,6 +88,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (scenario, cases) = match args.scenario {
         Scenario::Coldstart => ("coldstart", coldstart(args.agents).await?),
         Scenario::Meter => ("meter", crate::bench_meter::run(args.requests).await?),
+        Scenario::Gateway => ("gateway", crate::bench_gateway::run(args.requests, args.connections).await?),
     };
     let out = json!({"scenario": scenario, "cases": cases.iter().map(Case::to_json).collect::<Vec<_>>()});
     if args.json {
@@ -93,19 +100,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// A throwaway server on a temp data dir, torn down (sandboxes included) when dropped.
-struct BenchServer {
-    app: clawpen_server::App,
-    base: String,
+pub struct BenchServer {
+    pub app: clawpen_server::App,
+    pub base: String,
     dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl BenchServer {
-    async fn start(max_agents: u32) -> anyhow::Result<BenchServer> {
+    pub async fn start(max_agents: u32) -> anyhow::Result<BenchServer> {
         let dir = tempfile::Builder::new().prefix("clawpen-bench-").tempdir_in("/tmp")?;
         let mut config = clawpen_server::Config::default();
         let mut plan = config.plans[&config.default_plan].clone();
         plan.max_agents = max_agents;
+        // The bench opens thousands of connections; the plan's message rate is not what it measures.
+        plan.messages_per_minute = u32::MAX;
         config.plans.insert("bench".into(), plan);
         let image = crate::image_cmd::ensure(&config, true).await?;
         let app = clawpen_server::open(dir.path(), None, config, image).await?;
@@ -130,7 +139,7 @@ impl BenchServer {
     }
 
     /// Stops the server, then removes every sandbox it made and its data dir.
-    async fn teardown(mut self) {
+    pub async fn teardown(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }

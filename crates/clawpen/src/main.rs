@@ -10,6 +10,7 @@
 
 mod admin;
 mod bench;
+mod bench_gateway;
 mod bench_meter;
 mod vault_cmd;
 mod doctor;

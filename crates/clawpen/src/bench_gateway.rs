@@ -1,0 +1,160 @@
+//! `clawpen bench gateway`: what the gateway costs. Case `roundtrip`: a `health` request's round
+//! trip through the gateway (client → server → agent's socket) against the same request straight
+//! to the agent's own WebSocket on its socket, alternating, on one connection each. Case
+//! `idle-connections`: `n` connections opened through the gateway and left idle; `p50_ms` and
+//! `p99_ms` are the time to `hello-ok`, `bytes_per_connection` the memory they hold (this
+//! process, which is the server *and* the clients, plus the agent's sandbox), and `open` how many
+//! still answer at the end.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::bench::{BenchServer, Case};
+
+const CONNECT: &str = r#"{"type":"req","id":"c","method":"connect","params":{"minProtocol":3,"maxProtocol":3,"client":{"id":"test","mode":"test","version":"1","platform":"linux"}}}"#;
+
+async fn next_json<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> anyhow::Result<Value> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str())?),
+            Some(Ok(Message::Close(f))) => anyhow::bail!("closed: {f:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("closed"),
+        }
+    }
+}
+
+/// Challenge, `connect`, `hello-ok`.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> anyhow::Result<()> {
+    let challenge = next_json(ws).await?;
+    anyhow::ensure!(challenge["event"] == "connect.challenge", "no challenge: {challenge}");
+    ws.send(Message::Text(CONNECT.into())).await?;
+    let hello = next_json(ws).await?;
+    anyhow::ensure!(hello["payload"]["type"] == "hello-ok", "no hello-ok: {hello}");
+    Ok(())
+}
+
+/// One `health` request to its answer, skipping events.
+async fn health<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, i: usize) -> anyhow::Result<f64> {
+    let id = format!("h{i}");
+    let t0 = Instant::now();
+    ws.send(Message::Text(json!({"type": "req", "id": id, "method": "health"}).to_string().into())).await?;
+    loop {
+        let v = next_json(ws).await?;
+        if v["type"] == "res" && v["id"] == id.as_str() {
+            anyhow::ensure!(v["ok"] == true, "{v}");
+            return Ok(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+}
+
+/// Client buffers as small as the server's, so the clients do not dominate the memory figure.
+fn small() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0)
+}
+
+/// Resident memory of this process, in bytes.
+fn own_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/statm").ok().and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok()).unwrap_or(0) * 4096
+}
+
+/// Memory charged to a container's cgroup, in bytes (cgroup v2, then v1).
+fn container_memory(id: &str) -> u64 {
+    let out = std::process::Command::new("docker").args(["inspect", "--format", "{{.Id}}", id]).output();
+    let Ok(out) = out else { return 0 };
+    let full = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    for path in [
+        format!("/sys/fs/cgroup/system.slice/docker-{full}.scope/memory.current"),
+        format!("/sys/fs/cgroup/docker/{full}/memory.current"),
+        format!("/sys/fs/cgroup/memory/docker/{full}/memory.usage_in_bytes"),
+    ] {
+        if let Ok(v) = std::fs::read_to_string(&path) {
+            return v.trim().parse().unwrap_or(0);
+        }
+    }
+    0
+}
+
+pub async fn run(requests: usize, connections: usize) -> anyhow::Result<Vec<Case>> {
+    let server = BenchServer::start(2).await?;
+    let result = run_on(&server, requests, connections).await;
+    server.teardown().await;
+    result
+}
+
+async fn run_on(server: &BenchServer, requests: usize, connections: usize) -> anyhow::Result<Vec<Case>> {
+    let app = &server.app;
+    let tenant = app.store.create_tenant("bench", "bench", app.config.sandbox.uid_base).await?;
+    let (_, token) = app.store.create_api_key(&tenant.id).await?;
+    let http = reqwest::Client::new();
+    let agent: Value = http.post(format!("{}/api/v1/agents", server.base)).bearer_auth(&token).json(&json!({"name": "bench", "start": true})).send().await?.json().await?;
+    let id = agent["id"].as_str().ok_or_else(|| anyhow::anyhow!("create failed: {agent}"))?.to_owned();
+    let c: Value = http.post(format!("{}/api/v1/agents/{id}/connect-url", server.base)).bearer_auth(&token).send().await?.json().await?;
+    let query = c["url"].as_str().and_then(|u| u.split_once('?')).map(|(_, q)| q.to_owned()).ok_or_else(|| anyhow::anyhow!("no connect URL: {c}"))?;
+    let url = format!("{}/gateway/connect?{query}", server.base.replacen("http://", "ws://", 1));
+    let agent_id = clawpen_core::ids::AgentId::parse(&id).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let socket = app.layout.agent_socket(&agent_id);
+
+    // roundtrip
+    eprintln!("gateway bench: roundtrip, {requests} requests each way");
+    let (mut through, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(small()), false).await?;
+    handshake(&mut through).await?;
+    let stream = tokio::net::UnixStream::connect(&socket).await?;
+    let (mut direct, _) = tokio_tungstenite::client_async("ws://agent/gateway", stream).await?;
+    handshake(&mut direct).await?;
+    for i in 0..20 {
+        health(&mut through, i).await?;
+        health(&mut direct, i).await?;
+    }
+    let (mut ours, mut base) = (Vec::with_capacity(requests), Vec::with_capacity(requests));
+    for i in 0..requests {
+        ours.push(health(&mut through, i).await?);
+        base.push(health(&mut direct, i).await?);
+    }
+    drop(through);
+    drop(direct);
+    let mut cases = vec![Case { name: "roundtrip".into(), samples_ms: ours, baseline_ms: Some(base), extra: serde_json::Map::new() }];
+
+    // idle-connections
+    eprintln!("gateway bench: opening {connections} idle connections");
+    let container = clawpen_core::spec::container_name(&app.instance, &agent_id);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss0, agent0) = (own_rss(), container_memory(&container));
+    let mut open = Vec::with_capacity(connections);
+    let mut setup = Vec::with_capacity(connections);
+    let bar = indicatif::ProgressBar::new(connections as u64);
+    for _ in 0..connections {
+        let t0 = Instant::now();
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(small()), false).await?;
+        handshake(&mut ws).await?;
+        setup.push(t0.elapsed().as_secs_f64() * 1000.0);
+        open.push(ws);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss1, agent1) = (own_rss(), container_memory(&container));
+    // Every connection still answers.
+    let mut answering = 0;
+    for (i, ws) in open.iter_mut().enumerate() {
+        if health(ws, i).await.is_ok() {
+            answering += 1;
+        }
+    }
+    let held = rss1.saturating_sub(rss0) + agent1.saturating_sub(agent0);
+    let mut extra = serde_json::Map::new();
+    extra.insert("bytes_per_connection".into(), json!(held / connections.max(1) as u64));
+    extra.insert("server_and_clients_bytes_per_connection".into(), json!(rss1.saturating_sub(rss0) / connections.max(1) as u64));
+    extra.insert("agent_bytes_per_connection".into(), json!(agent1.saturating_sub(agent0) / connections.max(1) as u64));
+    extra.insert("open".into(), json!(answering));
+    extra.insert("what".into(), json!("p50/p99: time from the WebSocket connect to hello-ok, through the gateway"));
+    cases.push(Case { name: "idle-connections".into(), samples_ms: setup, baseline_ms: None, extra });
+    drop(open);
+    Ok(cases)
+}
