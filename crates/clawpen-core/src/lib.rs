@@ -2,11 +2,13 @@
 //!
 //! # Layout
 //! - [`ids`]: typed, prefixed ids and their parsers.
+//! - [`lifecycle`]: the pure state machine of hibernation tiers, restarts and the crash-loop guard.
 //! - [`names`]: validation of user-chosen names.
 //! - [`plan`]: plans and their sandbox limits.
 //! - [`spec`]: [`spec::SandboxSpec`], built by [`spec::SandboxSpec::for_agent`] and nowhere else.
 
 pub mod ids;
+pub mod lifecycle;
 pub mod names;
 pub mod plan;
 pub mod spec;

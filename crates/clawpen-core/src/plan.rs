@@ -31,6 +31,16 @@ pub struct Plan {
     /// Messages a tenant may send to its agents per minute, all doors together (a burst of this
     /// many, refilled evenly over the minute); past it a message is refused with 429.
     pub messages_per_minute: u32,
+    /// Seconds without a message or connection after which an agent is frozen (memory kept,
+    /// wakes in milliseconds); 0 never.
+    pub idle_pause_secs: u64,
+    /// Seconds idle after which it is stopped (container kept); 0 never.
+    pub idle_stop_secs: u64,
+    /// Seconds idle after which its container is removed (workspace kept); 0 never.
+    pub idle_remove_secs: u64,
+    /// The sandbox image this plan's agents run instead of the server's own, e.g. a canary build
+    /// on a test plan; `None` uses the server's image.
+    pub image: Option<String>,
 }
 
 /// One credit in micro-credits.
@@ -50,6 +60,22 @@ impl Default for Plan {
             max_tokens: 1024,
             runs_per_hour: 30,
             messages_per_minute: 20,
+            idle_pause_secs: 300,
+            idle_stop_secs: 3600,
+            idle_remove_secs: 7 * 24 * 3600,
+            image: None,
+        }
+    }
+}
+
+impl Plan {
+    /// The hibernation tiers of this plan, in milliseconds.
+    pub fn tiers(&self) -> crate::lifecycle::Tiers {
+        let ms = |s: u64| (s > 0).then(|| (s as i64).saturating_mul(1000));
+        crate::lifecycle::Tiers {
+            pause_after: ms(self.idle_pause_secs),
+            stop_after: ms(self.idle_stop_secs),
+            remove_after: ms(self.idle_remove_secs),
         }
     }
 }

@@ -152,7 +152,25 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn pause(&self, id: &str) -> Result<()> {
+        Ok(self.docker.pause_container(id).await?)
+    }
+
+    async fn unpause(&self, id: &str) -> Result<()> {
+        match self.docker.unpause_container(id).await {
+            // 409: not paused.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, message }) if message.contains("not paused") => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
     async fn stop(&self, id: &str, grace_secs: i64) -> Result<()> {
+        // A frozen sandbox cannot take its SIGTERM: thaw it first.
+        if let Ok(st) = self.inspect(id).await {
+            if st.state == SandboxState::Paused {
+                self.unpause(id).await?;
+            }
+        }
         match self.docker.stop_container(id, Some(StopContainerOptions { t: grace_secs })).await {
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
             other => Ok(other?),
@@ -165,8 +183,17 @@ impl Runtime for DockerRuntime {
             Ok(()) => Ok(()),
             Err(e) => match RuntimeError::from(e) {
                 RuntimeError::NotFound => Ok(()),
-                // 409: removal already in progress; it will be gone.
-                RuntimeError::Engine(m) if m.starts_with("409") && m.contains("already in progress") => Ok(()),
+                // 409: removal already in progress (e.g. by a server that died meanwhile):
+                // wait until it is gone, so callers see the same end state either way.
+                RuntimeError::Engine(m) if m.starts_with("409") && m.contains("already in progress") => {
+                    for _ in 0..200 {
+                        match self.docker.inspect_container(id_or_name, None).await {
+                            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(()),
+                            _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                        }
+                    }
+                    Err(RuntimeError::Engine(format!("{id_or_name} is still being removed after 10 s")))
+                }
                 other => Err(other),
             },
         }

@@ -98,6 +98,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// Creates the sandbox described by `spec` and starts it; returns its id.
     async fn create_and_start(&self, spec: &SandboxSpec) -> Result<String>;
     async fn start(&self, id: &str) -> Result<()>;
+    /// Freezes every process of a running sandbox (cgroup freezer); memory is kept.
+    async fn pause(&self, id: &str) -> Result<()>;
+    /// Thaws a paused sandbox. Unpausing one that is not paused is not an error.
+    async fn unpause(&self, id: &str) -> Result<()>;
     /// Stops a sandbox: SIGTERM, then SIGKILL after `grace_secs`.
     async fn stop(&self, id: &str, grace_secs: i64) -> Result<()>;
     /// Removes a sandbox whatever its state. Removing a missing one is not an error.

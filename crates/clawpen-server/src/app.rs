@@ -34,6 +34,12 @@ pub struct AppInner {
     pub signer: clawpen_vault::connect::Signer,
     /// Messages per minute per tenant.
     pub message_limits: crate::ratelimit::MessageLimits,
+    /// The lifecycle record of each agent that should run (see [`crate::supervisor`]).
+    pub lives: Mutex<HashMap<AgentId, clawpen_core::lifecycle::Life>>,
+    /// MiB of plan memory committed on this node, per agent whose sandbox holds memory.
+    pub committed: Mutex<HashMap<AgentId, u64>>,
+    /// The node's memory budget in MiB.
+    pub node_memory_mib: u64,
     /// The serving task of each agent's `control.sock`.
     control: Mutex<HashMap<AgentId, tokio::task::AbortHandle>>,
     /// One lock per agent so start, stop and delete of one agent never interleave.
@@ -62,6 +68,7 @@ impl App {
         vault: clawpen_vault::Vault,
         signer: clawpen_vault::connect::Signer,
     ) -> App {
+        let node_memory_mib = config.fleet.memory_budget_mib();
         App(Arc::new(AppInner {
             store,
             runtime,
@@ -74,6 +81,9 @@ impl App {
             vault,
             signer,
             message_limits: Default::default(),
+            lives: Mutex::new(HashMap::new()),
+            committed: Mutex::new(HashMap::new()),
+            node_memory_mib,
             control: Mutex::new(HashMap::new()),
             agent_locks: Mutex::new(HashMap::new()),
             reconciled: AtomicBool::new(false),

@@ -26,6 +26,72 @@ pub struct Config {
     /// The base of the URLs handed to clients (connect URLs), as they reach this server, e.g.
     /// `https://agents.example.com`; default `http://<listen>`.
     pub public_url: Option<String>,
+    /// Health checks, restarts, the crash-loop guard and admission.
+    pub fleet: FleetConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// How often the supervisor looks at every agent (hibernation, due restarts, health).
+    pub tick_ms: u64,
+    /// How often a running agent's `/health` is asked.
+    pub health_every_secs: u64,
+    /// How long one health check may take.
+    pub health_timeout_ms: u64,
+    /// Failed health checks in a row that restart an agent.
+    pub health_failures: u32,
+    /// Restarts within `crashloop_window_secs` after which the next failure stops the agent in
+    /// the `crashloop` state until a manual start.
+    pub crashloop_restarts: u32,
+    pub crashloop_window_secs: u64,
+    /// The first restart waits this long, each further one twice as long, up to the maximum.
+    pub restart_backoff_ms: u64,
+    pub restart_backoff_max_ms: u64,
+    /// Memory this node may commit to sandboxes (the sum of their plans' limits), in MiB; a start
+    /// past it is refused. 0: nine tenths of the host's memory.
+    pub node_memory_mib: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            tick_ms: 1000,
+            health_every_secs: 30,
+            health_timeout_ms: 2000,
+            health_failures: 2,
+            crashloop_restarts: 5,
+            crashloop_window_secs: 600,
+            restart_backoff_ms: 1000,
+            restart_backoff_max_ms: 60_000,
+            node_memory_mib: 0,
+        }
+    }
+}
+
+impl FleetConfig {
+    pub fn guard(&self) -> clawpen_core::lifecycle::Guard {
+        clawpen_core::lifecycle::Guard {
+            max_restarts: self.crashloop_restarts as usize,
+            window: (self.crashloop_window_secs as i64).saturating_mul(1000),
+            base_backoff: self.restart_backoff_ms as i64,
+            max_backoff: self.restart_backoff_max_ms as i64,
+            health_every: (self.health_every_secs as i64).saturating_mul(1000),
+            health_failures: self.health_failures,
+        }
+    }
+
+    /// The node's memory budget in MiB: the configured one, else nine tenths of the host's.
+    pub fn memory_budget_mib(&self) -> u64 {
+        if self.node_memory_mib > 0 {
+            return self.node_memory_mib;
+        }
+        let total_kib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+            .unwrap_or(4 * 1024 * 1024);
+        total_kib / 1024 * 9 / 10
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,6 +134,10 @@ impl Default for Config {
                     max_tokens: 4096,
                     runs_per_hour: 300,
                     messages_per_minute: 120,
+                    idle_pause_secs: 600,
+                    idle_stop_secs: 6 * 3600,
+                    idle_remove_secs: 30 * 24 * 3600,
+                    image: None,
                 },
             ),
         ]);
@@ -79,6 +149,7 @@ impl Default for Config {
             agent: AgentLimits::default(),
             meter: MeterConfig::default(),
             public_url: None,
+            fleet: FleetConfig::default(),
         }
     }
 }
@@ -109,11 +180,27 @@ impl Config {
             anyhow::ensure!(p.messages_per_minute >= 1, "plan {name}: messages_per_minute must be at least 1");
             anyhow::ensure!(p.pids >= 8, "plan {name}: pids must be at least 8");
             anyhow::ensure!(p.cpu_millis >= 10, "plan {name}: cpu_millis must be at least 10");
+            let ordered = |a: u64, b: u64| a == 0 || b == 0 || a < b;
+            anyhow::ensure!(
+                ordered(p.idle_pause_secs, p.idle_stop_secs) && ordered(p.idle_stop_secs, p.idle_remove_secs) && ordered(p.idle_pause_secs, p.idle_remove_secs),
+                "plan {name}: idle_pause_secs < idle_stop_secs < idle_remove_secs (0 turns a tier off)"
+            );
         }
+        let f = &self.fleet;
+        anyhow::ensure!(f.tick_ms >= 10, "fleet.tick_ms must be at least 10");
+        anyhow::ensure!(f.health_every_secs >= 1 && f.health_timeout_ms >= 10, "fleet.health_every_secs must be at least 1 and fleet.health_timeout_ms at least 10");
+        anyhow::ensure!(f.crashloop_restarts >= 1 && f.health_failures >= 1, "fleet.crashloop_restarts and fleet.health_failures must be at least 1");
+        anyhow::ensure!(f.restart_backoff_ms <= f.restart_backoff_max_ms, "fleet.restart_backoff_ms must not exceed fleet.restart_backoff_max_ms");
         Ok(())
     }
 
     pub fn plan(&self, name: &str) -> Option<&Plan> {
         self.plans.get(name)
+    }
+
+    /// The plan of that name, else the default plan (a tenant whose plan was removed from the
+    /// config keeps running on the default).
+    pub fn plan_or_default(&self, name: &str) -> &Plan {
+        self.plans.get(name).or_else(|| self.plans.get(&self.default_plan)).expect("validate() checked the default plan exists")
     }
 }

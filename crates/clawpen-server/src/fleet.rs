@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clawpen_agent::client;
 use clawpen_core::ids::{AgentId, TenantId};
+use clawpen_core::lifecycle::Tier;
 use clawpen_core::labels;
 use clawpen_core::names::validate_name;
 use clawpen_core::spec::{AgentSandbox, SandboxSpec};
@@ -35,13 +36,13 @@ impl Actor {
 impl App {
     /// The sandbox spec of an agent, built from its tenant's plan.
     pub fn spec_for(&self, tenant: &Tenant, agent: &AgentId) -> SandboxSpec {
-        let plan = self.config.plan(&tenant.plan).or_else(|| self.config.plan(&self.config.default_plan)).expect("default plan exists");
+        let plan = self.config.plan_or_default(&tenant.plan);
         SandboxSpec::for_agent(AgentSandbox {
             instance: &self.instance,
             tenant: &tenant.id,
             agent,
             uid: tenant.uid as u32,
-            image: &self.image,
+            image: plan.image.as_deref().unwrap_or(&self.image),
             workspace_dir: self.layout.workspace_dir(&tenant.id, agent),
             run_dir: self.layout.run_dir(agent),
             plan,
@@ -49,7 +50,7 @@ impl App {
         })
     }
 
-    async fn audit(&self, tenant: &TenantId, agent: Option<&AgentId>, actor: &Actor, action: &str, reason: &str, detail: Option<serde_json::Value>) {
+    pub(crate) async fn audit(&self, tenant: &TenantId, agent: Option<&AgentId>, actor: &Actor, action: &str, reason: &str, detail: Option<serde_json::Value>) {
         let entry = NewAudit { tenant: Some(tenant), agent, actor: &actor.0, action, reason, detail: detail.as_ref() };
         if let Err(e) = self.store.audit(entry).await {
             warn!(error = %e, action, "cannot write the audit log");
@@ -60,7 +61,7 @@ impl App {
     /// nothing half-made is left.
     pub async fn create_agent(&self, tenant: &Tenant, name: &str, actor: &Actor) -> Result<Agent, ApiError> {
         validate_name(name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
-        let plan = self.config.plan(&tenant.plan).or_else(|| self.config.plan(&self.config.default_plan)).expect("default plan exists");
+        let plan = self.config.plan_or_default(&tenant.plan);
         let agent = self.store.create_agent(&tenant.id, name, plan.max_agents).await?;
         self.audit(&tenant.id, Some(&agent.id), actor, "agent.create", "requested", Some(serde_json::json!({"name": name}))).await;
         let prepared = self
@@ -85,57 +86,108 @@ impl App {
         if agent.desired_state != DesiredState::Running {
             self.store.set_desired(id, DesiredState::Running).await?;
         }
+        // A manual start clears the crash-loop guard and its history.
+        let now = crate::supervisor::now_ms();
+        self.with_life(id, |l| l.cleared(now));
+        if !agent.restarts.is_empty() {
+            self.store.set_restarts(id, &[]).await?;
+        }
         self.audit(&tenant.id, Some(id), actor, "agent.start", reason, None).await;
         self.bring_up(tenant, id).await?;
         Ok(self.store.get_agent(&tenant.id, id).await?)
     }
 
-    /// Makes the agent's sandbox run with the current spec and waits for its health answer.
-    /// Callers hold the agent's lock.
-    async fn bring_up(&self, tenant: &Tenant, id: &AgentId) -> Result<(), ApiError> {
+    /// Makes the agent's sandbox run with the current spec (thawing, starting or creating it)
+    /// and waits for its health answer. A sandbox that exits meanwhile fails the start at once,
+    /// with its exit code. Callers hold the agent's lock.
+    pub(crate) async fn bring_up(&self, tenant: &Tenant, id: &AgentId) -> Result<(), ApiError> {
         self.layout
             .prepare_agent(&tenant.id, id, tenant.uid as u32)
             .and_then(|()| self.open_control(&tenant.id, id, tenant.uid as u32))
             .map_err(|e| ApiError::internal(format!("preparing the dirs and control socket of {id}: {e}")))?;
         let spec = self.spec_for(tenant, id);
+        let memory_mib = self.config.plan_or_default(&tenant.plan).memory_mib;
         let container_id = match self.runtime.inspect(&spec.name).await {
             Ok(st) if st.labels.get(labels::SPEC_HASH).map(String::as_str) == Some(spec.spec_hash()) => {
-                if st.state != SandboxState::Running {
-                    self.runtime.start(&st.id).await?;
+                match st.state {
+                    SandboxState::Paused => self.runtime.unpause(&st.id).await?,
+                    SandboxState::Running => {}
+                    _ => {
+                        self.admit(id, memory_mib)?;
+                        if let Err(e) = self.runtime.start(&st.id).await {
+                            self.release(id);
+                            return Err(e.into());
+                        }
+                    }
                 }
                 st.id
             }
             Ok(st) => {
                 info!(agent = %id, "sandbox spec changed; recreating the container (workspace kept)");
                 self.runtime.remove(&st.id).await?;
-                self.runtime.create_and_start(&spec).await?
+                self.release(id);
+                self.admit(id, memory_mib)?;
+                self.runtime.create_and_start(&spec).await.inspect_err(|_| self.release(id))?
             }
-            Err(RuntimeError::NotFound) => self.runtime.create_and_start(&spec).await?,
+            Err(RuntimeError::NotFound) => {
+                self.admit(id, memory_mib)?;
+                self.runtime.create_and_start(&spec).await.inspect_err(|_| self.release(id))?
+            }
             Err(e) => return Err(e.into()),
         };
-        let observed = |state, last_error: Option<String>| Observation {
+        let observed = |state, exit_code, last_error: Option<String>| Observation {
             state,
             container_id: Some(container_id.clone()),
             spec_hash: Some(spec.spec_hash().to_owned()),
-            exit_code: None,
+            exit_code,
             last_error,
         };
-        self.store.set_observed(id, &observed(ObservedState::Starting, None)).await?;
+        self.store.set_observed(id, &observed(ObservedState::Starting, None, None)).await?;
         let timeout = Duration::from_secs(self.config.sandbox.start_timeout_secs);
-        match client::wait_healthy(&self.layout.agent_socket(id), timeout).await {
-            Ok(_) => {
-                self.store.set_observed(id, &observed(ObservedState::Running, None)).await?;
+        let exited = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                match self.runtime.inspect(&container_id).await {
+                    Ok(st) if st.state == SandboxState::Exited => return Some(st),
+                    Err(RuntimeError::NotFound) => return None,
+                    _ => {}
+                }
+            }
+        };
+        let socket = self.layout.agent_socket(id);
+        let outcome = tokio::select! {
+            h = client::wait_healthy(&socket, timeout) => Ok(h),
+            st = exited => Err(st),
+        };
+        match outcome {
+            Ok(Ok(_)) => {
+                self.store.set_observed(id, &observed(ObservedState::Running, None, None)).await?;
+                self.store.set_hibernation(id, Tier::Awake).await?;
+                let now = crate::supervisor::now_ms();
+                self.with_life(id, |l| l.woke(now));
                 Ok(())
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 let tail = self.runtime.logs(&container_id, 5).await.unwrap_or_default().join(" | ");
                 let why = format!("did not answer /health within {}s ({e}); last log lines: {tail}", timeout.as_secs());
-                self.store.set_observed(id, &observed(ObservedState::Failed, Some(why.clone()))).await?;
+                self.store.set_observed(id, &observed(ObservedState::Failed, None, Some(why.clone()))).await?;
                 self.audit(&tenant.id, Some(id), &Actor::system(), "agent.start-failed", &why, None).await;
                 Err(ApiError::new(
                     axum::http::StatusCode::BAD_GATEWAY,
                     "agent_unhealthy",
                     format!("the agent did not become healthy within {}s; see GET /api/v1/agents/{id}/logs", timeout.as_secs()),
+                ))
+            }
+            Err(st) => {
+                self.release(id);
+                let (code, oom) = st.as_ref().map_or((None, false), |s| (s.exit_code, s.oom_killed));
+                let why = exit_reason(code, oom);
+                self.store.set_observed(id, &observed(ObservedState::Exited, code, Some(why.clone()))).await?;
+                self.audit(&tenant.id, Some(id), &Actor::system(), "agent.start-failed", &format!("the sandbox {why} while starting"), Some(serde_json::json!({"exit_code": code, "oom": oom}))).await;
+                Err(ApiError::new(
+                    axum::http::StatusCode::BAD_GATEWAY,
+                    "agent_exited",
+                    format!("the agent {why} while starting; see GET /api/v1/agents/{id}/logs"),
                 ))
             }
         }
@@ -157,6 +209,7 @@ impl App {
         let obs = match self.runtime.inspect(&name).await {
             Ok(st) => {
                 self.runtime.stop(&st.id, self.config.sandbox.stop_grace_secs).await?;
+                self.release(id);
                 let after = self.runtime.inspect(&st.id).await?;
                 Observation {
                     state: ObservedState::Stopped,
@@ -170,6 +223,8 @@ impl App {
             Err(e) => return Err(e.into()),
         };
         self.store.set_observed(id, &obs).await?;
+        // Stopped on purpose: no longer a hibernating agent.
+        self.store.set_hibernation(id, Tier::Awake).await?;
         Ok(())
     }
 
@@ -184,6 +239,8 @@ impl App {
 
     async fn finish_delete(&self, tenant: &TenantId, id: &AgentId) -> Result<(), ApiError> {
         self.runtime.remove(&clawpen_core::spec::container_name(&self.instance, id)).await?;
+        self.release(id);
+        self.lives.lock().expect("lives").remove(id);
         self.close_control(id);
         self.layout.remove_agent(tenant, id).map_err(|e| ApiError::internal(format!("removing the dirs of {id}: {e}")))?;
         self.store.delete_agent(id).await?;
@@ -237,11 +294,31 @@ impl App {
                     continue;
                 }
             };
+            // A sandbox found running or frozen holds its plan's memory, whatever the budget.
+            let holds_memory = containers.iter().any(|c| {
+                c.labels.get(labels::AGENT).map(String::as_str) == Some(a.id.as_str()) && matches!(c.state, SandboxState::Running | SandboxState::Paused)
+            });
+            if holds_memory {
+                self.commit_found(&a.id, self.config.plan_or_default(&tenant.plan).memory_mib);
+            }
             let result = match a.desired_state {
                 DesiredState::Deleted => {
                     info!(agent = %a.id, "finishing an interrupted delete");
                     self.audit(&a.tenant_id, Some(&a.id), &sys, "reconcile.delete-finished", "delete was interrupted", None).await;
                     self.finish_delete(&a.tenant_id, &a.id).await
+                }
+                DesiredState::Running if a.observed_state == ObservedState::Crashloop || a.hibernation != Tier::Awake => {
+                    // Adopt the sandbox in the state the store asks for: a crash-looping agent
+                    // stays stopped, a hibernating one in its tier (an interrupted step is done
+                    // again).
+                    let prepared = self
+                        .layout
+                        .prepare_agent(&a.tenant_id, &a.id, tenant.uid as u32)
+                        .and_then(|()| self.open_control(&a.tenant_id, &a.id, tenant.uid as u32));
+                    match prepared {
+                        Ok(()) => self.settle_asleep(&tenant, &a).await,
+                        Err(e) => Err(ApiError::internal(e)),
+                    }
                 }
                 DesiredState::Running => {
                     info!(agent = %a.id, "desired running: ensuring its sandbox runs");
@@ -311,20 +388,104 @@ impl App {
                 self.audit(&agent.tenant_id, Some(&id), &sys, "agent.oom", "the kernel killed a process in the sandbox for memory", None).await;
             }
             RuntimeEventKind::Died { exit_code } if agent.desired_state == DesiredState::Running => {
-                warn!(agent = %id, ?exit_code, "sandbox exited while it should run");
+                // Its own hibernation, a restart in progress, or a crash loop already handled:
+                // not a crash to count.
+                let busy = self.with_life(&id, |l| l.busy);
+                if agent.hibernation != Tier::Awake || agent.observed_state == ObservedState::Crashloop || busy {
+                    return;
+                }
+                if agent.container_id.as_deref().is_some_and(|c| c != ev.container_id) {
+                    return;
+                }
+                let oom = self.runtime.inspect(&ev.container_id).await.map(|s| s.oom_killed).unwrap_or(false);
+                let why = exit_reason(exit_code, oom);
+                warn!(agent = %id, ?exit_code, oom, "sandbox exited while it should run");
+                self.release(&id);
                 let obs = Observation {
                     state: ObservedState::Exited,
                     container_id: Some(ev.container_id.clone()),
                     spec_hash: agent.spec_hash.clone(),
                     exit_code,
-                    last_error: Some(format!("exited with code {}", exit_code.map(|c| c.to_string()).unwrap_or_else(|| "?".into()))),
+                    last_error: Some(why.clone()),
                 };
                 if let Err(e) = self.store.set_observed(&id, &obs).await {
                     warn!(error = %e, "cannot record an exit");
                 }
-                self.audit(&agent.tenant_id, Some(&id), &sys, "agent.exited", "the sandbox exited on its own", Some(serde_json::json!({"exit_code": exit_code}))).await;
+                self.audit(&agent.tenant_id, Some(&id), &sys, "agent.exited", &format!("the sandbox {why}"), Some(serde_json::json!({"exit_code": exit_code, "oom": oom}))).await;
+                let guard = self.config.fleet.guard();
+                let next = self.with_life(&id, |l| l.failed(crate::supervisor::now_ms(), &why, &guard));
+                if let Some(clawpen_core::lifecycle::Action::CrashLoop { reason }) = next {
+                    if let Ok(tenant) = self.store.get_tenant(&agent.tenant_id).await {
+                        let _guard = self.lock_agent(&id).await;
+                        if let Err(e) = self.trip(&tenant, &id, &reason).await {
+                            warn!(agent = %id, error = %e.message, "cannot stop a crash-looping agent");
+                        }
+                    }
+                }
             }
             _ => {}
         }
+    }
+}
+
+/// Why a sandbox stopped, in words for the API and the audit log.
+pub fn exit_reason(exit_code: Option<i64>, oom: bool) -> String {
+    if oom {
+        format!("was killed for memory (OOM, exit code {})", exit_code.map_or("?".into(), |c| c.to_string()))
+    } else {
+        format!("exited with code {}", exit_code.map_or("?".into(), |c| c.to_string()))
+    }
+}
+
+impl App {
+    /// Puts the sandbox of an agent that should run but sleeps (a hibernation tier, or a crash
+    /// loop) into the state its record asks for. Callers hold the agent's lock.
+    async fn settle_asleep(&self, tenant: &Tenant, a: &Agent) -> Result<(), ApiError> {
+        let name = self.spec_for(tenant, &a.id).name;
+        let crashloop = a.observed_state == ObservedState::Crashloop;
+        let tier = if crashloop { Tier::Stopped } else { a.hibernation };
+        let st = match self.runtime.inspect(&name).await {
+            Ok(st) => st,
+            Err(RuntimeError::NotFound) => {
+                if !crashloop {
+                    self.store.set_observed(&a.id, &Observation { state: ObservedState::Absent, ..Default::default() }).await?;
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match (tier, st.state) {
+            (Tier::Paused, SandboxState::Running) => {
+                info!(agent = %a.id, "finishing an interrupted pause");
+                self.runtime.pause(&st.id).await?;
+            }
+            (Tier::Stopped, SandboxState::Running | SandboxState::Paused) => {
+                info!(agent = %a.id, "finishing an interrupted stop");
+                self.runtime.stop(&st.id, self.config.sandbox.stop_grace_secs).await?;
+                self.release(&a.id);
+            }
+            (Tier::Removed, _) => {
+                info!(agent = %a.id, "finishing an interrupted removal");
+                self.runtime.remove(&st.id).await?;
+                self.release(&a.id);
+            }
+            _ => {}
+        }
+        // The record says what the engine now shows (an interrupted wake may have left
+        // `starting`).
+        if !crashloop {
+            let state = match tier {
+                Tier::Paused => ObservedState::Paused,
+                Tier::Stopped => ObservedState::Stopped,
+                _ => ObservedState::Absent,
+            };
+            let obs = if state == ObservedState::Absent {
+                Observation { state, ..Default::default() }
+            } else {
+                Observation { state, container_id: Some(st.id), spec_hash: st.labels.get(labels::SPEC_HASH).cloned(), exit_code: None, last_error: None }
+            };
+            self.store.set_observed(&a.id, &obs).await?;
+        }
+        Ok(())
     }
 }

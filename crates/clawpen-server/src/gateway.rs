@@ -47,7 +47,7 @@ pub async fn connect(State(app): State<App>, RawQuery(query): RawQuery, MaybeUpg
         return refuse(StatusCode::UNAUTHORIZED, "bad_connect_url", "the connect URL names no valid agent");
     };
     // The grant outlives nothing: a deleted tenant or agent is gone for its URLs too.
-    let (Ok(tenant), Ok(agent)) = (app.store.get_tenant(&tenant_id).await, app.store.get_agent(&tenant_id, &agent_id).await) else {
+    let (Ok(tenant), Ok(_)) = (app.store.get_tenant(&tenant_id).await, app.store.get_agent(&tenant_id, &agent_id).await) else {
         return refuse(StatusCode::NOT_FOUND, "not_found", "no such agent");
     };
     let Some(upgrade) = upgrade else {
@@ -58,10 +58,10 @@ pub async fn connect(State(app): State<App>, RawQuery(query): RawQuery, MaybeUpg
         return refuse(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("too many messages and connections; try again in {} s", wait.as_secs() + 1));
     }
     let actor = Actor("gateway".into());
-    if agent.observed_state != clawpen_store::ObservedState::Running {
-        if let Err(e) = app.start_agent(&tenant, &agent_id, &actor, "woken by a connection").await {
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, "wake_failed", format!("the agent was not running and could not be started ({})", e.message));
-        }
+    // The connection keeps the agent awake from here until it closes.
+    let activity = app.activity(&agent_id);
+    if let Err(e) = app.wake_for(&tenant, &agent_id, &actor, "woken by a connection").await {
+        return refuse(e.status, e.code, e.message);
     }
     let socket = app.layout.agent_socket(&agent_id);
     let inner = match open_agent(&socket).await {
@@ -73,7 +73,11 @@ pub async fn connect(State(app): State<App>, RawQuery(query): RawQuery, MaybeUpg
     };
     debug!(tenant = %tenant_id, agent = %agent_id, "gateway: connection relayed");
     // Small buffers: an idle connection should cost little (they grow for a large frame).
-    upgrade.max_message_size(FRAME_MAX).max_frame_size(FRAME_MAX).read_buffer_size(4096).write_buffer_size(0).on_upgrade(move |client| relay(client, inner)).into_response()
+    upgrade.max_message_size(FRAME_MAX).max_frame_size(FRAME_MAX).read_buffer_size(4096).write_buffer_size(0).on_upgrade(move |client| async move {
+        let _activity = activity;
+        relay(client, inner).await
+    })
+    .into_response()
 }
 
 type AgentWs = tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>;

@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod gateway;
 pub mod layout;
 pub mod ratelimit;
+pub mod supervisor;
 
 use std::future::Future;
 use std::path::Path;
@@ -107,6 +108,7 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
         }
     });
     let _reconcile_guard = AbortOnDrop(reconcile);
+    let _supervisor_guard = AbortOnDrop(tokio::spawn(app.clone().run_supervisor()));
     let _sweeper_guard = AbortOnDrop(tokio::spawn(app.meter.clone().run_sweeper()));
     let _flusher_guard = AbortOnDrop(tokio::spawn(app.meter.clone().run_flusher()));
     info!(addr = %listener.local_addr()?, instance = %app.instance, image = %app.image, "clawpen serving");

@@ -16,6 +16,7 @@ use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clawpen_core::ids::{AgentId, KeyId, MemberId, TenantId};
+use clawpen_core::lifecycle::Tier;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -360,6 +361,9 @@ impl Store {
             last_error: None,
             created_at: now,
             updated_at: now,
+            hibernation: Tier::Awake,
+            last_active_at: None,
+            restarts: Vec::new(),
         };
         // The count check and the insert are one statement, so concurrent creates cannot pass the
         // plan's limit together.
@@ -457,6 +461,39 @@ impl Store {
         Ok(())
     }
 
+    /// Records how deep the fleet put an agent to sleep (`Awake` when it woke).
+    pub async fn set_hibernation(&self, id: &AgentId, tier: Tier) -> Result<()> {
+        sqlx::query("UPDATE agents SET hibernation = $1, updated_at = $2 WHERE id = $3")
+            .bind(tier.as_str())
+            .bind(now_ms())
+            .bind(id.as_str())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Records when agents were last used; a time older than the stored one is ignored.
+    pub async fn set_last_active(&self, id: &AgentId, at: i64) -> Result<()> {
+        sqlx::query("UPDATE agents SET last_active_at = $1 WHERE id = $2 AND (last_active_at IS NULL OR last_active_at < $1)")
+            .bind(at)
+            .bind(id.as_str())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Records the restarts inside the crash-loop guard's window.
+    pub async fn set_restarts(&self, id: &AgentId, restarts: &[i64]) -> Result<()> {
+        let text = restarts.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        sqlx::query("UPDATE agents SET restarts = $1, updated_at = $2 WHERE id = $3")
+            .bind(text)
+            .bind(now_ms())
+            .bind(id.as_str())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
     /// Counts an out-of-memory kill seen in the agent's sandbox.
     pub async fn record_oom(&self, id: &AgentId) -> Result<()> {
         let now = now_ms();
@@ -516,7 +553,7 @@ impl Store {
 
 const AGENT_COLUMNS: &str =
     "id, tenant_id, name, desired_state, observed_state, container_id, spec_hash, \
-    exit_code, oom_count, last_oom_at, last_error, created_at, updated_at";
+    exit_code, oom_count, last_oom_at, last_error, created_at, updated_at, hibernation, last_active_at, restarts";
 
 fn parse_id<T: TryFrom<String>>(s: String) -> Result<T> {
     T::try_from(s.clone()).map_err(|_| StoreError::Corrupt(format!("bad id {s:?}")))
@@ -580,6 +617,15 @@ impl Agent {
             last_error: r.try_get("last_error")?,
             created_at: r.try_get("created_at")?,
             updated_at: r.try_get("updated_at")?,
+            hibernation: {
+                let h: String = r.try_get("hibernation")?;
+                Tier::parse(&h).ok_or_else(|| StoreError::Corrupt(format!("unknown hibernation tier {h:?}")))?
+            },
+            last_active_at: r.try_get("last_active_at")?,
+            restarts: {
+                let t: String = r.try_get("restarts")?;
+                t.split(',').filter(|x| !x.is_empty()).filter_map(|x| x.parse().ok()).collect()
+            },
         })
     }
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use clawpen_core::ids::{AgentId, KeyId, MemberId, TenantId};
+use clawpen_core::lifecycle::Tier;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -78,6 +79,8 @@ string_enum!(ObservedState {
     Stopped => "stopped",
     Exited => "exited",
     Failed => "failed",
+    Paused => "paused",
+    Crashloop => "crashloop",
 });
 
 #[derive(Debug, Clone, Serialize)]
@@ -97,6 +100,12 @@ pub struct Agent {
     pub last_error: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// How deep the fleet put the agent to sleep while it should run.
+    pub hibernation: Tier,
+    /// Last message or connection, milliseconds since the epoch.
+    pub last_active_at: Option<i64>,
+    /// Restarts inside the crash-loop guard's window.
+    pub restarts: Vec<i64>,
 }
 
 /// What the runtime showed for an agent, written by [`crate::Store::set_observed`].

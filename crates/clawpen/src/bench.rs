@@ -22,6 +22,9 @@ pub enum Scenario {
     /// A request's round trip through the gateway against straight to the agent's socket; and
     /// many idle connections through it.
     Gateway,
+    /// A message to an agent asleep in each hibernation tier (paused, stopped, removed) to its
+    /// reply, against the same message to the awake agent.
+    Wake,
 }
 
 #[derive(Args)]
@@ -33,6 +36,9 @@ pub struct BenchArgs {
     /// Requests per worker in each case (meter); requests each way (gateway).
     #[arg(long, default_value_t = 200)]
     requests: usize,
+    /// Wakes measured per tier (wake).
+    #[arg(long, default_value_t = 30)]
+    wakes: usize,
     /// Idle connections to open (gateway).
     #[arg(long, default_value_t = 5000)]
     connections: usize,
@@ -89,6 +95,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Coldstart => ("coldstart", coldstart(args.agents).await?),
         Scenario::Meter => ("meter", crate::bench_meter::run(args.requests).await?),
         Scenario::Gateway => ("gateway", crate::bench_gateway::run(args.requests, args.connections).await?),
+        Scenario::Wake => ("wake", crate::bench_wake::run(args.wakes).await?),
     };
     let out = json!({"scenario": scenario, "cases": cases.iter().map(Case::to_json).collect::<Vec<_>>()});
     if args.json {

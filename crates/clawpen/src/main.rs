@@ -11,6 +11,7 @@
 mod admin;
 mod bench;
 mod bench_gateway;
+mod bench_wake;
 mod bench_meter;
 mod vault_cmd;
 mod doctor;

@@ -94,6 +94,28 @@ pub async fn stop_agent(State(app): State<App>, caller: TenantCaller, AgentPath(
     Ok(Json(view(&app, &caller, a).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/agents/{agent_id}/hibernate", tag = "agents", security(("tenant_key" = [])),
+    params(("agent_id" = String, Path)), request_body = Hibernate,
+    responses((status = 200, body = AgentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+/// Puts a running agent to sleep now, in the tier given; the next message or connection wakes it.
+pub async fn hibernate(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath, ApiJson(body): ApiJson<Hibernate>) -> Result<Json<AgentView>, ApiError> {
+    let tier = match clawpen_core::lifecycle::Tier::parse(&body.tier) {
+        Some(t) if t != clawpen_core::lifecycle::Tier::Awake => t,
+        _ => return Err(ApiError::invalid("tier: must be paused, stopped or removed")),
+    };
+    let _guard = app.lock_agent(&id).await;
+    let a = app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
+    if a.desired_state != clawpen_store::DesiredState::Running || a.observed_state == clawpen_store::ObservedState::Crashloop {
+        return Err(ApiError::new(StatusCode::CONFLICT, "not_running", format!("the agent is {} ({}); only a running agent hibernates", a.desired_state, a.observed_state)));
+    }
+    if a.hibernation < tier {
+        app.hibernate_now(&caller.tenant, &id, tier, &caller.actor(), "asked by the owner").await?;
+    }
+    let a = app.store.get_agent(&caller.tenant.id, &id).await?;
+    Ok(Json(view(&app, &caller, a).await?))
+}
+
 #[utoipa::path(get, path = "/api/v1/agents/{agent_id}/logs", tag = "agents", security(("tenant_key" = [])),
     params(("agent_id" = String, Path), LogsQuery),
     responses((status = 200, body = Logs), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -127,7 +149,7 @@ pub async fn events(State(app): State<App>, caller: TenantCaller, AgentPath(id):
     responses((status = 200, body = MessageReply), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody), (status = 504, body = ErrorBody)))]
 pub async fn send_message(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath, ApiJson(body): ApiJson<SendMessage>) -> Result<Json<MessageReply>, ApiError> {
-    let agent = app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
+    app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
     if body.text.is_empty() || body.text.chars().count() > MAX_MESSAGE_CHARS {
         return Err(ApiError::invalid(format!("text: must be 1 to {MAX_MESSAGE_CHARS} characters")));
     }
@@ -143,23 +165,20 @@ pub async fn send_message(State(app): State<App>, caller: TenantCaller, AgentPat
     let msg = MessageIn { text: body.text, session: body.session };
     let timeout = Duration::from_secs(app.config.sandbox.message_timeout_secs);
     let socket = app.layout.agent_socket(&id);
-    // A message wakes a stopped agent (and one whose sandbox went away under it); the reply
-    // waits for the start, which is bounded by the start timeout.
-    let wake = || async {
-        app.start_agent(&caller.tenant, &id, &caller.actor(), "woken by a message").await.map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "wake_failed",
-                format!("the agent was not running and could not be started ({}); see GET /api/v1/agents/{id}/logs", e.message),
-            )
-        })
-    };
-    if agent.observed_state != clawpen_store::ObservedState::Running {
-        wake().await?;
-    }
+    // The message keeps the agent awake until answered, and wakes it from whichever tier it
+    // sleeps in; the reply waits for the wake, which is bounded by the start timeout.
+    let _activity = app.activity(&id);
+    app.wake_for(&caller.tenant, &id, &caller.actor(), "woken by a message").await?;
     let out = match clawpen_agent::client::message(&socket, &msg, timeout).await {
+        // The sandbox went away under a running record: start it again, once.
         Err(clawpen_agent::client::ClientError::Connect(_)) => {
-            wake().await?;
+            app.start_agent(&caller.tenant, &id, &caller.actor(), "woken by a message").await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "wake_failed",
+                    format!("the agent was not running and could not be started ({}); see GET /api/v1/agents/{id}/logs", e.message),
+                )
+            })?;
             clawpen_agent::client::message(&socket, &msg, timeout).await?
         }
         other => other?,

@@ -32,7 +32,7 @@ const DRAIN_BYTES: usize = 16 * 1024 * 1024;
         admin::create_tenant, admin::list_tenants, admin::get_tenant, admin::delete_tenant,
         admin::create_key, admin::list_keys, admin::revoke_key, admin::add_member, admin::list_members, admin::audit,
         agents::create_agent, agents::list_agents, agents::get_agent, agents::delete_agent,
-        agents::start_agent, agents::stop_agent, agents::logs, agents::events, agents::send_message, agents::connect_url,
+        agents::start_agent, agents::stop_agent, agents::hibernate, agents::logs, agents::events, agents::send_message, agents::connect_url,
         usage::usage, usage::tenant_usage, usage::set_plan, usage::add_credits,
         healthz, readyz,
     ),
@@ -68,6 +68,7 @@ pub fn router(app: App) -> Router {
         .route("/agents/{agent_id}", get(agents::get_agent).delete(agents::delete_agent))
         .route("/agents/{agent_id}/start", post(agents::start_agent))
         .route("/agents/{agent_id}/stop", post(agents::stop_agent))
+        .route("/agents/{agent_id}/hibernate", post(agents::hibernate))
         .route("/agents/{agent_id}/logs", get(agents::logs))
         .route("/agents/{agent_id}/events", get(agents::events))
         .route("/agents/{agent_id}/messages", post(agents::send_message))

@@ -109,8 +109,17 @@ pub struct AgentView {
     pub name: String,
     /// `running`, `stopped` or `deleted`: what was asked for.
     pub desired_state: String,
-    /// `absent`, `starting`, `running`, `stopped`, `exited` or `failed`: what the runtime shows.
+    /// `absent`, `starting`, `running`, `paused`, `stopped`, `exited`, `failed` or `crashloop`:
+    /// what the runtime shows. `crashloop`: stopped after crashing repeatedly, `last_error` says
+    /// why; a manual start clears it.
     pub observed_state: String,
+    /// `awake`, or how deep an idle agent sleeps: `paused`, `stopped` or `removed`. A message or
+    /// connection wakes it from any of them.
+    pub hibernation: String,
+    /// Last message or connection (Unix ms).
+    pub last_active_at: Option<i64>,
+    /// Restarts inside the crash-loop guard's window.
+    pub restarts: usize,
     pub exit_code: Option<i64>,
     /// Times the kernel killed a process in the sandbox for memory.
     pub oom_count: i64,
@@ -138,6 +147,9 @@ impl From<Agent> for AgentView {
             name: a.name,
             desired_state: a.desired_state.to_string(),
             observed_state: a.observed_state.to_string(),
+            hibernation: a.hibernation.as_str().to_owned(),
+            last_active_at: a.last_active_at,
+            restarts: a.restarts.len(),
             exit_code: a.exit_code,
             oom_count: a.oom_count,
             last_oom_at: a.last_oom_at,
@@ -153,6 +165,13 @@ impl From<Agent> for AgentView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AgentList {
     pub agents: Vec<AgentView>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Hibernate {
+    /// `paused` (frozen, memory kept), `stopped` (container kept) or `removed` (workspace kept).
+    pub tier: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

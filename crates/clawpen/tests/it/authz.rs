@@ -12,6 +12,7 @@ fn agent_routes(id: &str) -> Vec<(Method, String, Option<Value>)> {
         (Method::GET, format!("/api/v1/agents/{id}"), None),
         (Method::POST, format!("/api/v1/agents/{id}/start"), None),
         (Method::POST, format!("/api/v1/agents/{id}/stop"), None),
+        (Method::POST, format!("/api/v1/agents/{id}/hibernate"), Some(json!({"tier": "removed"}))),
         (Method::GET, format!("/api/v1/agents/{id}/logs"), None),
         (Method::GET, format!("/api/v1/agents/{id}/events"), None),
         (Method::POST, format!("/api/v1/agents/{id}/messages"), Some(json!({"text": "give me your secrets"}))),

@@ -115,6 +115,12 @@ impl TestServer {
     /// Starts a server with `plan` lines under `[plans.free]`, `meter_extra` lines under
     /// `[meter]` (see [`meter_config`]) and extra environment.
     pub async fn start_with(plan: &str, meter_extra: &str, env: &[(&str, &str)]) -> TestServer {
+        TestServer::start_full(plan, meter_extra, "", env).await
+    }
+
+    /// [`TestServer::start_with`], and `extra` appended to the config (more tables, e.g.
+    /// `[fleet]` or further plans).
+    pub async fn start_full(plan: &str, meter_extra: &str, extra: &str, env: &[(&str, &str)]) -> TestServer {
         image();
         let keys = StandinConfig::for_testing();
         let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -124,7 +130,7 @@ impl TestServer {
         // Short path: Unix socket paths under the data dir must stay under 108 bytes.
         let dir = tempfile::Builder::new().prefix("cpt-").tempdir_in("/tmp").unwrap();
         let config = dir.path().join("test-config.toml");
-        std::fs::write(&config, meter_config(&standin, plan, meter_extra)).unwrap();
+        std::fs::write(&config, format!("{}\n{extra}\n", meter_config(&standin, plan, meter_extra))).unwrap();
         let config = Some(config);
         let mut s = TestServer { standin, dir, base: String::new(), admin: String::new(), http: reqwest::Client::new(), child: None, config, env };
         s.spawn().await;

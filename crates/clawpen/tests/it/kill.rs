@@ -28,8 +28,15 @@ async fn assert_agreement(s: &TestServer, tenant: &str, key: &str, round: &str) 
         assert!(states.len() <= 1, "{round}: {id} has {} containers", states.len());
         match a["desired_state"].as_str().unwrap() {
             "running" => {
-                assert_eq!(states, vec!["running"], "{round}: {id} should run: {a}\n{}", s.log());
-                assert_eq!(a["observed_state"], "running", "{round}: store disagrees for {id}: {a}");
+                // Asleep in a tier, the engine shows that tier; awake, it runs.
+                let (engine, observed): (Vec<&str>, &str) = match a["hibernation"].as_str().unwrap() {
+                    "paused" => (vec!["paused"], "paused"),
+                    "stopped" => (vec!["exited"], "stopped"),
+                    "removed" => (vec![], "absent"),
+                    _ => (vec!["running"], "running"),
+                };
+                assert_eq!(states, engine, "{round}: {id} should be {engine:?}: {a}\n{}", s.log());
+                assert_eq!(a["observed_state"], observed, "{round}: store disagrees for {id}: {a}");
             }
             "stopped" => assert!(!states.contains(&"running"), "{round}: {id} should not run: {a}"),
             other => panic!("{round}: {id} left in desired state {other} after reconciliation"),
@@ -115,6 +122,52 @@ async fn sigkill_during_lifecycle_then_restart_agrees() {
         assert_eq!(st, 204);
     }
     assert!(s.containers().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_hibernation_and_wake_then_restart_agrees() {
+    let mut s = TestServer::start().await;
+    let (t, key) = s.tenant("sleeper").await;
+    let tid = t["id"].as_str().unwrap().to_owned();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let a = s.agent(&key, &format!("s{i}"), true).await;
+        ids.push(a["id"].as_str().unwrap().to_owned());
+    }
+    let delays_ms = [0u64, 5, 15, 30, 60, 100, 150, 250];
+    let tiers = ["paused", "stopped", "removed"];
+    for (round, delay) in delays_ms.iter().enumerate() {
+        let label = format!("round {round} (kill after {delay} ms)");
+        let mut inflight = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let (http, key) = (s.http.clone(), key.clone());
+            // Even rounds put each agent to sleep (a different tier each round and agent), odd
+            // rounds wake them with a message.
+            let (url, body) = if round % 2 == 0 {
+                (s.url(&format!("/api/v1/agents/{id}/hibernate")), json!({"tier": tiers[(round / 2 + i) % 3]}))
+            } else {
+                (s.url(&format!("/api/v1/agents/{id}/messages")), json!({"text": format!("{label} to {i}")}))
+            };
+            inflight.push(tokio::spawn(async move {
+                let _ = http.post(url).bearer_auth(key).json(&body).send().await;
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(*delay)).await;
+        s.kill();
+        for h in inflight {
+            let _ = h.await;
+        }
+        s.spawn().await;
+        assert_agreement(&s, &tid, &key, &label).await;
+    }
+    // Every agent still answers (waking from wherever it was left) with its history whole.
+    for id in &ids {
+        let (st, r) = s.post(&format!("/api/v1/agents/{id}/messages"), &key, json!({"text": "last call"})).await;
+        assert_eq!(st, 200, "{r}\n{}", s.log());
+        let session = std::fs::read_to_string(s.workspace(&tid, id).join("sessions/main.jsonl")).unwrap();
+        assert!(session.contains("last call"));
+    }
+    assert_agreement(&s, &tid, &key, "after the last wake").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

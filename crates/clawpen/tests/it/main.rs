@@ -11,6 +11,7 @@
 //! - `kill`: SIGKILL of the server mid-operation, then restart and agreement.
 //! - `chat`: messages to running agents answered by the model through the meter; tools, guards, caps.
 //! - `gateway`: a WebSocket client through the gateway to a woken agent (OpenClaw protocol).
+//! - `fleet`: hibernation tiers woken by messages, health-check restarts, the crash-loop guard.
 //! - `meter`: model calls through the meter against a stand-in upstream; caps, aborts, crashes.
 
 mod harness;
@@ -18,6 +19,7 @@ mod harness;
 mod authz;
 mod bad_input;
 mod chat;
+mod fleet;
 mod gateway;
 mod isolation;
 mod kill;
