@@ -93,7 +93,13 @@ impl App {
             self.store.set_restarts(id, &[]).await?;
         }
         self.audit(&tenant.id, Some(id), actor, "agent.start", reason, None).await;
-        self.bring_up(tenant, id).await?;
+        if let Err(e) = self.bring_up(tenant, id).await {
+            // Refused for room: nothing was started, so nothing of the request stays either.
+            if e.code == "node_full" && agent.desired_state != DesiredState::Running {
+                self.store.set_desired(id, agent.desired_state).await?;
+            }
+            return Err(e);
+        }
         Ok(self.store.get_agent(&tenant.id, id).await?)
     }
 

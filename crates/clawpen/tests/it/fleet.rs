@@ -302,3 +302,49 @@ async fn crashing_agents_trip_the_guard_after_five_restarts_and_others_go_on() {
     assert_eq!((g["observed_state"].as_str(), g["restarts"].as_i64()), (Some("running"), Some(0)), "{g}");
     assert!(events(&s, &kg, &gid).await.iter().all(|e| e["action"] != "agent.restart" && e["action"] != "agent.exited"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn starts_past_the_node_memory_budget_are_refused_never_overcommitted() {
+    // Room for two sandboxes of the free plan (128 MiB each), not three.
+    let s = TestServer::start_full("", "", "[fleet]\nnode_memory_mib = 300\n", &[]).await;
+    let (_, key) = s.tenant("crowd").await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(s.agent(&key, &format!("c{i}"), false).await["id"].as_str().unwrap().to_owned());
+    }
+    // Four starts at once: exactly two are admitted.
+    let paths: Vec<String> = ids.iter().map(|id| format!("/api/v1/agents/{id}/start")).collect();
+    let starts = paths.iter().map(|p| s.post(p, &key, json!({})));
+    let results = futures_util::future::join_all(starts).await;
+    let admitted: Vec<&str> = ids.iter().zip(&results).filter(|(_, (st, _))| *st == 200).map(|(id, _)| id.as_str()).collect();
+    let refused: Vec<&Value> = results.iter().filter(|(st, _)| *st != 200).map(|(_, e)| e).collect();
+    assert_eq!(admitted.len(), 2, "{results:?}");
+    for e in &refused {
+        assert_eq!(e["error"]["code"], "node_full", "{e}");
+        let m = e["error"]["message"].as_str().unwrap();
+        assert!(m.contains("256 of its 300 MiB") && m.contains("node_memory_mib"), "{m}");
+    }
+    let running: Vec<String> = s.containers().into_iter().filter(|c| c.2 == "running").map(|c| c.1).collect();
+    assert_eq!(running.len(), 2, "only the admitted agents run: {running:?}");
+    let refused_id = ids.iter().find(|id| !admitted.contains(&id.as_str())).unwrap().clone();
+    assert!(s.containers().iter().all(|c| c.1 != refused_id), "a refused start leaves no container");
+    let (_, v) = s.get(&format!("/api/v1/agents/{refused_id}"), &key).await;
+    assert_eq!(v["desired_state"], "stopped", "a refused start changes nothing: {v}");
+
+    // A paused agent keeps its memory; a stopped one gives it back.
+    let (st, _) = s.post(&format!("/api/v1/agents/{}/hibernate", admitted[0]), &key, json!({"tier": "paused"})).await;
+    assert_eq!(st, 200);
+    let (st, e) = s.post(&format!("/api/v1/agents/{refused_id}/start"), &key, json!({})).await;
+    assert_eq!((st, e["error"]["code"].as_str()), (503, Some("node_full")), "{e}");
+    let (st, _) = s.post(&format!("/api/v1/agents/{}/hibernate", admitted[0]), &key, json!({"tier": "stopped"})).await;
+    assert_eq!(st, 200);
+    let (st, e) = s.post(&format!("/api/v1/agents/{refused_id}/start"), &key, json!({})).await;
+    assert_eq!(st, 200, "{e}");
+    // Now the sleeper cannot wake: its message is refused with the same clear error, and it
+    // answers once room is made.
+    let (st, e) = s.post(&format!("/api/v1/agents/{}/messages", admitted[0]), &key, json!({"text": "wake up"})).await;
+    assert_eq!((st, e["error"]["code"].as_str()), (503, Some("node_full")), "{e}");
+    let (st, _) = s.post(&format!("/api/v1/agents/{refused_id}/stop"), &key, json!({})).await;
+    assert_eq!(st, 200);
+    message(&s, &key, admitted[0], "wake up").await;
+}
