@@ -348,3 +348,46 @@ async fn starts_past_the_node_memory_budget_are_refused_never_overcommitted() {
     assert_eq!(st, 200);
     message(&s, &key, admitted[0], "wake up").await;
 }
+
+/// `docker inspect` of one field.
+fn inspect_field(name: &str, field: &str) -> String {
+    let out = Command::new("docker").args(["inspect", "-f", field, name]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_messages_and_the_next_server_adopts_the_sandboxes() {
+    // A slow model (20 ms between streamed tokens): a message takes about a second.
+    let mut s = TestServer::start_with("", "default_model = \"gpt-slow\"", &[]).await;
+    let (_, key) = s.tenant("upgrade").await;
+    let a = s.agent(&key, "steady", true).await;
+    let id = a["id"].as_str().unwrap().to_owned();
+    let container = s.container(&id);
+    let started_at = inspect_field(&container, "{{.State.StartedAt}}");
+    let text = "tell me a long story about the sea and the ships and the lighthouse keeper who counted every wave for forty years";
+    let (http, url, k) = (s.http.clone(), s.url(&format!("/api/v1/agents/{id}/messages")), key.clone());
+    let inflight = tokio::spawn(async move {
+        let res = http.post(url).bearer_auth(k).json(&json!({"text": text})).send().await.expect("the in-flight request is answered");
+        (res.status().as_u16(), res.json::<Value>().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!inflight.is_finished(), "the message should still be in flight");
+    let t0 = Instant::now();
+    let clean = tokio::task::spawn_blocking(move || {
+        let ok = s.terminate();
+        (s, ok)
+    });
+    let (st, reply) = inflight.await.unwrap();
+    let (mut s, clean) = clean.await.unwrap();
+    assert_eq!(st, 200, "the in-flight message was drained, not cut: {reply}");
+    assert_eq!(reply["reply"], format!("stand-in reply to: {text}"));
+    assert!(clean, "the server exits cleanly on SIGTERM\n{}", s.log());
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    // The sandbox was never stopped: the next server adopts it as it is.
+    assert_eq!(engine_state(&container), "running");
+    s.spawn().await;
+    assert!(s.log().contains("adopting sandbox"), "{}", s.log());
+    let (st, r) = s.post(&format!("/api/v1/agents/{id}/messages"), &key, json!({"text": "still you?"})).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(inspect_field(&container, "{{.State.StartedAt}}"), started_at, "the sandbox kept running across the upgrade");
+}

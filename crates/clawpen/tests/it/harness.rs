@@ -39,6 +39,7 @@ pub const ANTHROPIC_KEY_ENV: &str = "CLAWPEN_TEST_ANTHROPIC_KEY";
 pub fn meter_config(standin: &Standin, plan: &str, meter_extra: &str) -> String {
     let base = standin.base_url();
     let max_agents = if plan.contains("max_agents") { "" } else { "max_agents = 20" };
+    let default_model = if meter_extra.contains("default_model") { "" } else { "default_model = \"gpt-test\"" };
     let priced = |name: &str, upstream: &str, upstream_model: &str| {
         format!(
             "[meter.models.{name}]\nupstream = \"{upstream}\"\nupstream_model = \"{upstream_model}\"\n\
@@ -57,7 +58,7 @@ monthly_cap = 20000000
 daily_cap = 2000000
 
 [meter]
-default_model = "gpt-test"
+{default_model}
 {meter_extra}
 
 [meter.upstreams.oai]
@@ -177,6 +178,13 @@ impl TestServer {
     }
 
     /// SIGKILLs the server process (sandboxes keep running).
+    /// Sends SIGTERM and waits for the server to exit; true when it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else { return false };
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        c.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
