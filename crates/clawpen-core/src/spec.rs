@@ -83,6 +83,10 @@ pub struct AgentSandbox<'a> {
     pub plan: &'a Plan,
     /// Guardrails of the agent's loop, passed as environment.
     pub limits: AgentLimits,
+    /// A host copy of the image's own executable, bound read-only over it: one file for every
+    /// sandbox, so its pages are shared in the host's page cache even when the storage driver
+    /// (fuse-overlayfs) gives each container a page cache of its own.
+    pub executable: Option<PathBuf>,
 }
 
 /// Guardrails of one agent run (one user message), enforced by the agent itself; the meter
@@ -131,7 +135,10 @@ impl SandboxSpec {
             mounts: vec![
                 Mount { host: a.workspace_dir, target: WORKSPACE_MOUNT.to_owned(), read_only: false },
                 Mount { host: a.run_dir, target: RUN_MOUNT.to_owned(), read_only: false },
-            ],
+            ]
+            .into_iter()
+            .chain(a.executable.map(|host| Mount { host, target: IMAGE_EXECUTABLE.to_owned(), read_only: true }))
+            .collect(),
             tmpfs: BTreeMap::from([(
                 "/tmp".to_owned(),
                 format!("rw,noexec,nosuid,nodev,size={}m,mode=1777", a.plan.tmp_mib),
@@ -187,6 +194,7 @@ mod tests {
             run_dir: "/srv/run".into(),
             plan: &plan,
             limits: AgentLimits::default(),
+            executable: None,
         })
     }
 

@@ -24,6 +24,9 @@ pub struct AppInner {
     pub instance: String,
     /// Tag of the sandbox image agents run.
     pub image: String,
+    /// The host copy of the image's executable, bound read-only into sandboxes (see
+    /// `AgentSandbox::executable`); `None` when the image is not this executable's.
+    pub agent_exe: Option<std::path::PathBuf>,
     /// SHA-256 (hex) of the admin token; the token itself is only in its 0600 file.
     pub admin_token_sha256: String,
     /// The meter every model call of every agent goes through.
@@ -76,6 +79,7 @@ impl App {
             layout,
             instance,
             image,
+            agent_exe: None,
             admin_token_sha256,
             meter,
             vault,
@@ -88,6 +92,12 @@ impl App {
             agent_locks: Mutex::new(HashMap::new()),
             reconciled: AtomicBool::new(false),
         }))
+    }
+
+    /// Binds this host copy of the image's executable into sandboxes.
+    pub fn with_agent_exe(mut self, exe: Option<std::path::PathBuf>) -> App {
+        Arc::get_mut(&mut self.0).expect("set before the app is shared").agent_exe = exe;
+        self
     }
 
     /// Takes the agent's lifecycle lock. Locks of deleted agents are dropped when unused.

@@ -47,6 +47,8 @@ impl App {
             run_dir: self.layout.run_dir(agent),
             plan,
             limits: self.config.agent,
+            // Only where the image is the one built from this executable.
+            executable: if plan.image.is_none() { self.agent_exe.clone() } else { None },
         })
     }
 

@@ -82,6 +82,23 @@ impl Layout {
         Ok(())
     }
 
+    /// A root-owned, read-only (0555) copy of the running executable at
+    /// `<data-dir>/bin/agent-<image version>`, made once per version, for sandboxes to bind over
+    /// the image's own copy.
+    pub fn install_agent_exe(&self, image_tag: &str) -> anyhow::Result<PathBuf> {
+        let version: String = image_tag.rsplit(':').next().unwrap_or(image_tag).chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+        let bin = self.data_dir.join("bin");
+        std::fs::DirBuilder::new().recursive(true).mode(0o711).create(&bin)?;
+        let path = bin.join(format!("agent-{version}"));
+        if !path.exists() {
+            let tmp = bin.join(format!(".agent-{version}.{}", std::process::id()));
+            std::fs::copy(std::env::current_exe()?, &tmp)?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o555))?;
+            std::fs::rename(&tmp, &path)?;
+        }
+        Ok(path)
+    }
+
     /// Makes (or re-checks) an agent's workspace and run dir, owned by the tenant's uid, 0700,
     /// and puts in whichever OpenClaw workspace files are missing (a crash may have interrupted
     /// the first seeding).

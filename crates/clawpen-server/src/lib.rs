@@ -82,7 +82,14 @@ pub async fn open(data_dir: &Path, database_url: Option<&str>, config: Config, i
     let runtime: Arc<dyn Runtime> = Arc::new(DockerRuntime::connect_local().await?);
     let meter = clawpen_meter::Meter::new(store.clone(), config.meter.clone(), config.plans.clone(), config.default_plan.clone())
         .map_err(|e| anyhow::anyhow!("meter configuration: {e}"))?;
-    Ok(App::new(store, runtime, config, layout, instance, image, admin_sha, Arc::new(meter), clawpen_vault::Vault::new(keys), clawpen_vault::connect::Signer::new(signing)))
+    // The image built from this executable gets a host copy of it bound over its own (shared
+    // pages); a configured image runs as it is.
+    let agent_exe = match &config.sandbox.image {
+        None => Some(layout.install_agent_exe(&image).context("copying the agent executable into the data dir")?),
+        Some(_) => None,
+    };
+    Ok(App::new(store, runtime, config, layout, instance, image, admin_sha, Arc::new(meter), clawpen_vault::Vault::new(keys), clawpen_vault::connect::Signer::new(signing))
+        .with_agent_exe(agent_exe))
 }
 
 /// The vault's master keys: `CLAWPEN_MASTER_KEY` if set, else `<data-dir>/master.key`, created

@@ -25,12 +25,14 @@ pub enum Scenario {
     /// A message to an agent asleep in each hibernation tier (paused, stopped, removed) to its
     /// reply, against the same message to the awake agent.
     Wake,
+    /// Many idle agents, one tenant each: memory per agent on the host, and all healthy.
+    Density,
 }
 
 #[derive(Args)]
 pub struct BenchArgs {
     scenario: Scenario,
-    /// How many agents to start (coldstart).
+    /// How many agents to start (coldstart, density).
     #[arg(long, default_value_t = 20)]
     agents: usize,
     /// Requests per worker in each case (meter); requests each way (gateway).
@@ -96,6 +98,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Meter => ("meter", crate::bench_meter::run(args.requests).await?),
         Scenario::Gateway => ("gateway", crate::bench_gateway::run(args.requests, args.connections).await?),
         Scenario::Wake => ("wake", crate::bench_wake::run(args.wakes).await?),
+        Scenario::Density => ("density", crate::bench_density::run(args.agents).await?),
     };
     let out = json!({"scenario": scenario, "cases": cases.iter().map(Case::to_json).collect::<Vec<_>>()});
     if args.json {
@@ -116,10 +119,16 @@ pub struct BenchServer {
 
 impl BenchServer {
     pub async fn start(max_agents: u32) -> anyhow::Result<BenchServer> {
+        BenchServer::start_with(max_agents, |_| {}).await
+    }
+
+    /// [`BenchServer::start`] with the `bench` plan changed by `tune`.
+    pub async fn start_with(max_agents: u32, tune: impl FnOnce(&mut clawpen_core::plan::Plan)) -> anyhow::Result<BenchServer> {
         let dir = tempfile::Builder::new().prefix("clawpen-bench-").tempdir_in("/tmp")?;
         let mut config = clawpen_server::Config::default();
         let mut plan = config.plans[&config.default_plan].clone();
         plan.max_agents = max_agents;
+        tune(&mut plan);
         // The bench opens thousands of connections; the plan's message rate is not what it measures.
         plan.messages_per_minute = u32::MAX;
         config.plans.insert("bench".into(), plan);

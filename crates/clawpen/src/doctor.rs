@@ -158,6 +158,7 @@ async fn probe_in_sandbox(rt: &DockerRuntime, layout: &clawpen_server::Layout, c
         run_dir: layout.run_dir(&agent),
         plan,
         limits: config.agent,
+        executable: None,
     });
     spec.args = std::iter::once("probe").chain(probe.iter().copied()).map(str::to_owned).collect();
     spec.labels.insert(labels::ROLE.into(), "doctor".into());

@@ -93,9 +93,17 @@ async fn sandbox_flags_match_the_spec() {
     assert_eq!(labels["clawpen.tenant"], t["id"]);
     assert_eq!(labels["clawpen.agent"], a["id"]);
     assert!(labels["clawpen.spec-hash"].as_str().is_some_and(|h| !h.is_empty()));
-    let mounts: Vec<&str> = c["Mounts"].as_array().unwrap().iter().map(|m| m["Destination"].as_str().unwrap()).collect();
-    assert_eq!(mounts.len(), 2, "{mounts:?}");
-    assert!(mounts.contains(&"/data") && mounts.contains(&"/run/clawpen"));
+    let mounts: Vec<(&str, bool)> = c["Mounts"].as_array().unwrap().iter().map(|m| (m["Destination"].as_str().unwrap(), m["RW"].as_bool().unwrap())).collect();
+    assert_eq!(mounts.len(), 3, "{mounts:?}");
+    assert!(mounts.contains(&("/data", true)) && mounts.contains(&("/run/clawpen", true)), "{mounts:?}");
+    // The agent executable, one host file shared by every sandbox: read-only, root's, 0555.
+    assert!(mounts.contains(&("/clawpen", false)), "{mounts:?}");
+    let exe = c["Mounts"].as_array().unwrap().iter().find(|m| m["Destination"] == "/clawpen").unwrap()["Source"].as_str().unwrap().to_owned();
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&exe).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o555), "{exe}");
+    }
     // The run dir is the tenant's own, 0700.
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(s.run_dir(id)).unwrap();
