@@ -34,6 +34,8 @@ pub struct AppInner {
     pub signer: clawpen_vault::connect::Signer,
     /// Messages per minute per tenant.
     pub message_limits: crate::ratelimit::MessageLimits,
+    /// The Telegram channel: the shared bot, the tenants' pollers.
+    pub telegram: crate::channels::telegram::Telegram,
     /// The serving task of each agent's `control.sock`.
     control: Mutex<HashMap<AgentId, tokio::task::AbortHandle>>,
     /// One lock per agent so start, stop and delete of one agent never interleave.
@@ -62,6 +64,7 @@ impl App {
         vault: clawpen_vault::Vault,
         signer: clawpen_vault::connect::Signer,
     ) -> App {
+        let telegram = crate::channels::telegram::Telegram::new(&config.telegram);
         App(Arc::new(AppInner {
             store,
             runtime,
@@ -74,6 +77,7 @@ impl App {
             vault,
             signer,
             message_limits: Default::default(),
+            telegram,
             control: Mutex::new(HashMap::new()),
             agent_locks: Mutex::new(HashMap::new()),
             reconciled: AtomicBool::new(false),

@@ -26,6 +26,61 @@ pub struct Config {
     /// The base of the URLs handed to clients (connect URLs), as they reach this server, e.g.
     /// `https://agents.example.com`; default `http://<listen>`.
     pub public_url: Option<String>,
+    /// The Telegram channel: the Bot API, the shared bot, pairing.
+    pub telegram: TelegramConfig,
+}
+
+/// How a Telegram bot receives its updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TelegramMode {
+    /// Telegram POSTs each update to this server (needs a URL Telegram can reach).
+    Webhook,
+    /// This server long-polls `getUpdates`.
+    Polling,
+}
+
+impl TelegramMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TelegramMode::Webhook => "webhook",
+            TelegramMode::Polling => "polling",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelegramConfig {
+    /// The Bot API's base URL; calls go to `<api_base>/bot<token>/<method>`.
+    pub api_base: String,
+    /// How the shared bot receives updates, and the default for tenants' own bots.
+    pub mode: TelegramMode,
+    /// The base URL Telegram posts webhooks to (`<public_url>/telegram/webhook/<bot>`); default
+    /// the top-level `public_url`, else the address the server listens on.
+    pub public_url: Option<String>,
+    /// The environment variable holding the shared bot's token; never the token itself.
+    pub shared_bot_token_env: Option<String>,
+    /// A file (mode 0600) holding the shared bot's token.
+    pub shared_bot_token_file: Option<PathBuf>,
+    /// How long a pairing code is valid.
+    pub pairing_code_ttl_secs: u64,
+    /// How long one `getUpdates` long poll waits.
+    pub poll_timeout_secs: u64,
+}
+
+impl Default for TelegramConfig {
+    fn default() -> Self {
+        TelegramConfig {
+            api_base: "https://api.telegram.org".to_owned(),
+            mode: TelegramMode::Polling,
+            public_url: None,
+            shared_bot_token_env: None,
+            shared_bot_token_file: None,
+            pairing_code_ttl_secs: 600,
+            poll_timeout_secs: 25,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +134,7 @@ impl Default for Config {
             agent: AgentLimits::default(),
             meter: MeterConfig::default(),
             public_url: None,
+            telegram: TelegramConfig::default(),
         }
     }
 }
@@ -110,6 +166,11 @@ impl Config {
             anyhow::ensure!(p.pids >= 8, "plan {name}: pids must be at least 8");
             anyhow::ensure!(p.cpu_millis >= 10, "plan {name}: cpu_millis must be at least 10");
         }
+        let tg = &self.telegram;
+        anyhow::ensure!(tg.api_base.starts_with("http://") || tg.api_base.starts_with("https://"), "telegram.api_base must be an http:// or https:// URL");
+        anyhow::ensure!(!(tg.shared_bot_token_env.is_some() && tg.shared_bot_token_file.is_some()), "telegram: give shared_bot_token_env or shared_bot_token_file, not both");
+        anyhow::ensure!((1..=86_400).contains(&tg.pairing_code_ttl_secs), "telegram.pairing_code_ttl_secs must be between 1 and 86400");
+        anyhow::ensure!((1..=50).contains(&tg.poll_timeout_secs), "telegram.poll_timeout_secs must be between 1 and 50");
         Ok(())
     }
 

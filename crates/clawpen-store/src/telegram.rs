@@ -110,6 +110,12 @@ impl Store {
         row.as_ref().map(TelegramBot::from_row).transpose()
     }
 
+    /// The tenant a Telegram bot (by Telegram's id of it) is connected to, if any.
+    pub async fn telegram_bot_owner(&self, bot_user_id: i64) -> Result<Option<TenantId>> {
+        let row = sqlx::query("SELECT tenant_id FROM telegram_bots WHERE bot_user_id = $1").bind(bot_user_id).fetch_optional(&self.pool).await?;
+        row.map(|r| parse_id(r.try_get("tenant_id")?)).transpose()
+    }
+
     /// Every tenant's bot (to start the pollers at server start).
     pub async fn all_telegram_bots(&self) -> Result<Vec<TelegramBot>> {
         let rows = sqlx::query(&format!("SELECT {BOT_COLUMNS} FROM telegram_bots ORDER BY created_at, id")).fetch_all(&self.pool).await?;
@@ -303,6 +309,8 @@ mod tests {
             assert!(matches!(s.create_telegram_bot(&bot(&a.id, &ag_a.id, 222)).await, Err(StoreError::Conflict(_))), "{}", db.backend);
             assert!(matches!(s.create_telegram_bot(&bot(&b.id, &ag_b.id, 111)).await, Err(StoreError::Conflict(_))));
             assert_eq!(s.get_telegram_bot(&a.id).await.unwrap().unwrap().id, ba.id);
+            assert_eq!(s.telegram_bot_owner(111).await.unwrap(), Some(a.id.clone()));
+            assert_eq!(s.telegram_bot_owner(999).await.unwrap(), None);
             assert!(s.get_telegram_bot(&b.id).await.unwrap().is_none());
             assert_eq!(s.all_telegram_bots().await.unwrap().len(), 1);
             // B cannot delete A's bot; A can, and its sealed token goes with it.
