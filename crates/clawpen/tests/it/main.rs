@@ -12,6 +12,8 @@
 //! - `chat`: messages to running agents answered by the model through the meter; tools, guards, caps.
 //! - `gateway`: a WebSocket client through the gateway to a woken agent (OpenClaw protocol).
 //! - `meter`: model calls through the meter against a stand-in upstream; caps, aborts, crashes.
+//! - `telegram`: tenants' own bots (webhook, polling) and the shared bot with pairing, against the
+//!   stand-in's Bot API; cross-tenant isolation and secrets.
 
 mod harness;
 
@@ -23,3 +25,4 @@ mod isolation;
 mod kill;
 mod lifecycle;
 mod meter;
+mod telegram;
