@@ -109,7 +109,9 @@ async fn get_updates_long_polls_and_offsets_confirm() {
 async fn a_webhook_gets_each_update_with_its_secret() {
     use axum::http::HeaderMap;
     let s = standin().await;
-    let seen: Arc<Mutex<Vec<(Option<String>, Value)>>> = Arc::default();
+    /// (secret header, body) of each call.
+    type Seen = Arc<Mutex<Vec<(Option<String>, Value)>>>;
+    let seen: Seen = Arc::default();
     let sink = seen.clone();
     let app = axum::Router::new().route(
         "/hook",
