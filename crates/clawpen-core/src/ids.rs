@@ -88,6 +88,7 @@ id_type!(TenantId, "tn", "tenant");
 id_type!(AgentId, "ag", "agent");
 id_type!(KeyId, "key", "api key");
 id_type!(MemberId, "mb", "member");
+id_type!(TelegramBotId, "tgb", "telegram bot");
 
 #[cfg(test)]
 mod tests {

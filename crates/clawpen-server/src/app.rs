@@ -43,6 +43,8 @@ pub struct AppInner {
     pub committed: Mutex<HashMap<AgentId, u64>>,
     /// The node's memory budget in MiB.
     pub node_memory_mib: u64,
+    /// The Telegram channel: the shared bot, the tenants' pollers.
+    pub telegram: crate::channels::telegram::Telegram,
     /// The serving task of each agent's `control.sock`.
     control: Mutex<HashMap<AgentId, tokio::task::AbortHandle>>,
     /// One lock per agent so start, stop and delete of one agent never interleave.
@@ -72,6 +74,7 @@ impl App {
         signer: clawpen_vault::connect::Signer,
     ) -> App {
         let node_memory_mib = config.fleet.memory_budget_mib();
+        let telegram = crate::channels::telegram::Telegram::new(&config.telegram);
         App(Arc::new(AppInner {
             store,
             runtime,
@@ -88,6 +91,7 @@ impl App {
             lives: Mutex::new(HashMap::new()),
             committed: Mutex::new(HashMap::new()),
             node_memory_mib,
+            telegram,
             control: Mutex::new(HashMap::new()),
             agent_locks: Mutex::new(HashMap::new()),
             reconciled: AtomicBool::new(false),

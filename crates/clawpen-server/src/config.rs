@@ -28,6 +28,27 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Health checks, restarts, the crash-loop guard and admission.
     pub fleet: FleetConfig,
+    /// The Telegram channel: the Bot API, the shared bot, pairing.
+    pub telegram: TelegramConfig,
+}
+
+/// How a Telegram bot receives its updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TelegramMode {
+    /// Telegram POSTs each update to this server (needs a URL Telegram can reach).
+    Webhook,
+    /// This server long-polls `getUpdates`.
+    Polling,
+}
+
+impl TelegramMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TelegramMode::Webhook => "webhook",
+            TelegramMode::Polling => "polling",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +117,40 @@ impl FleetConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct TelegramConfig {
+    /// The Bot API's base URL; calls go to `<api_base>/bot<token>/<method>`.
+    pub api_base: String,
+    /// How the shared bot receives updates, and the default for tenants' own bots.
+    pub mode: TelegramMode,
+    /// The base URL Telegram posts webhooks to (`<public_url>/telegram/webhook/<bot>`); default
+    /// the top-level `public_url`, else the address the server listens on.
+    pub public_url: Option<String>,
+    /// The environment variable holding the shared bot's token; never the token itself.
+    pub shared_bot_token_env: Option<String>,
+    /// A file (mode 0600) holding the shared bot's token.
+    pub shared_bot_token_file: Option<PathBuf>,
+    /// How long a pairing code is valid.
+    pub pairing_code_ttl_secs: u64,
+    /// How long one `getUpdates` long poll waits.
+    pub poll_timeout_secs: u64,
+}
+
+impl Default for TelegramConfig {
+    fn default() -> Self {
+        TelegramConfig {
+            api_base: "https://api.telegram.org".to_owned(),
+            mode: TelegramMode::Polling,
+            public_url: None,
+            shared_bot_token_env: None,
+            shared_bot_token_file: None,
+            pairing_code_ttl_secs: 600,
+            poll_timeout_secs: 25,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SandboxConfig {
     /// Tenant uids are `uid_base + n`; keep the range clear of the node's own users.
     pub uid_base: u32,
@@ -150,6 +205,7 @@ impl Default for Config {
             meter: MeterConfig::default(),
             public_url: None,
             fleet: FleetConfig::default(),
+            telegram: TelegramConfig::default(),
         }
     }
 }
@@ -191,6 +247,11 @@ impl Config {
         anyhow::ensure!(f.health_every_secs >= 1 && f.health_timeout_ms >= 10, "fleet.health_every_secs must be at least 1 and fleet.health_timeout_ms at least 10");
         anyhow::ensure!(f.crashloop_restarts >= 1 && f.health_failures >= 1, "fleet.crashloop_restarts and fleet.health_failures must be at least 1");
         anyhow::ensure!(f.restart_backoff_ms <= f.restart_backoff_max_ms, "fleet.restart_backoff_ms must not exceed fleet.restart_backoff_max_ms");
+        let tg = &self.telegram;
+        anyhow::ensure!(tg.api_base.starts_with("http://") || tg.api_base.starts_with("https://"), "telegram.api_base must be an http:// or https:// URL");
+        anyhow::ensure!(!(tg.shared_bot_token_env.is_some() && tg.shared_bot_token_file.is_some()), "telegram: give shared_bot_token_env or shared_bot_token_file, not both");
+        anyhow::ensure!((1..=86_400).contains(&tg.pairing_code_ttl_secs), "telegram.pairing_code_ttl_secs must be between 1 and 86400");
+        anyhow::ensure!((1..=50).contains(&tg.poll_timeout_secs), "telegram.poll_timeout_secs must be between 1 and 50");
         Ok(())
     }
 

@@ -5,12 +5,16 @@
 //! - [`layout`]: paths under the data dir, and safe creation of a tenant's dirs.
 //! - [`app`]: [`app::App`], the state shared by handlers and background tasks.
 //! - [`fleet`]: agent lifecycle, start-up reconciliation, runtime events.
+//! - [`delivery`]: [`App::deliver_message`], the one path from any door to an agent.
+//! - [`channels`]: doors other than the API (Telegram).
 //! - [`api`]: the REST API under `/api/v1`, `/api/openapi.json`, `/healthz`, `/readyz`.
 //! - [`error`]: the error policy and the JSON error body.
 
 pub mod api;
 pub mod app;
+pub mod channels;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod fleet;
 pub mod gateway;
@@ -88,8 +92,12 @@ pub async fn open(data_dir: &Path, database_url: Option<&str>, config: Config, i
         None => Some(layout.install_agent_exe(&image).context("copying the agent executable into the data dir")?),
         Some(_) => None,
     };
-    Ok(App::new(store, runtime, config, layout, instance, image, admin_sha, Arc::new(meter), clawpen_vault::Vault::new(keys), clawpen_vault::connect::Signer::new(signing))
-        .with_agent_exe(agent_exe))
+    let app = App::new(store, runtime, config, layout, instance, image, admin_sha, Arc::new(meter), clawpen_vault::Vault::new(keys), clawpen_vault::connect::Signer::new(signing))
+        .with_agent_exe(agent_exe);
+    if app.telegram.load_shared_bot()? {
+        info!("telegram: the shared bot's token is loaded");
+    }
+    Ok(app)
 }
 
 /// The vault's master keys: `CLAWPEN_MASTER_KEY` if set, else `<data-dir>/master.key`, created
@@ -118,12 +126,14 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
     let _supervisor_guard = AbortOnDrop(tokio::spawn(app.clone().run_supervisor()));
     let _sweeper_guard = AbortOnDrop(tokio::spawn(app.meter.clone().run_sweeper()));
     let _flusher_guard = AbortOnDrop(tokio::spawn(app.meter.clone().run_flusher()));
+    let _telegram_guard = AbortOnDrop(tokio::spawn(channels::telegram::Telegram::run(app.clone(), listener.local_addr()?)));
     info!(addr = %listener.local_addr()?, instance = %app.instance, image = %app.image, "clawpen serving");
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, api::router(app.clone())).with_graceful_shutdown(shutdown).await?;
+    app.telegram.stop_all();
     // Charge the calls already settled and release the leases before going.
     app.meter.quiesce(Duration::from_secs(5)).await;
     Ok(())

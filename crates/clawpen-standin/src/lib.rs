@@ -7,11 +7,13 @@
 //! - `anthropic`: Messages.
 //! - `log`: [`RecordedRequest`]s, and the body wrapper that marks an answer completed.
 //! - `sse`: server-sent event streams, paced for `-slow` models.
+//! - `telegram`: the Telegram Bot API ([`TelegramStandin`]), on the same port.
 
 mod anthropic;
 mod log;
 mod openai;
 mod sse;
+mod telegram;
 mod tokens;
 
 use std::future::Future;
@@ -28,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use log::RecordedRequest;
+pub use telegram::{Delivery, SentMessage, TelegramStandin, Webhook};
 
 /// What the stand-in accepts and how fast it streams.
 #[derive(Clone)]
@@ -55,11 +58,13 @@ struct Shared {
     answers: AtomicU64,
     /// Numbers scripted tool calls (`call_<n>`), apart so that they count from 1 per stand-in.
     tool_calls: AtomicU64,
+    /// The Bot API's bots, updates and sent messages.
+    telegram: TelegramStandin,
 }
 
 impl Shared {
     fn new(config: StandinConfig) -> Arc<Self> {
-        Arc::new(Self { config, log: Arc::default(), answers: AtomicU64::new(0), tool_calls: AtomicU64::new(0) })
+        Arc::new(Self { config, log: Arc::default(), answers: AtomicU64::new(0), tool_calls: AtomicU64::new(0), telegram: TelegramStandin::default() })
     }
 
     fn next_answer(&self) -> u64 {
@@ -89,8 +94,16 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
         .route("/v1/messages", post(anthropic::messages))
-        .fallback(openai::not_found)
+        .fallback(fallback)
         .with_state(shared)
+}
+
+/// `/bot<token>/<method>` is the Bot API; any other unknown route is OpenAI's 404.
+async fn fallback(state: axum::extract::State<Arc<Shared>>, method: axum::http::Method, uri: axum::http::Uri, headers: HeaderMap, body: bytes::Bytes) -> axum::response::Response {
+    if uri.path().starts_with("/bot") {
+        return state.telegram.handle(method, &uri, &headers, body).await;
+    }
+    openai::not_found(state, method, uri, headers, body).await
 }
 
 async fn serve_shared(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
@@ -129,7 +142,14 @@ impl Standin {
         format!("http://{}", self.addr)
     }
 
-    /// Every request received so far, in arrival order.
+    /// The Telegram Bot API on this stand-in: register bots, inject updates, read what was sent.
+    /// Its base URL (`api_base`) is [`Standin::base_url`].
+    pub fn telegram(&self) -> &TelegramStandin {
+        &self.shared.telegram
+    }
+
+    /// Every model API request received so far, in arrival order (Bot API calls are not here;
+    /// see [`TelegramStandin::calls`]).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.log.snapshot()
     }

@@ -3,11 +3,13 @@
 //! # Layout
 //! - [`Store`]: the pool and every query, grouped by table below.
 //! - [`models`]: the rows as Rust types.
+//! - [`secrets`]: sealed tenant secrets; [`telegram`]: tenants' bots, pairing codes, update ids.
 //! - [`StoreError`]: what a query can fail with.
 
 pub mod ledger;
 pub mod secrets;
 pub mod models;
+pub mod telegram;
 #[cfg(test)]
 mod testing;
 
@@ -272,6 +274,19 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(Member::from_row).collect()
+    }
+
+    /// Removes a member of this tenant; another tenant's member is `NotFound`.
+    pub async fn remove_member(&self, tenant: &TenantId, member: &MemberId) -> Result<()> {
+        let res = sqlx::query("DELETE FROM members WHERE id = $1 AND tenant_id = $2")
+            .bind(member.as_str())
+            .bind(tenant.as_str())
+            .execute(&self.writer)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
     }
 
     // ---- API keys ----

@@ -6,7 +6,7 @@ use axum::Json;
 use clawpen_core::ids::TenantId;
 use clawpen_core::names::validate_name;
 
-use super::extract::{Admin, ApiJson, ApiQuery, TenantKeyPath, TenantPath};
+use super::extract::{Admin, ApiJson, ApiQuery, TenantKeyPath, TenantMemberPath, TenantPath};
 use super::views::*;
 use crate::app::App;
 use crate::error::{ApiError, ErrorBody};
@@ -125,6 +125,19 @@ pub async fn list_members(State(app): State<App>, _: Admin, TenantPath(id): Tena
     tenant_exists(&app, &id).await?;
     let members = app.store.list_members(&id).await?.into_iter().map(Into::into).collect();
     Ok(Json(MemberList { members }))
+}
+
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant_id}/members/{member_id}", tag = "admin", security(("admin" = [])),
+    params(("tenant_id" = String, Path), ("member_id" = String, Path)),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn remove_member(State(app): State<App>, _: Admin, TenantMemberPath(t, m): TenantMemberPath) -> Result<StatusCode, ApiError> {
+    app.store.remove_member(&t, &m).await.map_err(|e| match e {
+        clawpen_store::StoreError::NotFound => ApiError::not_found("member"),
+        other => other.into(),
+    })?;
+    let detail = serde_json::json!({"member_id": m.to_string()});
+    let _ = app.store.audit(clawpen_store::NewAudit { tenant: Some(&t), agent: None, actor: "admin", action: "member.remove", reason: "requested", detail: Some(&detail) }).await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/api/v1/audit", tag = "admin", security(("admin" = [])), params(AuditQuery),

@@ -1,8 +1,6 @@
 //! Tenant routes: a tenant's own agents. Bearer tenant API key. Every query is scoped by the
 //! caller's tenant, so another tenant's agent answers 404 exactly like a missing one.
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -149,46 +147,12 @@ pub async fn events(State(app): State<App>, caller: TenantCaller, AgentPath(id):
     responses((status = 200, body = MessageReply), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody), (status = 504, body = ErrorBody)))]
 pub async fn send_message(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath, ApiJson(body): ApiJson<SendMessage>) -> Result<Json<MessageReply>, ApiError> {
-    app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
+    let agent = app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
     if body.text.is_empty() || body.text.chars().count() > MAX_MESSAGE_CHARS {
         return Err(ApiError::invalid(format!("text: must be 1 to {MAX_MESSAGE_CHARS} characters")));
     }
-    let plan = app.config.plan(&caller.tenant.plan).or_else(|| app.config.plan(&app.config.default_plan));
-    let per_minute = plan.map_or(1, |p| p.messages_per_minute);
-    if let Err(wait) = app.message_limits.check(&caller.tenant.id, per_minute) {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("this tenant may send {per_minute} messages a minute; try again in {} s", wait.as_secs() + 1),
-        ));
-    }
     let msg = MessageIn { text: body.text, session: body.session };
-    let timeout = Duration::from_secs(app.config.sandbox.message_timeout_secs);
-    let socket = app.layout.agent_socket(&id);
-    // The message keeps the agent awake until answered, and wakes it from whichever tier it
-    // sleeps in; the reply waits for the wake, which is bounded by the start timeout.
-    let _activity = app.activity(&id);
-    app.wake_for(&caller.tenant, &id, &caller.actor(), "woken by a message").await?;
-    let out = match clawpen_agent::client::message(&socket, &msg, timeout).await {
-        // The sandbox went away under a running record: start it again, once.
-        Err(clawpen_agent::client::ClientError::Connect(_)) => {
-            app.start_agent(&caller.tenant, &id, &caller.actor(), "woken by a message").await.map_err(|e| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "wake_failed",
-                    format!("the agent was not running and could not be started ({}); see GET /api/v1/agents/{id}/logs", e.message),
-                )
-            })?;
-            clawpen_agent::client::message(&socket, &msg, timeout).await?
-        }
-        other => other?,
-    };
-    // The agent reports the identity its sandbox was given: a mismatch means a miswired socket,
-    // and nothing from it may reach this tenant.
-    if out.agent_id != id.as_str() || out.tenant_id != caller.tenant.id.as_str() {
-        tracing::error!(agent = %id, answered_as = %out.agent_id, "an agent socket answered with another identity; reply withheld");
-        return Err(ApiError::new(StatusCode::BAD_GATEWAY, "agent_mismatch", "the agent's sandbox answered with another identity; restart the agent"));
-    }
+    let out = app.deliver_message(&caller.tenant, &agent, msg, &caller.actor()).await?;
     Ok(Json(MessageReply {
         reply: out.reply,
         session: out.session,

@@ -3,7 +3,7 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use clawpen_core::ids::{AgentId, KeyId, TenantId};
+use clawpen_core::ids::{AgentId, KeyId, MemberId, TenantId};
 use clawpen_store::Tenant;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
@@ -108,6 +108,10 @@ pub struct TenantPath(pub TenantId);
 pub struct AgentPath(pub AgentId);
 /// A tenant id and an API key id from the path.
 pub struct TenantKeyPath(pub TenantId, pub KeyId);
+/// A member id from the path; anything that is not one is a 404, like a missing member.
+pub struct MemberPath(pub MemberId);
+/// A tenant id and a member id from the path.
+pub struct TenantMemberPath(pub TenantId, pub MemberId);
 
 async fn path_segments(parts: &mut Parts, app: &App) -> Result<Vec<String>, ApiError> {
     let axum::extract::Path(v) = axum::extract::Path::<Vec<String>>::from_request_parts(parts, app)
@@ -139,6 +143,24 @@ impl FromRequestParts<App> for TenantKeyPath {
         let t = TenantId::parse(v.first().map(String::as_str).unwrap_or("")).map_err(|_| ApiError::not_found("tenant"))?;
         let k = KeyId::parse(v.get(1).map(String::as_str).unwrap_or("")).map_err(|_| ApiError::not_found("api key"))?;
         Ok(TenantKeyPath(t, k))
+    }
+}
+
+impl FromRequestParts<App> for MemberPath {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
+        let v = path_segments(parts, app).await?;
+        MemberId::parse(v.first().map(String::as_str).unwrap_or("")).map(MemberPath).map_err(|_| ApiError::not_found("member"))
+    }
+}
+
+impl FromRequestParts<App> for TenantMemberPath {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
+        let v = path_segments(parts, app).await?;
+        let t = TenantId::parse(v.first().map(String::as_str).unwrap_or("")).map_err(|_| ApiError::not_found("tenant"))?;
+        let m = MemberId::parse(v.get(1).map(String::as_str).unwrap_or("")).map_err(|_| ApiError::not_found("member"))?;
+        Ok(TenantMemberPath(t, m))
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod agents;
 pub mod extract;
+pub mod telegram;
 pub mod usage;
 pub mod views;
 
@@ -30,10 +31,12 @@ const DRAIN_BYTES: usize = 16 * 1024 * 1024;
     info(title = "clawpen", description = "Hosts personal AI agents, one hardened sandbox per tenant."),
     paths(
         admin::create_tenant, admin::list_tenants, admin::get_tenant, admin::delete_tenant,
-        admin::create_key, admin::list_keys, admin::revoke_key, admin::add_member, admin::list_members, admin::audit,
+        admin::create_key, admin::list_keys, admin::revoke_key, admin::add_member, admin::list_members, admin::remove_member, admin::audit,
         agents::create_agent, agents::list_agents, agents::get_agent, agents::delete_agent,
         agents::start_agent, agents::stop_agent, agents::hibernate, agents::logs, agents::events, agents::send_message, agents::connect_url,
         usage::usage, usage::tenant_usage, usage::set_plan, usage::add_credits,
+        telegram::put_bot, telegram::get_bot, telegram::delete_bot, telegram::create_pairing_code,
+        telegram::list_members, telegram::remove_member, telegram::webhook,
         healthz, readyz,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
@@ -59,6 +62,7 @@ pub fn router(app: App) -> Router {
         .route("/tenants/{tenant_id}/keys", post(admin::create_key).get(admin::list_keys))
         .route("/tenants/{tenant_id}/keys/{key_id}", axum::routing::delete(admin::revoke_key))
         .route("/tenants/{tenant_id}/members", post(admin::add_member).get(admin::list_members))
+        .route("/tenants/{tenant_id}/members/{member_id}", axum::routing::delete(admin::remove_member))
         .route("/tenants/{tenant_id}/usage", get(usage::tenant_usage))
         .route("/tenants/{tenant_id}/plan", axum::routing::put(usage::set_plan))
         .route("/tenants/{tenant_id}/credits", post(usage::add_credits))
@@ -72,11 +76,16 @@ pub fn router(app: App) -> Router {
         .route("/agents/{agent_id}/logs", get(agents::logs))
         .route("/agents/{agent_id}/events", get(agents::events))
         .route("/agents/{agent_id}/messages", post(agents::send_message))
-        .route("/agents/{agent_id}/connect-url", post(agents::connect_url));
+        .route("/agents/{agent_id}/connect-url", post(agents::connect_url))
+        .route("/telegram/bot", axum::routing::put(telegram::put_bot).get(telegram::get_bot).delete(telegram::delete_bot))
+        .route("/telegram/pairing-codes", post(telegram::create_pairing_code))
+        .route("/members", get(telegram::list_members))
+        .route("/members/{member_id}", axum::routing::delete(telegram::remove_member));
     Router::new()
         .nest("/api/v1", api)
         .route("/api/openapi.json", get(openapi))
         .route("/gateway/connect", get(crate::gateway::connect))
+        .route("/telegram/webhook/{bot}", post(telegram::webhook))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)

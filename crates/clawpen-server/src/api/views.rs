@@ -272,3 +272,70 @@ pub struct Status {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
 }
+
+/// A tenant's own Telegram bot. The token is write-only: no answer ever carries it.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutTelegramBot {
+    /// The bot's token from @BotFather (`123456789:AA…`). Stored sealed; never shown again.
+    pub token: String,
+    /// The agent the bot's users talk to.
+    pub agent_id: String,
+    /// `webhook` or `polling`; the server's `telegram.mode` when absent.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// `members` (default: only this tenant's Telegram members, paired with a code) or `open`
+    /// (anyone who writes to the bot).
+    #[serde(default)]
+    pub access: Option<String>,
+}
+
+impl std::fmt::Debug for PutTelegramBot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutTelegramBot").field("token", &"[redacted]").field("agent_id", &self.agent_id).field("mode", &self.mode).field("access", &self.access).finish()
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TelegramBotView {
+    /// Opaque id; the webhook URL carries it.
+    pub id: String,
+    /// The bot's @username on Telegram.
+    pub username: String,
+    /// Telegram's id of the bot.
+    pub bot_user_id: i64,
+    pub agent_id: String,
+    /// `webhook` or `polling`.
+    pub mode: String,
+    /// `members` or `open`.
+    pub access: String,
+    /// Where Telegram posts this bot's updates (webhook mode).
+    pub webhook_url: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePairingCode {
+    /// The agent the paired Telegram user will talk to.
+    pub agent_id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PairingCodeView {
+    /// 12 characters; the Telegram user sends `/pair CODE` to the shared bot or to this
+    /// tenant's own bot. Single use.
+    pub code: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub agent_id: String,
+    /// `https://t.me/<shared bot>?start=CODE`, when the platform has a shared bot.
+    pub deep_link: Option<String>,
+}
+
+/// What a webhook call is answered when the update was taken.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookAck {
+    pub ok: bool,
+}

@@ -21,6 +21,25 @@ fn agent_routes(id: &str) -> Vec<(Method, String, Option<Value>)> {
     ]
 }
 
+/// Telegram and member routes of a tenant key that name one of A's ids (an agent in the body, a
+/// member in the path).
+fn telegram_id_routes(agent: &str, member: &str) -> Vec<(Method, String, Option<Value>)> {
+    vec![
+        (Method::PUT, "/api/v1/telegram/bot".into(), Some(json!({"token": "700100:AAshapedLIKEaTOKENbutUNKNOWN_xxxxx", "agent_id": agent}))),
+        (Method::POST, "/api/v1/telegram/pairing-codes".into(), Some(json!({"agent_id": agent}))),
+        (Method::DELETE, format!("/api/v1/members/{member}"), None),
+    ]
+}
+
+/// Every tenant route of the Telegram channel and the members.
+fn telegram_routes(agent: &str, member: &str) -> Vec<(Method, String, Option<Value>)> {
+    let mut v = telegram_id_routes(agent, member);
+    v.push((Method::GET, "/api/v1/telegram/bot".into(), None));
+    v.push((Method::DELETE, "/api/v1/telegram/bot".into(), None));
+    v.push((Method::GET, "/api/v1/members".into(), None));
+    v
+}
+
 fn admin_routes(tenant: &str, key: &str) -> Vec<(Method, String, Option<Value>)> {
     vec![
         (Method::POST, "/api/v1/tenants".into(), Some(json!({"name": "intruder"}))),
@@ -31,6 +50,7 @@ fn admin_routes(tenant: &str, key: &str) -> Vec<(Method, String, Option<Value>)>
         (Method::DELETE, format!("/api/v1/tenants/{tenant}/keys/{key}"), None),
         (Method::POST, format!("/api/v1/tenants/{tenant}/members"), Some(json!({"kind": "web", "external_id": "x", "display_name": "x"}))),
         (Method::GET, format!("/api/v1/tenants/{tenant}/members"), None),
+        (Method::DELETE, format!("/api/v1/tenants/{tenant}/members/mb_aaaaaaaaaaaaaaaaaaaaaaaaaa"), None),
         (Method::GET, "/api/v1/audit".into(), None),
         (Method::GET, format!("/api/v1/tenants/{tenant}/usage"), None),
         (Method::PUT, format!("/api/v1/tenants/{tenant}/plan"), Some(json!({"plan": "standard"}))),
@@ -57,6 +77,22 @@ async fn authorization_matrix() {
         assert_eq!(st_missing, 404);
         assert_eq!(foreign, absent, "{method} {path}: a foreign id must look exactly like a missing one");
     }
+    // The same for A's agent named in a Telegram body, and A's member in a path.
+    let (st, m) = s.post(&format!("/api/v1/tenants/{}/members", ta["id"].as_str().unwrap()), &s.admin, json!({"kind": "telegram", "external_id": "4242", "display_name": "Ann"})).await;
+    assert_eq!(st, 201, "{m}");
+    let member = m["id"].as_str().unwrap().to_owned();
+    let missing_member = "mb_aaaaaaaaaaaaaaaaaaaaaaaaaa";
+    for ((method, path, body), (_, missing_path, missing_body)) in telegram_id_routes(a_id, &member).into_iter().zip(telegram_id_routes(missing, missing_member)) {
+        let (st, foreign) = s.call(method.clone(), &path, Some(&key_b), body).await;
+        let (st_missing, absent) = s.call(method.clone(), &missing_path, Some(&key_b), missing_body).await;
+        assert_eq!((st, st_missing), (404, 404), "{method} {path} with B's key: {foreign}");
+        assert_eq!(foreign, absent, "{method} {path}: a foreign id must look exactly like a missing one");
+    }
+    let (_, members) = s.get("/api/v1/members", &key_b).await;
+    assert_eq!(members["members"], json!([]), "B sees none of A's members");
+    let (_, members) = s.get("/api/v1/members", &key_a).await;
+    assert_eq!(members["members"][0]["id"], member.as_str(), "A's member is still there");
+
     // A's agent was not touched by any of that.
     let (st, still) = s.get(&format!("/api/v1/agents/{a_id}"), &key_a).await;
     assert_eq!((st, still["observed_state"].as_str()), (200, Some("running")), "{still}");
@@ -80,6 +116,7 @@ async fn authorization_matrix() {
     let (_, keys) = s.get(&format!("/api/v1/tenants/{tenant_a}/keys"), &s.admin).await;
     let key_id = keys["keys"][0]["id"].as_str().unwrap().to_owned();
     all.extend(admin_routes(tenant_a, &key_id));
+    all.extend(telegram_routes(a_id, &member));
     for (method, path, body) in &all {
         for token in [None, Some("cpk_0000"), Some(""), Some("Basic abc")] {
             let (st, e) = s.call(method.clone(), path, token, body.clone()).await;
@@ -93,7 +130,7 @@ async fn authorization_matrix() {
         let (st, e) = s.call(method.clone(), &path, Some(&key_a), body).await;
         assert_eq!(st, 403, "{method} {path} with a tenant key: {e}");
     }
-    for (method, path, body) in agent_routes(a_id) {
+    for (method, path, body) in agent_routes(a_id).into_iter().chain(telegram_routes(a_id, &member)) {
         let (st, e) = s.call(method.clone(), &path, Some(&s.admin), body).await;
         assert_eq!(st, 403, "{method} {path} with the admin token: {e}");
     }

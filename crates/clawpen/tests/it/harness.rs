@@ -119,8 +119,8 @@ impl TestServer {
         TestServer::start_full(plan, meter_extra, "", env).await
     }
 
-    /// [`TestServer::start_with`], and `extra` appended to the config (more tables, e.g.
-    /// `[fleet]` or further plans).
+    /// [`TestServer::start_with`], plus `extra` TOML appended to the config (e.g. a `[telegram]`
+    /// table, whose `api_base` may be written `STANDIN`: the stand-in's base URL).
     pub async fn start_full(plan: &str, meter_extra: &str, extra: &str, env: &[(&str, &str)]) -> TestServer {
         image();
         let keys = StandinConfig::for_testing();
@@ -131,6 +131,7 @@ impl TestServer {
         // Short path: Unix socket paths under the data dir must stay under 108 bytes.
         let dir = tempfile::Builder::new().prefix("cpt-").tempdir_in("/tmp").unwrap();
         let config = dir.path().join("test-config.toml");
+        let extra = extra.replace("STANDIN", &standin.base_url());
         std::fs::write(&config, format!("{}\n{extra}\n", meter_config(&standin, plan, meter_extra))).unwrap();
         let config = Some(config);
         let mut s = TestServer { standin, dir, base: String::new(), admin: String::new(), http: reqwest::Client::new(), child: None, config, env };
@@ -242,6 +243,10 @@ impl TestServer {
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
         self.call(reqwest::Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, Some(token), None).await
     }
 
     pub async fn put(&self, path: &str, token: &str, body: Value) -> (u16, Value) {

@@ -13,6 +13,8 @@
 //! - `gateway`: a WebSocket client through the gateway to a woken agent (OpenClaw protocol).
 //! - `fleet`: hibernation tiers woken by messages, health-check restarts, the crash-loop guard.
 //! - `meter`: model calls through the meter against a stand-in upstream; caps, aborts, crashes.
+//! - `telegram`: tenants' own bots (webhook, polling) and the shared bot with pairing, against the
+//!   stand-in's Bot API; cross-tenant isolation and secrets.
 
 mod harness;
 
@@ -25,3 +27,4 @@ mod isolation;
 mod kill;
 mod lifecycle;
 mod meter;
+mod telegram;
