@@ -43,6 +43,10 @@ pub enum Network {
 pub struct SandboxSpec {
     /// Container name; unique per installation and agent.
     pub name: String,
+    /// The node (Docker Engine) to run on; empty: the first. Where the sandbox runs is not part
+    /// of what it is, so it is left out of the spec hash.
+    #[serde(skip)]
+    pub node: String,
     /// Image reference (the tag of the locally built sandbox image).
     pub image: String,
     /// Entrypoint arguments after the executable.
@@ -126,6 +130,7 @@ impl SandboxSpec {
         let memory_bytes = (a.plan.memory_mib * 1024 * 1024) as i64;
         let mut spec = SandboxSpec {
             name: container_name(a.instance, a.agent),
+            node: String::new(),
             image: a.image.to_owned(),
             args: vec!["agent".to_owned()],
             env,

@@ -36,6 +36,21 @@ impl DockerRuntime {
         Ok(DockerRuntime { docker })
     }
 
+    /// Connects to an engine on a Unix socket. The API version is negotiated when the engine
+    /// answers; an engine that does not answer yet gets API 1.41 (what Docker 20.10 speaks) and
+    /// is reported unreachable by its calls until it does.
+    pub async fn connect_unix(path: &str) -> DockerRuntime {
+        let docker = match Docker::connect_with_unix(path, 120, &bollard::ClientVersion { major_version: 1, minor_version: 41 }) {
+            Ok(d) => d,
+            Err(_) => Docker::connect_with_local_defaults().expect("a local client"),
+        };
+        let docker = match tokio::time::timeout(std::time::Duration::from_secs(3), docker.clone().negotiate_version()).await {
+            Ok(Ok(d)) => d,
+            _ => docker,
+        };
+        DockerRuntime { docker }
+    }
+
     /// The underlying client, for the image builder and for tests.
     pub fn client(&self) -> &Docker {
         &self.docker
@@ -211,6 +226,7 @@ impl Runtime for DockerRuntime {
         });
         Ok(SandboxStatus {
             id: c.id.unwrap_or_default(),
+            node: String::new(),
             name: c.name.unwrap_or_default().trim_start_matches('/').to_owned(),
             labels: c.config.and_then(|c| c.labels).unwrap_or_default(),
             state: state_of(status),
@@ -229,6 +245,7 @@ impl Runtime for DockerRuntime {
             .into_iter()
             .map(|c| SandboxStatus {
                 id: c.id.unwrap_or_default(),
+                node: String::new(),
                 name: c.names.unwrap_or_default().first().map(|n| n.trim_start_matches('/').to_owned()).unwrap_or_default(),
                 labels: c.labels.unwrap_or_default(),
                 state: state_of(c.state.as_deref()),
@@ -243,6 +260,10 @@ impl Runtime for DockerRuntime {
         let chunks: Vec<LogOutput> = self.docker.logs(id, Some(opts)).try_collect().await?;
         let text: String = chunks.iter().map(|c| String::from_utf8_lossy(&c.clone().into_bytes()).into_owned()).collect();
         Ok(text.lines().map(str::to_owned).collect())
+    }
+
+    fn as_docker(&self) -> Option<&DockerRuntime> {
+        Some(self)
     }
 
     fn events(&self, label: &str, value: &str) -> BoxStream<'static, Result<RuntimeEvent>> {

@@ -7,6 +7,7 @@
 
 pub mod docker;
 pub mod image;
+pub mod nodes;
 
 use std::collections::HashMap;
 
@@ -53,6 +54,8 @@ pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxStatus {
     pub id: String,
+    /// The node holding the sandbox (set by [`nodes::Nodes`]; empty from a single engine).
+    pub node: String,
     pub name: String,
     pub labels: HashMap<String, String>,
     pub state: SandboxState,
@@ -113,4 +116,8 @@ pub trait Runtime: Send + Sync + 'static {
     async fn logs(&self, id: &str, tail: usize) -> Result<Vec<String>>;
     /// Events of the sandboxes carrying `label=value`, from now on.
     fn events(&self, label: &str, value: &str) -> BoxStream<'static, Result<RuntimeEvent>>;
+    /// The Docker Engine behind this runtime, for what only Docker does (building images).
+    fn as_docker(&self) -> Option<&DockerRuntime> {
+        None
+    }
 }

@@ -39,10 +39,14 @@ pub struct AppInner {
     pub message_limits: crate::ratelimit::MessageLimits,
     /// The lifecycle record of each agent that should run (see [`crate::supervisor`]).
     pub lives: Mutex<HashMap<AgentId, clawpen_core::lifecycle::Life>>,
-    /// MiB of plan memory committed on this node, per agent whose sandbox holds memory.
-    pub committed: Mutex<HashMap<AgentId, u64>>,
-    /// The node's memory budget in MiB.
-    pub node_memory_mib: u64,
+    /// MiB of plan memory committed, per agent whose sandbox holds memory: (node, MiB).
+    pub committed: Mutex<HashMap<AgentId, (String, u64)>>,
+    /// The Docker Engines sandboxes run on (`runtime` routes to them).
+    pub nodes: clawpen_runtime::nodes::Nodes,
+    /// Each node's memory budget in MiB.
+    pub budgets: HashMap<String, u64>,
+    /// What the fleet knows of each node's health.
+    pub node_health: Mutex<HashMap<String, crate::nodes::NodeHealth>>,
     /// The Telegram channel: the shared bot, the tenants' pollers.
     pub telegram: crate::channels::telegram::Telegram,
     /// The serving task of each agent's `control.sock`.
@@ -63,7 +67,7 @@ impl std::ops::Deref for App {
 impl App {
     pub fn new(
         store: Store,
-        runtime: Arc<dyn Runtime>,
+        (nodes, budgets): (clawpen_runtime::nodes::Nodes, HashMap<String, u64>),
         config: Config,
         layout: Layout,
         instance: String,
@@ -73,8 +77,8 @@ impl App {
         vault: clawpen_vault::Vault,
         signer: clawpen_vault::connect::Signer,
     ) -> App {
-        let node_memory_mib = config.fleet.memory_budget_mib();
         let telegram = crate::channels::telegram::Telegram::new(&config.telegram);
+        let runtime: Arc<dyn Runtime> = Arc::new(nodes.clone());
         App(Arc::new(AppInner {
             store,
             runtime,
@@ -90,7 +94,9 @@ impl App {
             message_limits: Default::default(),
             lives: Mutex::new(HashMap::new()),
             committed: Mutex::new(HashMap::new()),
-            node_memory_mib,
+            nodes,
+            budgets,
+            node_health: Mutex::new(HashMap::new()),
             telegram,
             control: Mutex::new(HashMap::new()),
             agent_locks: Mutex::new(HashMap::new()),

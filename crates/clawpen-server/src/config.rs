@@ -28,6 +28,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Health checks, restarts, the crash-loop guard and admission.
     pub fleet: FleetConfig,
+    /// The Docker Engines sandboxes run on; none: the local engine alone, as node `local`.
+    pub nodes: Vec<NodeConfig>,
     /// The Telegram channel: the Bot API, the shared bot, pairing.
     pub telegram: TelegramConfig,
 }
@@ -72,6 +74,11 @@ pub struct FleetConfig {
     /// Memory this node may commit to sandboxes (the sum of their plans' limits), in MiB; a start
     /// past it is refused. 0: nine tenths of the host's memory.
     pub node_memory_mib: u64,
+    /// A node unreachable this long is lost: its agents are started again on another node.
+    pub node_lost_secs: u64,
+    /// A node that went down this many times within an hour is quarantined (no new sandboxes)
+    /// for an hour.
+    pub node_quarantine_downs: u32,
 }
 
 impl Default for FleetConfig {
@@ -86,8 +93,24 @@ impl Default for FleetConfig {
             restart_backoff_ms: 1000,
             restart_backoff_max_ms: 60_000,
             node_memory_mib: 0,
+            node_lost_secs: 60,
+            node_quarantine_downs: 3,
         }
     }
+}
+
+/// One Docker Engine of the fleet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// 1–32 of `[a-z0-9-]`.
+    pub name: String,
+    /// The engine's socket: `unix:///var/run/docker.sock`. The node shares this host's
+    /// filesystem (workspaces and sockets are bind-mounted from the data dir).
+    pub docker: String,
+    /// Memory this node may commit to sandboxes, in MiB; 0: `fleet.node_memory_mib`.
+    #[serde(default)]
+    pub memory_mib: u64,
 }
 
 impl FleetConfig {
@@ -205,6 +228,7 @@ impl Default for Config {
             meter: MeterConfig::default(),
             public_url: None,
             fleet: FleetConfig::default(),
+            nodes: Vec::new(),
             telegram: TelegramConfig::default(),
         }
     }
@@ -247,6 +271,22 @@ impl Config {
         anyhow::ensure!(f.health_every_secs >= 1 && f.health_timeout_ms >= 10, "fleet.health_every_secs must be at least 1 and fleet.health_timeout_ms at least 10");
         anyhow::ensure!(f.crashloop_restarts >= 1 && f.health_failures >= 1, "fleet.crashloop_restarts and fleet.health_failures must be at least 1");
         anyhow::ensure!(f.restart_backoff_ms <= f.restart_backoff_max_ms, "fleet.restart_backoff_ms must not exceed fleet.restart_backoff_max_ms");
+        anyhow::ensure!(f.node_lost_secs >= 1, "fleet.node_lost_secs must be at least 1");
+        let mut seen = std::collections::HashSet::new();
+        for n in &self.nodes {
+            anyhow::ensure!(
+                !n.name.is_empty() && n.name.len() <= 32 && n.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "nodes: name {:?} must be 1-32 of [a-z0-9-]",
+                n.name
+            );
+            anyhow::ensure!(seen.insert(n.name.clone()), "nodes: the name {:?} is given twice", n.name);
+            anyhow::ensure!(
+                n.docker.starts_with("unix:///"),
+                "nodes.{}: docker = {:?}: only unix:///path engines are supported so far (TCP with TLS is not built yet)",
+                n.name,
+                n.docker
+            );
+        }
         let tg = &self.telegram;
         anyhow::ensure!(tg.api_base.starts_with("http://") || tg.api_base.starts_with("https://"), "telegram.api_base must be an http:// or https:// URL");
         anyhow::ensure!(!(tg.shared_bot_token_env.is_some() && tg.shared_bot_token_file.is_some()), "telegram: give shared_bot_token_env or shared_bot_token_file, not both");

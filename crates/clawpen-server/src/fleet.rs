@@ -113,15 +113,24 @@ impl App {
             .prepare_agent(&tenant.id, id, tenant.uid as u32)
             .and_then(|()| self.open_control(&tenant.id, id, tenant.uid as u32))
             .map_err(|e| ApiError::internal(format!("preparing the dirs and control socket of {id}: {e}")))?;
-        let spec = self.spec_for(tenant, id);
+        let agent = self.store.get_agent(&tenant.id, id).await?;
+        let mut spec = self.spec_for(tenant, id);
         let memory_mib = self.config.plan_or_default(&tenant.plan).memory_mib;
-        let container_id = match self.runtime.inspect(&spec.name).await {
+        // On its node when it has one (a stale copy on another node is not it).
+        let target = match &agent.node {
+            Some(n) => format!("{n}/{}", spec.name),
+            None => spec.name.clone(),
+        };
+        let container_id = match self.runtime.inspect(&target).await {
             Ok(st) if st.labels.get(labels::SPEC_HASH).map(String::as_str) == Some(spec.spec_hash()) => {
+                if agent.node.as_deref() != Some(st.node.as_str()) {
+                    self.store.set_node(id, Some(&st.node)).await?;
+                }
                 match st.state {
                     SandboxState::Paused => self.runtime.unpause(&st.id).await?,
                     SandboxState::Running => {}
                     _ => {
-                        self.admit(id, memory_mib)?;
+                        self.admit(id, &st.node, memory_mib)?;
                         if let Err(e) = self.runtime.start(&st.id).await {
                             self.release(id);
                             return Err(e.into());
@@ -134,13 +143,9 @@ impl App {
                 info!(agent = %id, "sandbox spec changed; recreating the container (workspace kept)");
                 self.runtime.remove(&st.id).await?;
                 self.release(id);
-                self.admit(id, memory_mib)?;
-                self.runtime.create_and_start(&spec).await.inspect_err(|_| self.release(id))?
+                self.create_placed(&agent, &mut spec, memory_mib).await?
             }
-            Err(RuntimeError::NotFound) => {
-                self.admit(id, memory_mib)?;
-                self.runtime.create_and_start(&spec).await.inspect_err(|_| self.release(id))?
-            }
+            Err(RuntimeError::NotFound) => self.create_placed(&agent, &mut spec, memory_mib).await?,
             Err(e) => return Err(e.into()),
         };
         let observed = |state, exit_code, last_error: Option<String>| Observation {
@@ -199,6 +204,18 @@ impl App {
                 ))
             }
         }
+    }
+
+    /// Places a new sandbox (intent first: the node goes to the store), admits it there and
+    /// creates it.
+    async fn create_placed(&self, agent: &Agent, spec: &mut SandboxSpec, memory_mib: u64) -> Result<String, ApiError> {
+        let node = self.place(agent, memory_mib).await?;
+        if agent.node.as_deref() != Some(node.as_str()) {
+            self.store.set_node(&agent.id, Some(&node)).await?;
+        }
+        self.admit(&agent.id, &node, memory_mib)?;
+        spec.node = node;
+        Ok(self.runtime.create_and_start(spec).await.inspect_err(|_| self.release(&agent.id))?)
     }
 
     /// Stops an agent; its container and workspace are kept.
@@ -281,8 +298,12 @@ impl App {
             let agent = c.labels.get(labels::AGENT).and_then(|a| AgentId::parse(a).ok());
             let known = agent.as_ref().and_then(|a| agents.iter().find(|x| &x.id == a));
             match known {
-                Some(a) if a.desired_state != DesiredState::Deleted => {
-                    info!(container = %c.name, agent = %a.id, state = ?c.state, "adopting sandbox");
+                // Its own sandbox on its own node (or on the only node it has ever had).
+                Some(a) if a.desired_state != DesiredState::Deleted && a.node.as_deref().is_none_or(|n| n == c.node) => {
+                    info!(container = %c.name, agent = %a.id, node = %c.node, state = ?c.state, "adopting sandbox");
+                    if a.node.is_none() {
+                        self.store.set_node(&a.id, Some(&c.node)).await?;
+                    }
                 }
                 _ => {
                     info!(container = %c.name, "removing orphan sandbox (no live agent in the store)");
@@ -303,11 +324,11 @@ impl App {
                 }
             };
             // A sandbox found running or frozen holds its plan's memory, whatever the budget.
-            let holds_memory = containers.iter().any(|c| {
+            let holding = containers.iter().find(|c| {
                 c.labels.get(labels::AGENT).map(String::as_str) == Some(a.id.as_str()) && matches!(c.state, SandboxState::Running | SandboxState::Paused)
             });
-            if holds_memory {
-                self.commit_found(&a.id, self.config.plan_or_default(&tenant.plan).memory_mib);
+            if let Some(c) = holding {
+                self.commit_found(&a.id, &c.node, self.config.plan_or_default(&tenant.plan).memory_mib);
             }
             let result = match a.desired_state {
                 DesiredState::Deleted => {

@@ -19,6 +19,7 @@ pub mod error;
 pub mod fleet;
 pub mod gateway;
 pub mod layout;
+pub mod nodes;
 pub mod ratelimit;
 pub mod supervisor;
 
@@ -27,7 +28,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clawpen_runtime::{DockerRuntime, Runtime};
+use clawpen_runtime::Runtime;
 use clawpen_store::Store;
 use rand::RngCore;
 use std::time::Duration;
@@ -83,7 +84,14 @@ pub async fn open(data_dir: &Path, database_url: Option<&str>, config: Config, i
         info!(path = %layout.signing_key_path().display(), "created the connect-URL signing key (mode 0600)");
     }
     let instance = store.instance_id().await?;
-    let runtime: Arc<dyn Runtime> = Arc::new(DockerRuntime::connect_local().await?);
+    let nodes = nodes::connect(&config).await?;
+    for n in nodes.0.names() {
+        if let Some(node) = nodes.0.node(&n) {
+            if let Err(e) = ensure_image_on(&node.runtime, &image).await {
+                tracing::warn!(node = %n, error = %e, "cannot put the sandbox image on the node yet");
+            }
+        }
+    }
     let meter = clawpen_meter::Meter::new(store.clone(), config.meter.clone(), config.plans.clone(), config.default_plan.clone())
         .map_err(|e| anyhow::anyhow!("meter configuration: {e}"))?;
     // The image built from this executable gets a host copy of it bound over its own (shared
@@ -92,12 +100,28 @@ pub async fn open(data_dir: &Path, database_url: Option<&str>, config: Config, i
         None => Some(layout.install_agent_exe(&image).context("copying the agent executable into the data dir")?),
         Some(_) => None,
     };
-    let app = App::new(store, runtime, config, layout, instance, image, admin_sha, Arc::new(meter), clawpen_vault::Vault::new(keys), clawpen_vault::connect::Signer::new(signing))
+    let app = App::new(store, nodes, config, layout, instance, image, admin_sha, Arc::new(meter), clawpen_vault::Vault::new(keys), clawpen_vault::connect::Signer::new(signing))
         .with_agent_exe(agent_exe);
     if app.telegram.load_shared_bot()? {
         info!("telegram: the shared bot's token is loaded");
     }
     Ok(app)
+}
+
+/// Makes sure a node has the sandbox image: built there from this executable when missing (a
+/// configured image is the operator's to provide). Images are built locally, so a new node
+/// needs no registry.
+pub async fn ensure_image_on(rt: &Arc<dyn Runtime>, image: &str) -> anyhow::Result<()> {
+    let Some(docker) = rt.as_docker() else { return Ok(()) };
+    if clawpen_runtime::image::image_present(docker, image).await? {
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let expected = clawpen_runtime::image::tag_for_digest(&clawpen_runtime::image::file_sha256(&exe)?);
+    anyhow::ensure!(expected == image, "the node lacks the configured image {image}; load it there");
+    info!(image, "building the sandbox image on a node");
+    clawpen_runtime::image::build(docker, &exe, |_| {}).await?;
+    Ok(())
 }
 
 /// The vault's master keys: `CLAWPEN_MASTER_KEY` if set, else `<data-dir>/master.key`, created

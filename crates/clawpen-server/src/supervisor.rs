@@ -110,44 +110,6 @@ impl App {
         self.bring_up(tenant, id).await
     }
 
-    /// Reserves the plan's memory of an agent about to start on this node; refused when the
-    /// node's budget would be passed. An agent already counted is not counted twice.
-    pub fn admit(&self, id: &AgentId, mib: u64) -> Result<(), ApiError> {
-        let mut committed = self.committed.lock().expect("committed");
-        if committed.contains_key(id) {
-            return Ok(());
-        }
-        let total: u64 = committed.values().sum();
-        let budget = self.node_memory_mib;
-        if total + mib > budget {
-            return Err(ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "node_full",
-                format!(
-                    "starting this agent would commit {mib} MiB more, but the node has {total} of its {budget} MiB committed; \
-                     stop or delete idle agents, or raise [fleet] node_memory_mib"
-                ),
-            ));
-        }
-        committed.insert(id.clone(), mib);
-        Ok(())
-    }
-
-    /// Counts an agent's memory whatever the budget (a sandbox found running at start-up).
-    pub fn commit_found(&self, id: &AgentId, mib: u64) {
-        self.committed.lock().expect("committed").insert(id.clone(), mib);
-    }
-
-    /// The agent's sandbox no longer holds memory (stopped, removed, exited).
-    pub fn release(&self, id: &AgentId) {
-        self.committed.lock().expect("committed").remove(id);
-    }
-
-    /// MiB committed on this node and its budget.
-    pub fn committed_mib(&self) -> (u64, u64) {
-        (self.committed.lock().expect("committed").values().sum(), self.node_memory_mib)
-    }
-
     /// Runs [`App::supervise_once`] every `fleet.tick_ms` until the task is dropped.
     pub async fn run_supervisor(self) {
         let mut tick = tokio::time::interval(Duration::from_millis(self.config.fleet.tick_ms));
@@ -155,6 +117,7 @@ impl App {
         loop {
             tick.tick().await;
             if self.is_reconciled() {
+                self.watch_nodes_once().await;
                 self.supervise_once().await;
             }
         }
@@ -180,6 +143,10 @@ impl App {
                     continue;
                 }
                 let Some(tenant) = tenants.iter().find(|t| t.id == a.tenant_id) else { continue };
+                // An agent on a node that does not answer waits for the node (or its move).
+                if a.node.as_deref().is_some_and(|n| !self.node_is_up(n)) || a.observed_state == ObservedState::Lost {
+                    continue;
+                }
                 let life = lives.entry(a.id.clone()).or_insert_with(|| life_of(a, now));
                 let tiers = self.config.plan_or_default(&tenant.plan).tiers();
                 if let Some(action) = life.tick(now, &tiers, &guard) {

@@ -379,6 +379,7 @@ impl Store {
             hibernation: Tier::Awake,
             last_active_at: None,
             restarts: Vec::new(),
+            node: None,
         };
         // The count check and the insert are one statement, so concurrent creates cannot pass the
         // plan's limit together.
@@ -487,6 +488,37 @@ impl Store {
         Ok(())
     }
 
+    /// Records the node an agent's sandbox is placed on (`None`: not placed).
+    pub async fn set_node(&self, id: &AgentId, node: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE agents SET node = $1, updated_at = $2 WHERE id = $3")
+            .bind(node)
+            .bind(now_ms())
+            .bind(id.as_str())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Nodes being drained.
+    pub async fn drains(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT name FROM node_drains ORDER BY name").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>("name")?)).collect()
+    }
+
+    /// Marks a node drained (or no longer).
+    pub async fn set_drain(&self, name: &str, drain: bool) -> Result<()> {
+        if drain {
+            sqlx::query("INSERT INTO node_drains (name, started_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+                .bind(name)
+                .bind(now_ms())
+                .execute(&self.writer)
+                .await?;
+        } else {
+            sqlx::query("DELETE FROM node_drains WHERE name = $1").bind(name).execute(&self.writer).await?;
+        }
+        Ok(())
+    }
+
     /// Records when agents were last used; a time older than the stored one is ignored.
     pub async fn set_last_active(&self, id: &AgentId, at: i64) -> Result<()> {
         sqlx::query("UPDATE agents SET last_active_at = $1 WHERE id = $2 AND (last_active_at IS NULL OR last_active_at < $1)")
@@ -568,7 +600,7 @@ impl Store {
 
 const AGENT_COLUMNS: &str =
     "id, tenant_id, name, desired_state, observed_state, container_id, spec_hash, \
-    exit_code, oom_count, last_oom_at, last_error, created_at, updated_at, hibernation, last_active_at, restarts";
+    exit_code, oom_count, last_oom_at, last_error, created_at, updated_at, hibernation, last_active_at, restarts, node";
 
 fn parse_id<T: TryFrom<String>>(s: String) -> Result<T> {
     T::try_from(s.clone()).map_err(|_| StoreError::Corrupt(format!("bad id {s:?}")))
@@ -641,6 +673,7 @@ impl Agent {
                 let t: String = r.try_get("restarts")?;
                 t.split(',').filter(|x| !x.is_empty()).filter_map(|x| x.parse().ok()).collect()
             },
+            node: r.try_get("node")?,
         })
     }
 }

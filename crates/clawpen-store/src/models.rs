@@ -81,6 +81,7 @@ string_enum!(ObservedState {
     Failed => "failed",
     Paused => "paused",
     Crashloop => "crashloop",
+    Lost => "lost",
 });
 
 #[derive(Debug, Clone, Serialize)]
@@ -106,6 +107,8 @@ pub struct Agent {
     pub last_active_at: Option<i64>,
     /// Restarts inside the crash-loop guard's window.
     pub restarts: Vec<i64>,
+    /// The node the sandbox is placed on; `None` until placed.
+    pub node: Option<String>,
 }
 
 /// What the runtime showed for an agent, written by [`crate::Store::set_observed`].

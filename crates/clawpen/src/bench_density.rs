@@ -110,7 +110,7 @@ async fn run_on(server: &BenchServer, n: usize) -> anyhow::Result<Vec<Case>> {
         if clawpen_agent::client::health(&app.layout.agent_socket(id), Duration::from_secs(5)).await.is_ok() {
             healthy += 1;
         }
-        if let Some(c) = app.store.find_agent(id).await?.and_then(|a| a.container_id) {
+        if let Some(c) = app.store.find_agent(id).await?.and_then(|a| a.container_id).map(|c| c.rsplit('/').next().unwrap_or_default().to_owned()) {
             sandbox_kib.push(container_pids(&c).into_iter().map(pss_kib).sum::<u64>() as f64);
             let shim = procs.iter().filter(|(_, comm, cmd)| comm.starts_with("containerd-shim") && cmd.contains(&c)).map(|(pid, _, _)| pss_kib(*pid)).sum::<u64>();
             shim_kib.push(shim as f64);

@@ -17,6 +17,7 @@ mod bench_meter;
 mod vault_cmd;
 mod doctor;
 mod image_cmd;
+mod node_cmd;
 mod probe;
 
 use std::net::SocketAddr;
@@ -68,6 +69,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Tenants and keys, straight on a data dir (the server may be running).
     Admin(admin::AdminArgs),
+    /// The fleet's nodes (Docker Engines): list, drain, undrain, through the running server.
+    Node(node_cmd::NodeArgs),
     /// The vault's master keys.
     Vault {
         #[command(subcommand)]
@@ -136,6 +139,7 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Doctor(args) => doctor::run(args).await,
         Command::Bench(args) => bench::run(args).await.map(|_| 0),
         Command::Admin(args) => admin::run(args).await.map(|_| 0),
+        Command::Node(args) => node_cmd::run(args).await.map(|_| 0),
         Command::Vault { command } => vault_cmd::run(command).await.map(|_| 0),
         Command::Agent | Command::Probe { .. } => unreachable!("handled before the runtime starts"),
     }

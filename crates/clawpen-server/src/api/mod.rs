@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod agents;
 pub mod extract;
+pub mod nodes;
 pub mod telegram;
 pub mod usage;
 pub mod views;
@@ -37,6 +38,7 @@ const DRAIN_BYTES: usize = 16 * 1024 * 1024;
         usage::usage, usage::tenant_usage, usage::set_plan, usage::add_credits,
         telegram::put_bot, telegram::get_bot, telegram::delete_bot, telegram::create_pairing_code,
         telegram::list_members, telegram::remove_member, telegram::webhook,
+        nodes::list, nodes::drain, nodes::undrain,
         healthz, readyz,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
@@ -68,6 +70,8 @@ pub fn router(app: App) -> Router {
         .route("/tenants/{tenant_id}/credits", post(usage::add_credits))
         .route("/usage", get(usage::usage))
         .route("/audit", get(admin::audit))
+        .route("/nodes", get(nodes::list))
+        .route("/nodes/{name}/drain", post(nodes::drain).delete(nodes::undrain))
         .route("/agents", post(agents::create_agent).get(agents::list_agents))
         .route("/agents/{agent_id}", get(agents::get_agent).delete(agents::delete_agent))
         .route("/agents/{agent_id}/start", post(agents::start_agent))

@@ -120,6 +120,8 @@ pub struct AgentView {
     pub last_active_at: Option<i64>,
     /// Restarts inside the crash-loop guard's window.
     pub restarts: usize,
+    /// The node (Docker Engine) its sandbox is placed on; `null` until placed.
+    pub node: Option<String>,
     pub exit_code: Option<i64>,
     /// Times the kernel killed a process in the sandbox for memory.
     pub oom_count: i64,
@@ -150,6 +152,7 @@ impl From<Agent> for AgentView {
             hibernation: a.hibernation.as_str().to_owned(),
             last_active_at: a.last_active_at,
             restarts: a.restarts.len(),
+            node: a.node,
             exit_code: a.exit_code,
             oom_count: a.oom_count,
             last_oom_at: a.last_oom_at,
