@@ -146,6 +146,9 @@ impl App {
                 self.create_placed(&agent, &mut spec, memory_mib).await?
             }
             Err(RuntimeError::NotFound) => self.create_placed(&agent, &mut spec, memory_mib).await?,
+            // Not placed, and a node that does not answer may hold a stale copy: that one is
+            // swept when the node returns; the agent starts on a node that answers.
+            Err(RuntimeError::Unreachable(_)) if agent.node.is_none() => self.create_placed(&agent, &mut spec, memory_mib).await?,
             Err(e) => return Err(e.into()),
         };
         let observed = |state, exit_code, last_error: Option<String>| Observation {

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 
 #[derive(Args)]
 pub struct NodeArgs {
-    #[arg(long, env = "CLAWPEN_DATA_DIR", default_value = "./clawpen-data")]
+    #[arg(long, global = true, env = "CLAWPEN_DATA_DIR", default_value = "./clawpen-data")]
     data_dir: std::path::PathBuf,
     #[command(subcommand)]
     command: NodeCommand,

@@ -12,6 +12,7 @@
 //! - `chat`: messages to running agents answered by the model through the meter; tools, guards, caps.
 //! - `gateway`: a WebSocket client through the gateway to a woken agent (OpenClaw protocol).
 //! - `fleet`: hibernation tiers woken by messages, health-check restarts, the crash-loop guard.
+//! - `nodes`: a second Docker Engine: placement, a lost node, a drain.
 //! - `meter`: model calls through the meter against a stand-in upstream; caps, aborts, crashes.
 //! - `telegram`: tenants' own bots (webhook, polling) and the shared bot with pairing, against the
 //!   stand-in's Bot API; cross-tenant isolation and secrets.
@@ -27,4 +28,5 @@ mod isolation;
 mod kill;
 mod lifecycle;
 mod meter;
+mod nodes;
 mod telegram;

@@ -1,0 +1,264 @@
+//! Several nodes: a second Docker Engine started by the test on this machine (its own socket,
+//! data root and exec root, no bridge). Agents are spread by committed memory; when the second
+//! engine is killed its agents are marked lost and brought back on the first node while the
+//! first node's agents run on undisturbed; the returning engine's stale sandboxes are swept;
+//! `clawpen node drain` moves agents off a node.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::harness::{TestServer, EXE};
+
+/// A second dockerd on this machine, removed with everything it made when dropped.
+struct SecondEngine {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl SecondEngine {
+    fn start() -> SecondEngine {
+        let dir = tempfile::Builder::new().prefix("cpt-d2-").tempdir_in("/tmp").unwrap().keep();
+        std::fs::write(dir.join("daemon.json"), "{}").unwrap();
+        let mut e = SecondEngine { dir, child: None };
+        e.spawn();
+        e
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("docker.sock")
+    }
+
+    fn spawn(&mut self) {
+        let d = &self.dir;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("dockerd.log")).unwrap();
+        let child = Command::new("dockerd")
+            .arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .arg("--data-root")
+            .arg(d.join("data"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("dockerd.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket().display()))
+            .args(["--bridge", "none", "--iptables=false", "--ip-masq=false", "--storage-driver", "fuse-overlayfs"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start a second dockerd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.docker(&["info", "--format", "{{.ServerVersion}}"]).0 {
+            assert!(Instant::now() < deadline, "the second dockerd did not come up: {}", std::fs::read_to_string(d.join("dockerd.log")).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `docker` against this engine: (success, stdout).
+    fn docker(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("docker").arg("-H").arg(format!("unix://{}", self.socket().display())).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// SIGKILL of the engine's daemon: the node stops answering.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for SecondEngine {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let (_, ids) = self.docker(&["ps", "-aq"]);
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids.lines());
+                let _ = self.docker(&args);
+            }
+            if let Some(c) = &self.child {
+                let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            }
+            if let Some(mut c) = self.child.take() {
+                let _ = c.wait();
+            }
+        }
+        // Its containerd, the shims and processes of containers it lost track of when it was
+        // killed, and any mount left under the dir, go too.
+        let d = self.dir.display().to_string();
+        let _ = Command::new("pkill").args(["-f", &format!("containerd --config {d}")]).status();
+        kill_orphan_shims(&d);
+        std::thread::sleep(Duration::from_millis(300));
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let mut under: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(1)).filter(|m| m.starts_with(&d)).collect();
+        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in under {
+            let _ = Command::new("umount").args(["-l", m]).status();
+        }
+        let _ = Command::new("pkill").args(["-9", "-f", &format!("fuse-overlayfs.*{d}")]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Kills the containers (by their cgroups) and shims an engine under `dir` left behind.
+fn kill_orphan_shims(dir: &str) {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return };
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if !args.first().is_some_and(|a| a.contains("containerd-shim")) || !args.iter().any(|a| a.contains(dir)) {
+            continue;
+        }
+        if let Some(id) = args.iter().position(|a| a == "-id").and_then(|i| args.get(i + 1)) {
+            for ctl in ["pids", "memory", "cpu"] {
+                let procs = std::fs::read_to_string(format!("/sys/fs/cgroup/{ctl}/docker/{id}/cgroup.procs")).unwrap_or_default();
+                for cpid in procs.lines() {
+                    let _ = Command::new("kill").args(["-9", cpid]).status();
+                }
+            }
+        }
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+}
+
+async fn agents(s: &TestServer, key: &str) -> Vec<Value> {
+    let (st, list) = s.get("/api/v1/agents", key).await;
+    assert_eq!(st, 200, "{list}");
+    list["agents"].as_array().unwrap().clone()
+}
+
+async fn wait_until<F: Fn(&[Value]) -> bool>(s: &TestServer, key: &str, secs: u64, what: &str, pred: F) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let list = agents(s, key).await;
+        if pred(&list) {
+            return list;
+        }
+        assert!(Instant::now() < deadline, "waited {secs} s for {what}: {list:#?}\n{}", s.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn say(s: &TestServer, key: &str, id: &str, text: &str) {
+    let (st, r) = s.post(&format!("/api/v1/agents/{id}/messages"), key, json!({"text": text})).await;
+    assert_eq!(st, 200, "{r}\n{}", s.log());
+    assert_eq!(r["reply"], format!("stand-in reply to: {text}"));
+}
+
+fn on(list: &[Value], node: &str) -> Vec<String> {
+    list.iter().filter(|a| a["node"] == node).map(|a| a["id"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_spread_over_two_nodes_survive_a_lost_node_and_a_drain() {
+    let mut two = SecondEngine::start();
+    let extra = format!(
+        "[fleet]\ntick_ms = 200\nnode_lost_secs = 3\n\n[[nodes]]\nname = \"one\"\ndocker = \"unix:///var/run/docker.sock\"\n\n[[nodes]]\nname = \"two\"\ndocker = \"unix://{}\"\n",
+        two.socket().display()
+    );
+    let s = TestServer::start_full("", "", &extra, &[]).await;
+    let instance = s.instance();
+    let (t, key) = s.tenant("spread").await;
+    let tid = t["id"].as_str().unwrap().to_owned();
+    for i in 0..4 {
+        s.agent(&key, &format!("a{i}"), true).await;
+    }
+    // Placement by least committed memory: two on each node.
+    let list = agents(&s, &key).await;
+    let (on_one, on_two) = (on(&list, "one"), on(&list, "two"));
+    assert_eq!((on_one.len(), on_two.len()), (2, 2), "{list:#?}");
+    let (_, there) = two.docker(&["ps", "--filter", &format!("label=clawpen.instance={instance}"), "--format", "{{.Label \"clawpen.agent\"}}"]);
+    let mut there: Vec<&str> = there.lines().collect();
+    there.sort();
+    let mut expected: Vec<&str> = on_two.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(there, expected, "the second engine runs exactly the agents placed there");
+    for id in on_one.iter().chain(&on_two) {
+        say(&s, &key, id, &format!("hello {id}")).await;
+    }
+    let started = |id: &str| {
+        let out = Command::new("docker").args(["inspect", "-f", "{{.State.StartedAt}}", &s.container(id)]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let one_started: Vec<String> = on_one.iter().map(|id| started(id)).collect();
+
+    // The second engine dies: its agents are lost, then brought back on node one.
+    two.kill();
+    let list = wait_until(&s, &key, 10, "the second node's agents to be lost", |l| on_two.iter().all(|id| l.iter().any(|a| a["id"] == id.as_str() && a["observed_state"] == "lost"))).await;
+    for a in list.iter().filter(|a| on_one.iter().any(|id| a["id"] == id.as_str())) {
+        assert_eq!(a["observed_state"], "running", "node one's agents are undisturbed: {a}");
+    }
+    let (st, nodes) = s.get("/api/v1/nodes", &s.admin).await;
+    assert_eq!(st, 200, "{nodes}");
+    assert_eq!(nodes["nodes"][1]["state"], "down", "{nodes}");
+    for id in &on_one {
+        say(&s, &key, id, "still here").await;
+    }
+    wait_until(&s, &key, 30, "the lost agents to run on node one", |l| l.iter().all(|a| a["node"] == "one" && a["observed_state"] == "running")).await;
+    for id in &on_two {
+        say(&s, &key, id, "moved").await;
+        let session = std::fs::read_to_string(s.workspace(&tid, id).join("sessions/main.jsonl")).unwrap();
+        assert!(session.contains(&format!("hello {id}")), "the workspace moved with the agent");
+        let ev = s.get(&format!("/api/v1/agents/{id}/events?limit=100"), &key).await.1;
+        let actions: Vec<&str> = ev["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+        assert!(actions.contains(&"agent.lost") && actions.contains(&"agent.move"), "{actions:?}");
+    }
+    let now_started: Vec<String> = on_one.iter().map(|id| started(id)).collect();
+    assert_eq!(one_started, now_started, "node one's sandboxes were never restarted");
+
+    // The engine returns: the stale sandboxes of the moved agents are swept from it.
+    two.spawn();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, left) = two.docker(&["ps", "-a", "--filter", &format!("label=clawpen.instance={instance}"), "-q"]);
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stale sandboxes stay on the returned node: {left}\n{}", s.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, nodes) = s.get("/api/v1/nodes", &s.admin).await;
+    assert_eq!(nodes["nodes"][1]["state"], "up", "{nodes}");
+
+    // New agents go to the emptier node two; draining it moves them to node one.
+    for i in 0..2 {
+        s.agent(&key, &format!("b{i}"), true).await;
+    }
+    let list = agents(&s, &key).await;
+    let fresh = on(&list, "two");
+    assert_eq!(fresh.len(), 2, "{list:#?}");
+    for id in &fresh {
+        say(&s, &key, id, "on two").await;
+    }
+    let out = Command::new(EXE).args(["node", "drain", "two", "--data-dir"]).arg(s.data_dir()).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["moved"].as_array().unwrap().len(), 2, "{report}");
+    assert_eq!(report["remaining"].as_array().unwrap().len(), 0, "{report}");
+    let list = agents(&s, &key).await;
+    assert!(list.iter().all(|a| a["node"] == "one" && a["observed_state"] == "running"), "{list:#?}");
+    for id in &fresh {
+        say(&s, &key, id, "after the drain").await;
+    }
+    let (_, left) = two.docker(&["ps", "-a", "--filter", &format!("label=clawpen.instance={instance}"), "-q"]);
+    assert!(left.is_empty(), "a drained node keeps no sandbox: {left}");
+    // While drained it takes nothing new.
+    let c = s.agent(&key, "c0", true).await;
+    assert_eq!(c["node"], "one", "{c}");
+    let (st, nodes) = s.get("/api/v1/nodes", &s.admin).await;
+    assert_eq!((st, nodes["nodes"][1]["state"].as_str()), (200, Some("draining")), "{nodes}");
+    // Nodes are the operator's: a tenant key cannot see or drain them.
+    let (st, _) = s.get("/api/v1/nodes", &key).await;
+    assert_eq!(st, 403);
+    let (st, _) = s.post("/api/v1/nodes/two/drain", &key, json!({})).await;
+    assert_eq!(st, 403);
+    let (st, e) = s.post("/api/v1/nodes/three/drain", &s.admin, json!({})).await;
+    assert_eq!(st, 404, "{e}");
+}
