@@ -43,7 +43,7 @@ mod tests {
         assert_eq!(tokens_cost(1, 1), 1);
         assert_eq!(tokens_cost(1_000_000, 3_000_000), 3_000_000);
         assert_eq!(tokens_cost(0, 5), 0);
-        assert_eq!(tokens_cost(i64::MAX, i64::MAX) > 0, true);
+        assert!(tokens_cost(i64::MAX, i64::MAX) > 0);
         let u = Usage { input: 1_000, output: 100, cache_read: 10, cache_write: 5 };
         assert_eq!(cost(&model(), &u), 3_000 + 1_500 + 3 + 19);
     }

@@ -65,6 +65,7 @@ impl std::ops::Deref for App {
 }
 
 impl App {
+    #[allow(clippy::too_many_arguments)] // each is a distinct part, built by `crate::open`
     pub fn new(
         store: Store,
         (nodes, budgets): (clawpen_runtime::nodes::Nodes, HashMap<String, u64>),

@@ -224,11 +224,14 @@ async fn openai_errors_have_openai_shape() {
     assert_eq!(r[3].body, Value::Null, "a body that is not JSON records as null");
 }
 
+/// Request headers, body, expected status, expected error type.
+type ErrorCase<'a> = (&'a [(&'a str, &'a str)], String, u16, &'a str);
+
 #[tokio::test]
 async fn anthropic_errors_have_anthropic_shape() {
     let s = standin().await;
     let good = json!({"model": "claude-test", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}).to_string();
-    let cases: [(&[(&str, &str)], String, u16, &str); 6] = [
+    let cases: [ErrorCase; 6] = [
         (&[("anthropic-version", "2023-06-01")], good.clone(), 401, "authentication_error"),
         (&[("x-api-key", "sk-wrong"), ("anthropic-version", "2023-06-01")], good.clone(), 401, "authentication_error"),
         (&[("x-api-key", "sk-ant-standin")], good.clone(), 400, "invalid_request_error"),

@@ -209,7 +209,7 @@ async fn no_overspend_with_200_concurrent_calls() {
     let spent = u["month"]["spent"].as_i64().unwrap();
     assert!(spent <= cap, "settled {spent} > cap {cap}");
     // Holds are larger than costs, so fewer than 50 fit at once; the point is that some do.
-    assert!(ok >= 10 && ok < 200, "the cap admitted {ok} of 200");
+    assert!((10..200).contains(&ok), "the cap admitted {ok} of 200");
     eprintln!("the cap of {cap} admitted {ok} of 200 concurrent calls; settled {spent}");
     assert_eq!(u["balance"].as_i64().unwrap() + spent, start, "balance + settled = start");
     assert_eq!(u["reserved"], 0);
