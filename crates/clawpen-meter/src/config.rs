@@ -92,6 +92,9 @@ pub struct MeterConfig {
     pub sweep_secs: u64,
     /// How long an upstream call may take in all.
     pub upstream_timeout_secs: u64,
+    /// A PEM CA certificate to trust for upstreams besides the system's roots (a private
+    /// gateway with its own CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for MeterConfig {
@@ -104,6 +107,7 @@ impl Default for MeterConfig {
             drain_secs: 120,
             sweep_secs: 5,
             upstream_timeout_secs: 300,
+            ca_file: None,
         }
     }
 }

@@ -6,12 +6,14 @@
 //! - [`usage`]: reading usage from OpenAI and Anthropic answers, streamed or not.
 //! - [`meter`]: [`Meter`], reserve → forward → settle, the sweeper, caps and pauses.
 //! - [`router`]: the HTTP routes served on an agent's `control.sock`.
+//! - [`tls`]: the one TLS crypto provider (aws-lc-rs) for outbound HTTPS.
 
 pub mod budget;
 pub mod config;
 pub mod meter;
 pub mod price;
 pub mod router;
+pub mod tls;
 pub mod usage;
 
 pub use config::MeterConfig;

@@ -136,11 +136,14 @@ struct Prepared {
 impl Meter {
     pub fn new(store: Store, config: MeterConfig, plans: BTreeMap<String, Plan>, default_plan: String) -> Result<Meter, String> {
         let upstreams = config.resolve()?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(config.upstream_timeout_secs))
-            .pool_max_idle_per_host(256)
-            .build()
-            .map_err(|e| e.to_string())?;
+        crate::tls::install_provider();
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(config.upstream_timeout_secs)).pool_max_idle_per_host(256);
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path).map_err(|e| format!("meter.ca_file {}: {e}", path.display()))?;
+            let ca = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("meter.ca_file {}: not a PEM certificate: {e}", path.display()))?;
+            http = http.add_root_certificate(ca);
+        }
+        let http = http.build().map_err(|e| e.to_string())?;
         let ttl = Duration::from_secs(config.hold_ttl_secs);
         Ok(Meter {
             store: store.clone(),

@@ -133,24 +133,24 @@ impl App {
             }
         }
         let committed = self.committed.lock().expect("committed");
-        let mut best: Option<(u64, String)> = None;
+        // The usable node with the least committed memory; when none has room it is still the
+        // answer, and admission then refuses with that node's figures.
+        let mut best: Option<(bool, u64, String)> = None;
         for n in self.nodes.names() {
             if !usable(&n) {
                 continue;
             }
             let used = App::committed_on(&committed, &n);
-            if used + mib > self.budget(&n) {
-                continue;
-            }
-            if best.as_ref().is_none_or(|(b, _)| used < *b) {
-                best = Some((used, n));
+            let fits = used + mib <= self.budget(&n);
+            if best.as_ref().is_none_or(|(bf, bu, _)| (fits, std::cmp::Reverse(used)) > (*bf, std::cmp::Reverse(*bu))) {
+                best = Some((fits, used, n));
             }
         }
-        best.map(|(_, n)| n).ok_or_else(|| {
+        best.map(|(_, _, n)| n).ok_or_else(|| {
             ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "node_full",
-                format!("no node can take a sandbox of {mib} MiB now (each is down, quarantined, drained or full); stop idle agents or add a node"),
+                "no node can take a sandbox now: each is down, quarantined or drained (see GET /api/v1/nodes); add a node or end a drain",
             )
         })
     }

@@ -8,12 +8,14 @@
 //! - `log`: [`RecordedRequest`]s, and the body wrapper that marks an answer completed.
 //! - `sse`: server-sent event streams, paced for `-slow` models.
 //! - `telegram`: the Telegram Bot API ([`TelegramStandin`]), on the same port.
+//! - [`tls`]: an HTTPS front with a throwaway CA, for clients that must speak TLS.
 
 mod anthropic;
 mod log;
 mod openai;
 mod sse;
 mod telegram;
+pub mod tls;
 mod tokens;
 
 use std::future::Future;
@@ -140,6 +142,11 @@ impl Standin {
     /// `http://127.0.0.1:PORT`: Anthropic's base URL; OpenAI's is this plus `/v1`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Where it listens (for [`tls::TlsFront`]).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The Telegram Bot API on this stand-in: register bots, inject updates, read what was sent.

@@ -65,7 +65,7 @@ struct State {
 }
 
 /// The Bot API stand-in's state and the test's handle on it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct TelegramStandin {
     state: Arc<Mutex<State>>,
     /// Wakes long polls (and `wait_for_sent`) when something changes.
@@ -73,6 +73,19 @@ pub struct TelegramStandin {
     /// Serialises webhook deliveries so that they arrive in order.
     delivering: Arc<tokio::sync::Mutex<()>>,
     http: reqwest::Client,
+}
+
+impl Default for TelegramStandin {
+    fn default() -> Self {
+        // Its webhook client is built with TLS support: the crypto provider must be in place.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        TelegramStandin {
+            state: Default::default(),
+            changed: Default::default(),
+            delivering: Default::default(),
+            http: reqwest::Client::new(),
+        }
+    }
 }
 
 fn now_secs() -> i64 {

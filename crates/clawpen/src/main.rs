@@ -107,6 +107,8 @@ fn main() -> std::process::ExitCode {
         Command::Probe { cmd } => probe::run(cmd),
         other => {
             init_tracing();
+            // The one TLS crypto provider, before anything builds an HTTPS client.
+            clawpen_meter::tls::install_provider();
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
             match rt.block_on(dispatch(other)) {
                 Ok(code) => code,

@@ -122,6 +122,7 @@ impl TestServer {
     /// [`TestServer::start_with`], plus `extra` TOML appended to the config (e.g. a `[telegram]`
     /// table, whose `api_base` may be written `STANDIN`: the stand-in's base URL).
     pub async fn start_full(plan: &str, meter_extra: &str, extra: &str, env: &[(&str, &str)]) -> TestServer {
+        clawpen_meter::tls::install_provider();
         image();
         let keys = StandinConfig::for_testing();
         let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

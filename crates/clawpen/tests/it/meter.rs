@@ -281,3 +281,43 @@ async fn the_real_python_sdks_work_through_the_meter() {
 
     pytest("test_standin_sdks.py", &[("CLAWPEN_STANDIN_URL", &w.standin.base_url())]).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_upstream_is_reached_only_with_its_ca_trusted() {
+    use clawpen_standin::{tls::TlsFront, Standin, StandinConfig};
+    // A provider behind TLS with its own CA (like a private gateway).
+    let upstream = Standin::start(StandinConfig::for_testing()).await.unwrap();
+    let front = TlsFront::start(upstream.addr()).await.unwrap();
+    let ca_dir = tempfile::Builder::new().prefix("cpt-ca-").tempdir_in("/tmp").unwrap();
+    let ca = ca_dir.path().join("ca.pem");
+    std::fs::write(&ca, &front.ca_pem).unwrap();
+    let secure = format!(
+        "[meter.upstreams.secure]\nprovider = \"openai\"\nbase_url = \"{}/v1\"\napi_key_env = \"{}\"\n\n\
+         [meter.models.gpt-secure]\nupstream = \"secure\"\nupstream_model = \"gpt-test\"\ninput_per_mtok = 1000000\noutput_per_mtok = 2000000\n",
+        front.base_url(),
+        crate::harness::OPENAI_KEY_ENV
+    );
+    let trusted = TestServer::start_full("", &format!("ca_file = \"{}\"", ca.display()), &secure, &[]).await;
+    let (_, key) = trusted.tenant("tls").await;
+    let a = trusted.agent(&key, "a", false).await;
+    let sock = trusted.run_dir(a["id"].as_str().unwrap()).join("control.sock");
+    let (st, body) = uds_post(&sock, "/v1/chat/completions", &chat("gpt-secure", "over tls please", false), &[]).await;
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "stand-in reply to: over tls please");
+    assert_eq!(upstream.requests().len(), 1, "the call crossed TLS to the provider");
+    let u = trusted.settled_usage(&key).await;
+    assert!(u["month"]["spent"].as_i64().unwrap() > 0, "and was charged: {u}");
+
+    // The same server without the CA refuses the unknown certificate: nothing reaches the
+    // provider, nothing is charged.
+    let untrusted = TestServer::start_full("", "", &secure, &[]).await;
+    let (_, key) = untrusted.tenant("tls").await;
+    let a = untrusted.agent(&key, "a", false).await;
+    let sock = untrusted.run_dir(a["id"].as_str().unwrap()).join("control.sock");
+    let (st, body) = uds_post(&sock, "/v1/chat/completions", &chat("gpt-secure", "over tls please", false), &[]).await;
+    assert_eq!(st, 502, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(upstream.requests().len(), 1);
+    let u = untrusted.settled_usage(&key).await;
+    assert_eq!(u["month"]["spent"], 0, "{u}");
+}

@@ -224,6 +224,7 @@ impl Backoff {
 
 impl Telegram {
     pub fn new(config: &TelegramConfig) -> Telegram {
+        clawpen_meter::tls::install_provider();
         Telegram {
             config: config.clone(),
             http: reqwest::Client::new(),
