@@ -4,7 +4,8 @@
 //! `idle-connections`: `n` connections opened through the gateway and left idle; `p50_ms` and
 //! `p99_ms` are the time to `hello-ok`, `bytes_per_connection` the memory they hold (this
 //! process, which is the server *and* the clients, plus the agent's sandbox), and `open` how many
-//! still answer at the end.
+//! still answer at the end. Case `wake-on-connect`: a connection to the agent while it is
+//! stopped, which starts it, to `hello-ok`, against the same connection to the awake agent.
 
 use std::time::{Duration, Instant};
 
@@ -120,6 +121,29 @@ async fn run_on(server: &BenchServer, requests: usize, connections: usize) -> an
     drop(through);
     drop(direct);
     let mut cases = vec![Case { name: "roundtrip".into(), samples_ms: ours, baseline_ms: Some(base), extra: serde_json::Map::new() }];
+
+    // wake-on-connect: the agent stopped (its container kept), then a connection through the
+    // gateway, which starts it; timed to hello-ok. Baseline: the same connection to the awake
+    // agent, right after.
+    let wakes = (requests / 10).clamp(5, 30);
+    eprintln!("gateway bench: wake on connect, {wakes} times");
+    let (mut woken, mut awake) = (Vec::with_capacity(wakes), Vec::with_capacity(wakes));
+    for _ in 0..wakes {
+        let res = http.post(format!("{}/api/v1/agents/{id}/hibernate", server.base)).bearer_auth(&token).json(&json!({"tier": "stopped"})).send().await?;
+        anyhow::ensure!(res.status().is_success(), "hibernate: {}", res.text().await.unwrap_or_default());
+        let t0 = Instant::now();
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(small()), false).await?;
+        handshake(&mut ws).await?;
+        woken.push(t0.elapsed().as_secs_f64() * 1000.0);
+        drop(ws);
+        let t0 = Instant::now();
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(small()), false).await?;
+        handshake(&mut ws).await?;
+        awake.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut extra = serde_json::Map::new();
+    extra.insert("what".into(), json!("a connection to a stopped agent (container kept) through the gateway, to hello-ok; baseline: the same to the awake agent"));
+    cases.push(Case { name: "wake-on-connect".into(), samples_ms: woken, baseline_ms: Some(awake), extra });
 
     // idle-connections
     eprintln!("gateway bench: opening {connections} idle connections");
