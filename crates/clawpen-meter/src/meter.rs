@@ -133,6 +133,10 @@ struct Prepared {
     held: i64,
 }
 
+/// How long the flusher waits after the first settled call, so the calls settling meanwhile
+/// share its store transaction.
+const FLUSH_COALESCE: Duration = Duration::from_millis(20);
+
 impl Meter {
     pub fn new(store: Store, config: MeterConfig, plans: BTreeMap<String, Plan>, default_plan: String) -> Result<Meter, String> {
         let upstreams = config.resolve()?;
@@ -406,16 +410,18 @@ impl Meter {
                 return MeterError::new(StatusCode::BAD_GATEWAY, "upstream_broken", "the model provider's answer broke off").into_response();
             }
         };
-        let usage = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
-            v.get("usage").filter(|u| u.is_object()).map(|u| match endpoint {
-                Endpoint::ChatCompletions => usage::openai(u),
-                Endpoint::Messages => usage::anthropic(u),
-            })
+        // Only `usage` is built; the rest of the answer (the generated text) is skipped over.
+        #[derive(serde::Deserialize)]
+        struct UsageOnly {
+            usage: Option<Value>,
+        }
+        let usage = serde_json::from_slice::<UsageOnly>(&body).ok().and_then(|v| v.usage).filter(Value::is_object).map(|u| match endpoint {
+            Endpoint::ChatCompletions => usage::openai(&u),
+            Endpoint::Messages => usage::anthropic(&u),
         });
-        // Settled once the answer is on its way: the caller does not wait for the ledger. The
-        // hold stays counted until then, and a crash in between voids it at its expiry.
-        let meter = Arc::clone(self);
-        tokio::spawn(async move { meter.close(&caller, &p, usage, "ok", false).await });
+        // Settled in memory here (the store is written by the flusher, in batches): cheaper
+        // than a task of its own, which would cost a wake-up per call.
+        self.close(&caller, &p, usage, "ok", false).await;
         let mut r = Response::new(Body::from(body));
         r.headers_mut().insert("content-type", content_type.unwrap_or(HeaderValue::from_static("application/json")));
         r
@@ -512,6 +518,9 @@ impl Meter {
     pub async fn run_flusher(self: Arc<Self>) {
         loop {
             self.budgets.wait_dirty(crate::budget::RELEASE_AFTER).await;
+            // Let the calls settling meanwhile join this batch: one store transaction for many
+            // calls instead of one each (and no wake-up of this task per call under load).
+            tokio::time::sleep(FLUSH_COALESCE).await;
             self.flush_once().await;
         }
     }
