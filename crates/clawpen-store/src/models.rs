@@ -106,6 +106,8 @@ pub struct Agent {
     pub last_active_at: Option<i64>,
     /// Restarts inside the crash-loop guard's window.
     pub restarts: Vec<i64>,
+    /// The agent's own uid, set when it claimed a warm-pool sandbox; `None`: its tenant's uid.
+    pub uid: Option<i64>,
 }
 
 /// What the runtime showed for an agent, written by [`crate::Store::set_observed`].
