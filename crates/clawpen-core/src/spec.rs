@@ -239,6 +239,11 @@ pub fn pool_container_name(instance: &str, slot: u64) -> String {
     format!("clawpen-{}-pool-{slot}", &instance[..instance.len().min(8)])
 }
 
+/// The slot of a warm-pool sandbox from its container name; `None` for any other name.
+pub fn pool_slot(instance: &str, name: &str) -> Option<u64> {
+    name.strip_prefix(&format!("clawpen-{}-pool-", &instance[..instance.len().min(8)]))?.parse().ok()
+}
+
 /// Container name of an agent's sandbox in one installation.
 pub fn container_name(instance: &str, agent: &AgentId) -> String {
     format!("clawpen-{}-{}", &instance[..instance.len().min(8)], agent)
@@ -312,6 +317,8 @@ mod tests {
         let same = |s: &SandboxSpec| (s.read_only_root, s.init, s.cap_drop.clone(), s.security_opt.clone(), s.network, s.memory_bytes, s.memory_swap_bytes, s.nano_cpus, s.pids_limit, s.tmpfs.clone(), s.image.clone(), s.args.clone());
         assert_eq!(same(&a), same(&p));
         assert_eq!(p.name, "clawpen-inst1234-pool-7");
+        assert_eq!(pool_slot("inst1234abcd", &p.name), Some(7));
+        assert_eq!(pool_slot("inst1234abcd", &a.name), None);
         assert_eq!(p.labels[labels::ROLE], ROLE_POOL);
         assert!(!p.labels.contains_key(labels::AGENT) && !p.labels.contains_key(labels::TENANT));
         assert!(!p.env.contains_key("CLAWPEN_AGENT_ID") && !p.env.contains_key("CLAWPEN_TENANT_ID"));

@@ -15,6 +15,14 @@ use crate::layout::Layout;
 #[derive(Clone)]
 pub struct App(pub Arc<AppInner>);
 
+/// What holds committed memory on this node: an agent's sandbox, or a warm-pool sandbox (by its
+/// slot) until it is claimed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Holder {
+    Agent(AgentId),
+    Pool(u64),
+}
+
 pub struct AppInner {
     pub store: Store,
     pub runtime: Arc<dyn Runtime>,
@@ -39,8 +47,13 @@ pub struct AppInner {
     pub message_limits: crate::ratelimit::MessageLimits,
     /// The lifecycle record of each agent that should run (see [`crate::supervisor`]).
     pub lives: Mutex<HashMap<AgentId, clawpen_core::lifecycle::Life>>,
-    /// MiB of plan memory committed on this node, per agent whose sandbox holds memory.
-    pub committed: Mutex<HashMap<AgentId, u64>>,
+    /// MiB of plan memory committed on this node, per agent whose sandbox holds memory and per
+    /// warm-pool sandbox.
+    pub committed: Mutex<HashMap<Holder, u64>>,
+    /// The warm pool's sandboxes (see [`crate::pool`]).
+    pub pool: crate::pool::Pool,
+    /// Counters for `GET /metrics`.
+    pub metrics: crate::metrics::Metrics,
     /// The node's memory budget in MiB.
     pub node_memory_mib: u64,
     /// The Telegram channel: the shared bot, the tenants' pollers.
@@ -90,6 +103,8 @@ impl App {
             message_limits: Default::default(),
             lives: Mutex::new(HashMap::new()),
             committed: Mutex::new(HashMap::new()),
+            pool: Default::default(),
+            metrics: Default::default(),
             node_memory_mib,
             telegram,
             control: Mutex::new(HashMap::new()),

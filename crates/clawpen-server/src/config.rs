@@ -72,6 +72,9 @@ pub struct FleetConfig {
     /// Memory this node may commit to sandboxes (the sum of their plans' limits), in MiB; a start
     /// past it is refused. 0: nine tenths of the host's memory.
     pub node_memory_mib: u64,
+    /// Warm-pool sandboxes kept ready (default plan's limits) so that an agent's first start is
+    /// a claim instead of a container create; 0 turns the pool off.
+    pub warm_pool: u32,
 }
 
 impl Default for FleetConfig {
@@ -86,6 +89,7 @@ impl Default for FleetConfig {
             restart_backoff_ms: 1000,
             restart_backoff_max_ms: 60_000,
             node_memory_mib: 0,
+            warm_pool: 2,
         }
     }
 }
@@ -246,6 +250,7 @@ impl Config {
         anyhow::ensure!(f.tick_ms >= 10, "fleet.tick_ms must be at least 10");
         anyhow::ensure!(f.health_every_secs >= 1 && f.health_timeout_ms >= 10, "fleet.health_every_secs must be at least 1 and fleet.health_timeout_ms at least 10");
         anyhow::ensure!(f.crashloop_restarts >= 1 && f.health_failures >= 1, "fleet.crashloop_restarts and fleet.health_failures must be at least 1");
+        anyhow::ensure!(f.warm_pool <= 64, "fleet.warm_pool must be at most 64");
         anyhow::ensure!(f.restart_backoff_ms <= f.restart_backoff_max_ms, "fleet.restart_backoff_ms must not exceed fleet.restart_backoff_max_ms");
         let tg = &self.telegram;
         anyhow::ensure!(tg.api_base.starts_with("http://") || tg.api_base.starts_with("https://"), "telegram.api_base must be an http:// or https:// URL");

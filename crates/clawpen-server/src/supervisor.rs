@@ -13,7 +13,7 @@ use clawpen_runtime::SandboxState;
 use clawpen_store::{Agent, DesiredState, ObservedState, Observation, Tenant};
 use tracing::{info, warn};
 
-use crate::app::App;
+use crate::app::{App, Holder};
 use crate::error::ApiError;
 use crate::fleet::Actor;
 
@@ -106,41 +106,67 @@ impl App {
         if agent.desired_state != DesiredState::Running {
             self.store.set_desired(id, DesiredState::Running).await?;
         }
-        self.audit(&tenant.id, Some(id), actor, "agent.wake", reason, Some(serde_json::json!({"from": agent.hibernation, "was": agent.observed_state}))).await;
-        self.bring_up(tenant, id).await
+        let slot = self.take_pool_slot(tenant, &agent);
+        let kind = if slot.is_some() { "warm" } else { "cold" };
+        self.audit(&tenant.id, Some(id), actor, "agent.wake", reason, Some(serde_json::json!({"from": agent.hibernation, "was": agent.observed_state, "kind": kind}))).await;
+        self.bring_up_from(tenant, id, slot).await
     }
 
     /// Reserves the plan's memory of an agent about to start on this node; refused when the
-    /// node's budget would be passed. An agent already counted is not counted twice.
+    /// node's budget would be passed even after giving up an unclaimed warm-pool sandbox. An
+    /// agent already counted is not counted twice.
     pub fn admit(&self, id: &AgentId, mib: u64) -> Result<(), ApiError> {
+        let refused = match self.reserve(Holder::Agent(id.clone()), mib) {
+            Ok(()) => return Ok(()),
+            Err(refused) => refused,
+        };
+        // The pool yields to agents: a ready pool sandbox is given up for the room.
+        if self.evict_pool_sandbox() {
+            return self.admit(id, mib);
+        }
+        let (total, budget) = refused;
+        Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "node_full",
+            format!(
+                "starting this agent would commit {mib} MiB more, but the node has {total} of its {budget} MiB committed; \
+                 stop or delete idle agents, or raise [fleet] node_memory_mib"
+            ),
+        ))
+    }
+
+    /// Reserves `mib` for `holder` if the budget allows: the check and the reservation are one
+    /// step. `Err((committed, budget))` when it does not fit.
+    pub(crate) fn reserve(&self, holder: Holder, mib: u64) -> Result<(), (u64, u64)> {
         let mut committed = self.committed.lock().expect("committed");
-        if committed.contains_key(id) {
+        if committed.contains_key(&holder) {
             return Ok(());
         }
         let total: u64 = committed.values().sum();
         let budget = self.node_memory_mib;
         if total + mib > budget {
-            return Err(ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "node_full",
-                format!(
-                    "starting this agent would commit {mib} MiB more, but the node has {total} of its {budget} MiB committed; \
-                     stop or delete idle agents, or raise [fleet] node_memory_mib"
-                ),
-            ));
+            return Err((total, budget));
         }
-        committed.insert(id.clone(), mib);
+        committed.insert(holder, mib);
         Ok(())
     }
 
     /// Counts an agent's memory whatever the budget (a sandbox found running at start-up).
     pub fn commit_found(&self, id: &AgentId, mib: u64) {
-        self.committed.lock().expect("committed").insert(id.clone(), mib);
+        self.committed.lock().expect("committed").insert(Holder::Agent(id.clone()), mib);
     }
 
     /// The agent's sandbox no longer holds memory (stopped, removed, exited).
     pub fn release(&self, id: &AgentId) {
-        self.committed.lock().expect("committed").remove(id);
+        self.committed.lock().expect("committed").remove(&Holder::Agent(id.clone()));
+    }
+
+    /// Moves a claimed pool sandbox's reservation to its agent, in one step.
+    pub(crate) fn transfer(&self, slot: u64, id: &AgentId) {
+        let mut committed = self.committed.lock().expect("committed");
+        if let Some(mib) = committed.remove(&Holder::Pool(slot)) {
+            committed.insert(Holder::Agent(id.clone()), mib);
+        }
     }
 
     /// MiB committed on this node and its budget.
@@ -228,7 +254,7 @@ impl App {
         if agent.desired_state != DesiredState::Running || agent.observed_state == ObservedState::Crashloop || tier == Tier::Awake {
             return Ok(());
         }
-        let name = self.spec_for(tenant, id).name;
+        let name = clawpen_core::spec::container_name(&self.instance, id);
         // Intent first: the sandbox's exit that follows is then not taken for a crash.
         self.store.set_hibernation(id, tier).await?;
         let done: Result<Observation, ApiError> = async {
@@ -307,7 +333,7 @@ impl App {
         self.store.set_restarts(id, &restarts).await?;
         self.audit(&tenant.id, Some(id), &Actor::system(), "agent.restart", reason, Some(serde_json::json!({"restarts_in_window": restarts.len()}))).await;
         // A hung sandbox is stopped first; one that exited is simply started again.
-        let name = self.spec_for(tenant, id).name;
+        let name = clawpen_core::spec::container_name(&self.instance, id);
         if let Ok(st) = self.runtime.inspect(&name).await {
             if matches!(st.state, SandboxState::Running | SandboxState::Paused) {
                 self.runtime.stop(&st.id, self.config.sandbox.stop_grace_secs).await?;
@@ -331,7 +357,7 @@ impl App {
     /// Callers hold the agent's lock.
     pub(crate) async fn trip(&self, tenant: &Tenant, id: &AgentId, reason: &str) -> Result<(), ApiError> {
         let agent = self.store.get_agent(&tenant.id, id).await?;
-        let name = self.spec_for(tenant, id).name;
+        let name = clawpen_core::spec::container_name(&self.instance, id);
         let mut container = agent.container_id.clone();
         if let Ok(st) = self.runtime.inspect(&name).await {
             if matches!(st.state, SandboxState::Running | SandboxState::Paused) {

@@ -206,7 +206,7 @@ async fn coldstart_on(server: &BenchServer, n: usize) -> anyhow::Result<Vec<Case
             // Baseline: the same spec through `docker run`, then the same health poll.
             let bid = AgentId::new();
             app.layout.prepare_agent(&tenant.id, &bid, tenant.uid as u32)?;
-            let mut spec = app.spec_for(&tenant, &bid);
+            let mut spec = app.spec_for(&tenant, &bid, tenant.uid as u32);
             spec.name = format!("clawpen-bench-{}", bid);
             spec.labels.insert(labels::INSTANCE.into(), baseline_instance.clone());
             let t0 = Instant::now();
@@ -218,7 +218,7 @@ async fn coldstart_on(server: &BenchServer, n: usize) -> anyhow::Result<Vec<Case
             // The floor: the same spec through the Engine API directly (no store, no HTTP).
             let eid = AgentId::new();
             app.layout.prepare_agent(&tenant.id, &eid, tenant.uid as u32)?;
-            let mut spec = app.spec_for(&tenant, &eid);
+            let mut spec = app.spec_for(&tenant, &eid, tenant.uid as u32);
             spec.name = format!("clawpen-bench-{}", eid);
             spec.labels.insert(labels::INSTANCE.into(), baseline_instance.clone());
             let t0 = Instant::now();

@@ -12,6 +12,8 @@
 //! - `chat`: messages to running agents answered by the model through the meter; tools, guards, caps.
 //! - `gateway`: a WebSocket client through the gateway to a woken agent (OpenClaw protocol).
 //! - `fleet`: hibernation tiers woken by messages, health-check restarts, the crash-loop guard.
+//! - `pool`: the warm pool: warm claims, per-agent uids, cold starts for other plans or without
+//!   a pool, a claimed agent stopped and started again (kills during claims are in `kill`).
 //! - `meter`: model calls through the meter against a stand-in upstream; caps, aborts, crashes.
 //! - `telegram`: tenants' own bots (webhook, polling) and the shared bot with pairing, against the
 //!   stand-in's Bot API; cross-tenant isolation and secrets.
@@ -27,4 +29,5 @@ mod isolation;
 mod kill;
 mod lifecycle;
 mod meter;
+mod pool;
 mod telegram;
