@@ -118,10 +118,17 @@ impl App {
     /// [`App::bring_up`], claiming `slot` from the warm pool when given (a failed claim is
     /// undone and the start goes on cold).
     pub(crate) async fn bring_up_from(&self, tenant: &Tenant, id: &AgentId, slot: Option<crate::pool::Slot>) -> Result<(), ApiError> {
-        let claimed = match slot {
-            Some(slot) => self.claim(tenant, id, &slot).await.ok().map(|c| (c, slot.spec_hash)),
-            None => None,
-        };
+        // A claim proves health itself (the agent answered /claim as this agent).
+        if let Some(slot) = slot {
+            if let Ok(container_id) = self.claim(tenant, id, &slot).await {
+                let obs = Observation { state: ObservedState::Running, container_id: Some(container_id), spec_hash: Some(slot.spec_hash), exit_code: None, last_error: None };
+                self.store.set_observed(id, &obs).await?;
+                self.store.set_hibernation(id, Tier::Awake).await?;
+                let now = crate::supervisor::now_ms();
+                self.with_life(id, |l| l.woke(now));
+                return Ok(());
+            }
+        }
         let uid = uid_of(tenant, &self.store.get_agent(&tenant.id, id).await?);
         self.layout
             .prepare_agent(&tenant.id, id, uid)
@@ -130,22 +137,17 @@ impl App {
         let spec = self.spec_for(tenant, id, uid);
         let memory_mib = self.config.plan_or_default(&tenant.plan).memory_mib;
         let cold = || self.metrics.starts_cold.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let inspected = match &claimed {
-            Some(_) => Err(RuntimeError::NotFound),
-            None => self.runtime.inspect(&spec.name).await,
-        };
-        let (container_id, spec_hash) = match (claimed, inspected) {
-            (Some(claimed), _) => claimed,
+        let (container_id, spec_hash) = match self.runtime.inspect(&spec.name).await {
             // A claimed pool sandbox runs on its first-generation config, which names the pool's
             // paths: kept while it runs, made again from the agent's spec once it stopped.
-            (None, Ok(st)) if crate::pool::is_pool(&st) && matches!(st.state, SandboxState::Running | SandboxState::Paused) => {
+            Ok(st) if crate::pool::is_pool(&st) && matches!(st.state, SandboxState::Running | SandboxState::Paused) => {
                 if st.state == SandboxState::Paused {
                     self.runtime.unpause(&st.id).await?;
                 }
                 let hash = st.labels.get(labels::SPEC_HASH).cloned().unwrap_or_default();
                 (st.id, hash)
             }
-            (None, Ok(st)) if st.labels.get(labels::SPEC_HASH).map(String::as_str) == Some(spec.spec_hash()) => {
+            Ok(st) if st.labels.get(labels::SPEC_HASH).map(String::as_str) == Some(spec.spec_hash()) => {
                 match st.state {
                     SandboxState::Paused => self.runtime.unpause(&st.id).await?,
                     SandboxState::Running => {}
@@ -159,7 +161,7 @@ impl App {
                 }
                 (st.id, spec.spec_hash().to_owned())
             }
-            (None, Ok(st)) => {
+            Ok(st) => {
                 info!(agent = %id, "sandbox spec changed; recreating the container (workspace kept)");
                 self.runtime.remove(&st.id).await?;
                 self.release(id);
@@ -167,12 +169,12 @@ impl App {
                 cold();
                 (self.runtime.create_and_start(&spec).await.inspect_err(|_| self.release(id))?, spec.spec_hash().to_owned())
             }
-            (None, Err(RuntimeError::NotFound)) => {
+            Err(RuntimeError::NotFound) => {
                 self.admit(id, memory_mib)?;
                 cold();
                 (self.runtime.create_and_start(&spec).await.inspect_err(|_| self.release(id))?, spec.spec_hash().to_owned())
             }
-            (None, Err(e)) => return Err(e.into()),
+            Err(e) => return Err(e.into()),
         };
         let observed = |state, exit_code, last_error: Option<String>| Observation {
             state,

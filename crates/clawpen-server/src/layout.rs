@@ -148,8 +148,8 @@ impl Layout {
         let body = serde_json::json!({"agent_id": agent.as_str(), "tenant_id": tenant.as_str()}).to_string();
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o444).open(&tmp)?;
         std::os::unix::fs::fchown(&f, Some(0), Some(0)).or_else(|e| if e.kind() == std::io::ErrorKind::PermissionDenied { Ok(()) } else { Err(e) })?;
+        // No fsync: after a crash the reconciler writes it again before the claim is trusted.
         f.write_all(body.as_bytes())?;
-        f.sync_all()?;
         std::fs::rename(&tmp, run.join(clawpen_core::spec::IDENTITY_FILE))
     }
 

@@ -61,6 +61,8 @@ pub struct Slot {
     pub spec_hash: String,
     /// The sandbox answered `/health`; only ready slots are handed out.
     pub ready: bool,
+    /// Handed to an agent; the slot leaves the pool when the claim is done or undone.
+    pub claiming: bool,
 }
 
 impl Pool {
@@ -73,11 +75,18 @@ impl Pool {
         self.slots.lock().expect("pool").len()
     }
 
-    /// Takes the first ready slot `fits` accepts out of the pool.
+    /// Marks the first ready slot `fits` accepts as being claimed and returns it; it stays
+    /// listed (so the stray sweep knows its container) until [`Pool::forget`].
     fn take(&self, fits: impl Fn(&Slot) -> bool) -> Option<Slot> {
         let mut slots = self.slots.lock().expect("pool");
-        let i = slots.iter().position(|s| s.ready && fits(s))?;
-        Some(slots.remove(i))
+        let slot = slots.iter_mut().find(|s| s.ready && !s.claiming && fits(s))?;
+        slot.ready = false;
+        slot.claiming = true;
+        Some(slot.clone())
+    }
+
+    fn knows(&self, n: u64) -> bool {
+        self.slots.lock().expect("pool").iter().any(|s| s.n == n)
     }
 
     fn forget(&self, n: u64) {
@@ -129,9 +138,7 @@ impl App {
             return None;
         }
         let plan = self.config.plan_or_default(&tenant.plan);
-        let slot = self.pool.take(|s| self.pool_spec(s.n, s.uid, plan).spec_hash() == s.spec_hash)?;
-        self.pool.refill_soon();
-        Some(slot)
+        self.pool.take(|s| self.pool_spec(s.n, s.uid, plan).spec_hash() == s.spec_hash)
     }
 
     /// Claims `slot` for the agent (see the module doc); returns the container's id. On failure
@@ -142,7 +149,11 @@ impl App {
         let detail = serde_json::json!({"kind": "warm", "container": slot.container_id, "uid": slot.uid, "slot": slot.n});
         self.audit(&tenant.id, Some(id), &Actor::system(), "agent.claim", "a warm-pool sandbox becomes the agent's", Some(detail)).await;
         let pool_name = spec::pool_container_name(&self.instance, slot.n);
-        match self.finish_claim(tenant, id, slot.uid, &slot.container_id, &pool_name).await {
+        let finished = self.finish_claim(tenant, id, slot.uid, &slot.container_id, &pool_name).await;
+        // Claimed or given up: the slot leaves the pool, which makes another.
+        self.pool.forget(slot.n);
+        self.pool.refill_soon();
+        match finished {
             Ok(()) => {
                 self.transfer(slot.n, id);
                 self.metrics.starts_warm.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -220,6 +231,13 @@ impl App {
             return;
         }
         if renamed {
+            // A claim that went through answers as its agent: nothing to finish.
+            let timeout = Duration::from_millis(self.config.fleet.health_timeout_ms);
+            if let Ok(h) = client::health(&self.layout.agent_socket(&a.id), timeout).await {
+                if h.agent_id == a.id.as_str() && h.tenant_id == a.tenant_id.as_str() {
+                    return;
+                }
+            }
             match self.finish_claim(tenant, &a.id, uid, &c.id, &c.name).await {
                 Ok(()) => {
                     info!(agent = %a.id, "finished an interrupted claim");
@@ -237,6 +255,8 @@ impl App {
     /// Gives up one ready pool sandbox so an agent can have its memory; true if there was one.
     pub(crate) fn evict_pool_sandbox(&self) -> bool {
         let Some(slot) = self.pool.take(|_| true) else { return false };
+        self.pool.forget(slot.n);
+        self.pool.refill_soon();
         self.committed.lock().expect("committed").remove(&Holder::Pool(slot.n));
         info!(slot = slot.n, "giving up a warm-pool sandbox for an agent's start");
         let app = self.clone();
@@ -281,10 +301,34 @@ impl App {
         Ok(removed)
     }
 
+    /// Removes pool sandboxes and dirs that are in no slot and no agent's record: a container
+    /// whose create was still under way in the engine when a previous server was killed
+    /// appears after the start-up sweep.
+    async fn sweep_strays(&self) -> anyhow::Result<()> {
+        for c in self.runtime.list(labels::INSTANCE, &self.instance).await? {
+            let Some(n) = spec::pool_slot(&self.instance, &c.name).filter(|_| is_pool(&c)) else { continue };
+            if self.pool.knows(n) || self.store.agent_by_container(&c.id).await?.is_some() {
+                continue;
+            }
+            info!(container = %c.name, "removing a stray warm-pool sandbox");
+            self.runtime.remove(&c.id).await?;
+        }
+        if let Ok(dirs) = std::fs::read_dir(self.layout.pool_root()) {
+            for d in dirs.flatten() {
+                if let Some(n) = d.file_name().to_str().and_then(|n| n.parse().ok()).filter(|n| !self.pool.knows(*n)) {
+                    let _ = self.layout.remove_pool_slot(n);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Keeps `fleet.warm_pool` sandboxes warming or ready, one at a time, after the start-up
-    /// reconciliation; wakes after each claim and every second. Runs until the task is dropped.
+    /// reconciliation; wakes after each claim and every second, and sweeps strays every few
+    /// seconds. Runs until the task is dropped.
     pub async fn run_pool(self) {
         let mut backoff = Duration::from_millis(500);
+        let mut swept = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = self.pool.wake.notified() => {}
@@ -292,6 +336,12 @@ impl App {
             }
             if !self.is_reconciled() {
                 continue;
+            }
+            if swept.elapsed() >= Duration::from_secs(3) {
+                swept = tokio::time::Instant::now();
+                if let Err(e) = self.sweep_strays().await {
+                    warn!(error = %e, "cannot sweep stray warm-pool sandboxes");
+                }
             }
             while self.pool.len() < self.config.fleet.warm_pool as usize {
                 match self.warm_one().await {
@@ -323,7 +373,7 @@ impl App {
         if self.reserve(Holder::Pool(n), plan.memory_mib).is_err() {
             return Ok(false);
         }
-        self.pool.slots.lock().expect("pool").push(Slot { n, uid, container_id: String::new(), spec_hash: String::new(), ready: false });
+        self.pool.slots.lock().expect("pool").push(Slot { n, uid, container_id: String::new(), spec_hash: String::new(), ready: false, claiming: false });
         let made: anyhow::Result<(String, String)> = async {
             self.layout.prepare_pool_slot(n, uid)?;
             let spec = self.pool_spec(n, uid, &plan);
@@ -346,14 +396,14 @@ impl App {
                 };
                 // Given up while it warmed.
                 if kept.is_none() {
-                    self.discard(&Slot { n, uid, container_id: id, spec_hash: hash, ready: false }).await;
+                    self.discard(&Slot { n, uid, container_id: id, spec_hash: hash, ready: false, claiming: false }).await;
                 }
                 Ok(true)
             }
             Err(e) => {
                 self.pool.forget(n);
                 self.committed.lock().expect("committed").remove(&Holder::Pool(n));
-                self.discard(&Slot { n, uid, container_id: String::new(), spec_hash: String::new(), ready: false }).await;
+                self.discard(&Slot { n, uid, container_id: String::new(), spec_hash: String::new(), ready: false, claiming: false }).await;
                 Err(e)
             }
         }
