@@ -174,9 +174,15 @@ impl BenchServer {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        if let Ok(list) = self.app.runtime.list(labels::INSTANCE, &self.app.instance).await {
-            for c in list {
-                let _ = self.app.runtime.remove(&c.id).await;
+        // Twice: a warm-pool refill under way when the server stopped may still add one.
+        for round in 0..2 {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            if let Ok(list) = self.app.runtime.list(labels::INSTANCE, &self.app.instance).await {
+                for c in list {
+                    let _ = self.app.runtime.remove(&c.id).await;
+                }
             }
         }
         drop(self.dir);

@@ -366,11 +366,18 @@ impl Drop for TestServer {
         let instance = if self.base.is_empty() { None } else { Some(self.instance()) };
         self.kill();
         if let Some(instance) = instance.filter(|i| !i.is_empty()) {
-            let out = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=clawpen.instance={instance}")]).output();
-            if let Ok(out) = out {
-                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
-                if !ids.is_empty() {
-                    let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+            // A container create the killed server had under way finishes in the engine after
+            // it died (the warm pool refills in the background): look twice more.
+            for round in 0..3 {
+                if round > 0 {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                let out = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=clawpen.instance={instance}")]).output();
+                if let Ok(out) = out {
+                    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
+                    if !ids.is_empty() {
+                        let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+                    }
                 }
             }
         }
