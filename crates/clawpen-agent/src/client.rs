@@ -73,6 +73,11 @@ pub async fn health(socket: &Path, timeout: Duration) -> Result<Health, ClientEr
     call::<(), Health>(socket, Method::GET, "/health", None, timeout).await
 }
 
+/// Tells a warm-pool sandbox to take the identity in its run dir; answers as the claimed agent.
+pub async fn claim(socket: &Path, timeout: Duration) -> Result<Health, ClientError> {
+    call::<(), Health>(socket, Method::POST, "/claim", None, timeout).await
+}
+
 pub async fn message(socket: &Path, msg: &MessageIn, timeout: Duration) -> Result<MessageOut, ClientError> {
     call(socket, Method::POST, "/messages", Some(msg), timeout).await
 }

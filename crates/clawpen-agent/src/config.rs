@@ -52,9 +52,28 @@ impl AgentConfig {
 
     /// Reads `CLAWPEN_AGENT_ID`, `CLAWPEN_TENANT_ID`, `CLAWPEN_WORKSPACE`, `CLAWPEN_RUN_DIR`
     /// (required) and `CLAWPEN_MODEL`, `CLAWPEN_MAX_TOKENS`, `CLAWPEN_MAX_TOOL_CALLS`,
-    /// `CLAWPEN_MAX_RUN_SECS` (optional).
+    /// `CLAWPEN_MAX_RUN_SECS` (optional). A warm-pool sandbox (`CLAWPEN_POOL=1`) has no ids in
+    /// its environment: it takes them from the identity file in its run dir once claimed (also
+    /// when its process restarts after the claim), and until then runs in pool mode, with empty
+    /// ids ([`AgentConfig::is_claimed`] false).
     pub fn from_env() -> Result<AgentConfig, String> {
-        Self::from_lookup(|k| std::env::var(k).ok())
+        let get = |k: &str| std::env::var(k).ok();
+        if get("CLAWPEN_AGENT_ID").is_none() && get(clawpen_core::spec::POOL_ENV).as_deref() == Some("1") {
+            let run_dir = get("CLAWPEN_RUN_DIR").unwrap_or_default();
+            let identity = read_identity(std::path::Path::new(&run_dir)).map_err(|e| format!("the identity file is unreadable: {e}"))?;
+            let (agent, tenant) = identity.map(|i| (i.agent_id, i.tenant_id)).unwrap_or_default();
+            return Self::from_lookup(|k| match k {
+                "CLAWPEN_AGENT_ID" => Some(agent.clone()),
+                "CLAWPEN_TENANT_ID" => Some(tenant.clone()),
+                _ => get(k),
+            });
+        }
+        Self::from_lookup(get)
+    }
+
+    /// False for a warm-pool sandbox that has not been claimed yet.
+    pub fn is_claimed(&self) -> bool {
+        !self.agent_id.is_empty()
     }
 
     /// [`from_env`](Self::from_env) over any lookup, so parsing is testable without touching the
@@ -74,6 +93,29 @@ impl AgentConfig {
     /// The meter's socket for this agent.
     pub fn control_socket(&self) -> PathBuf {
         self.run_dir.join(clawpen_core::spec::CONTROL_SOCKET)
+    }
+}
+
+/// The identity a claimed warm-pool sandbox takes: the file [`clawpen_core::spec::IDENTITY_FILE`]
+/// in its run dir, written by the server (root-owned, read-only to the agent).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub agent_id: String,
+    pub tenant_id: String,
+}
+
+/// Reads the identity file of `run_dir`; `None` when there is none (an unclaimed sandbox).
+pub fn read_identity(run_dir: &std::path::Path) -> Result<Option<Identity>, String> {
+    match std::fs::read(run_dir.join(clawpen_core::spec::IDENTITY_FILE)) {
+        Ok(bytes) => {
+            let id: Identity = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            clawpen_core::ids::AgentId::parse(&id.agent_id).map_err(|e| format!("agent_id: {e}"))?;
+            clawpen_core::ids::TenantId::parse(&id.tenant_id).map_err(|e| format!("tenant_id: {e}"))?;
+            Ok(Some(id))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -101,7 +101,7 @@ async fn serve(s: Arc<AgentState>, mut socket: WebSocket) {
     }
     let hello = json!({
         "type": "hello-ok", "protocol": PROTOCOL,
-        "server": {"name": "clawpen", "agentId": s.config.agent_id, "version": env!("CARGO_PKG_VERSION")},
+        "server": {"name": "clawpen", "agentId": s.config().agent_id, "version": env!("CARGO_PKG_VERSION")},
         "features": {"methods": METHODS, "events": ["chat", "tick"]},
         "policy": {"maxPayload": FRAME_MAX, "tickIntervalMs": TICK.as_millis() as u64},
     });
@@ -158,7 +158,7 @@ async fn serve(s: Arc<AgentState>, mut socket: WebSocket) {
         runs.retain(|_, h| !h.is_finished());
         let params = &req["params"];
         match req["method"].as_str().unwrap_or_default() {
-            "health" => out.send(res_ok(&id, json!({"ok": true, "agentId": s.config.agent_id}))).await,
+            "health" => out.send(res_ok(&id, json!({"ok": true, "agentId": s.config().agent_id}))).await,
             "chat.send" => {
                 let (Some(message), Some(session)) = (params["message"].as_str(), session_of(params)) else {
                     out.send(res_err(&id, "INVALID_REQUEST", "chat.send needs message and a sessionKey of [A-Za-z0-9:_-]")).await;

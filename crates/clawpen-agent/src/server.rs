@@ -1,5 +1,6 @@
 //! The agent's HTTP server on its Unix socket: `GET /health` and `POST /messages`, which runs the
-//! assistant loop ([`crate::assistant`]) and logs the turn in the session.
+//! assistant loop ([`crate::assistant`]) and logs the turn in the session; and `POST /claim`,
+//! which gives a warm-pool sandbox its identity.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,9 +23,17 @@ use crate::workspace::Workspace;
 const FAILED_CODE: &str = "meter_failed";
 
 pub(crate) struct AgentState {
-    pub(crate) config: AgentConfig,
+    /// Replaced once, when a warm-pool sandbox is claimed; otherwise fixed for the process.
+    config: std::sync::RwLock<Arc<AgentConfig>>,
     pub(crate) workspace: Workspace,
     started: Instant,
+}
+
+impl AgentState {
+    /// Who the agent is and how far a run may go, as of now.
+    pub(crate) fn config(&self) -> Arc<AgentConfig> {
+        self.config.read().expect("config lock").clone()
+    }
 }
 
 /// An error answer of the agent.
@@ -37,6 +46,7 @@ fn reject(status: StatusCode, error: impl Into<String>) -> Rejection {
 fn router(state: Arc<AgentState>) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/claim", post(claim))
         .route("/messages", post(message))
         .route("/gateway", get(crate::gateway::upgrade))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -44,13 +54,39 @@ fn router(state: Arc<AgentState>) -> Router {
 }
 
 async fn health(State(s): State<Arc<AgentState>>) -> Json<Health> {
-    Json(Health {
+    Json(health_of(&s))
+}
+
+fn health_of(s: &AgentState) -> Health {
+    let config = s.config();
+    Health {
         ok: true,
-        agent_id: s.config.agent_id.clone(),
-        tenant_id: s.config.tenant_id.clone(),
+        agent_id: config.agent_id.clone(),
+        tenant_id: config.tenant_id.clone(),
         uid: own_uid(),
         uptime_ms: s.started.elapsed().as_millis() as u64,
-    })
+    }
+}
+
+/// A warm-pool sandbox takes the identity the server wrote into its run dir. Claiming again
+/// with the same identity is a no-op; a claimed agent never changes identity (409).
+async fn claim(State(s): State<Arc<AgentState>>) -> Result<Json<Health>, Rejection> {
+    let config = s.config();
+    let id = crate::config::read_identity(&config.run_dir)
+        .map_err(|e| reject(StatusCode::BAD_REQUEST, format!("the identity file is not valid: {e}")))?
+        .ok_or_else(|| reject(StatusCode::BAD_REQUEST, "there is no identity file in the run dir"))?;
+    if config.is_claimed() {
+        if (config.agent_id.as_str(), config.tenant_id.as_str()) != (id.agent_id.as_str(), id.tenant_id.as_str()) {
+            return Err(reject(StatusCode::CONFLICT, "this agent already has another identity"));
+        }
+    } else {
+        let mut claimed = (*config).clone();
+        claimed.agent_id = id.agent_id;
+        claimed.tenant_id = id.tenant_id;
+        eprintln!("clawpen agent: claimed as {} (tenant {})", claimed.agent_id, claimed.tenant_id);
+        *s.config.write().expect("config lock") = Arc::new(claimed);
+    }
+    Ok(Json(health_of(&s)))
 }
 
 fn own_uid() -> u32 {
@@ -80,9 +116,13 @@ async fn message(State(s): State<Arc<AgentState>>, Json(m): Json<MessageIn>) -> 
 /// session log. `Err` is the status and what to tell the user.
 pub(crate) async fn turn(s: &AgentState, session: &str, text: String) -> Result<MessageOut, (StatusCode, String)> {
     let asked_at = now_ts();
-    let Turn { run_id, ending, tool_lines } = assistant::run(&s.config, &s.workspace, session, &text).await;
+    let config = s.config();
+    if !config.is_claimed() {
+        return Err((StatusCode::CONFLICT, "this sandbox is in the warm pool and has no agent yet".to_owned()));
+    }
+    let Turn { run_id, ending, tool_lines } = assistant::run(&config, &s.workspace, session, &text).await;
     let tool_calls = tool_lines.len() as u32;
-    let answer = answer(&s.config, session, &run_id, tool_calls, ending);
+    let answer = answer(&config, session, &run_id, tool_calls, ending);
     let lines = log_lines(LogLine::User { content: text, ts: asked_at, run: Some(run_id.clone()), error_code: None }, tool_lines, &answer, &run_id);
     // The turn is logged even when the model failed: the question was asked and tools may have run.
     let logged = session::append(&s.workspace, session, &lines).await;
@@ -161,7 +201,7 @@ pub fn bind(run_dir: &Path) -> std::io::Result<UnixListener> {
 /// Serves the agent until `shutdown` completes.
 pub async fn run(config: AgentConfig, listener: UnixListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     let workspace = Workspace::new(config.workspace.clone());
-    let state = Arc::new(AgentState { config, workspace, started: Instant::now() });
+    let state = Arc::new(AgentState { config: std::sync::RwLock::new(Arc::new(config)), workspace, started: Instant::now() });
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
@@ -174,7 +214,7 @@ pub fn main_blocking() -> Result<(), String> {
         let listener = bind(&config.run_dir).map_err(|e| format!("cannot bind {}: {e}", config.run_dir.display()))?;
         eprintln!(
             "clawpen agent {} listening on {} (model {}, at most {} tool calls and {} s a run)",
-            config.agent_id,
+            if config.is_claimed() { config.agent_id.as_str() } else { "(warm pool, unclaimed)" },
             config.run_dir.join(clawpen_core::spec::AGENT_SOCKET).display(),
             config.model,
             config.max_tool_calls,

@@ -1,5 +1,7 @@
 //! The sandbox spec: every flag a tenant's sandbox runs with is decided here, in
-//! [`SandboxSpec::for_agent`], and a runtime only translates it (Docker today, Kubernetes later).
+//! [`SandboxSpec::for_agent`] (and [`SandboxSpec::for_pool`] for a warm-pool sandbox that has no
+//! agent yet, with the very same hardening), and a runtime only translates it (Docker today,
+//! Kubernetes later).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -107,46 +109,94 @@ impl Default for AgentLimits {
     }
 }
 
+/// The inputs of a warm-pool sandbox: made before any agent exists, so it has no identity, only
+/// its own fresh uid and its own empty dirs. A claim later moves the dirs into an agent's places.
+#[derive(Debug, Clone)]
+pub struct PoolSandbox<'a> {
+    pub instance: &'a str,
+    /// The slot's number: unique in the installation, never reused.
+    pub slot: u64,
+    pub uid: u32,
+    pub image: &'a str,
+    pub workspace_dir: PathBuf,
+    pub run_dir: PathBuf,
+    /// The plan whose limits the sandbox gets; only an agent whose plan gives the same spec
+    /// may claim it.
+    pub plan: &'a Plan,
+    pub limits: AgentLimits,
+    pub executable: Option<PathBuf>,
+}
+
+/// Environment variable that starts the in-sandbox agent without an identity (pool mode).
+pub const POOL_ENV: &str = "CLAWPEN_POOL";
+/// The file in the run dir that gives a claimed pool sandbox its identity (root-owned, 0444).
+pub const IDENTITY_FILE: &str = "identity.json";
+/// `clawpen.role` of a warm-pool sandbox (claimed or not).
+pub const ROLE_POOL: &str = "pool";
+/// `clawpen.role` of a sandbox made for an agent.
+pub const ROLE_AGENT: &str = "agent";
+
+/// What differs between an agent's sandbox and a pool sandbox; everything else is the shared
+/// hardening in [`SandboxSpec::hardened`].
+struct Identity {
+    name: String,
+    hostname: String,
+    env: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+}
+
 impl SandboxSpec {
-    /// The only constructor. Hardening is not optional and not configurable; only the limits
-    /// come from the plan.
+    /// The sandbox of one agent. Hardening is not optional and not configurable; only the
+    /// limits come from the plan.
     pub fn for_agent(a: AgentSandbox<'_>) -> SandboxSpec {
-        assert!(a.uid != 0, "a sandbox never runs as root");
-        let env = BTreeMap::from([
-            ("CLAWPEN_AGENT_ID".to_owned(), a.agent.to_string()),
-            ("CLAWPEN_TENANT_ID".to_owned(), a.tenant.to_string()),
-            ("CLAWPEN_WORKSPACE".to_owned(), WORKSPACE_MOUNT.to_owned()),
-            ("CLAWPEN_RUN_DIR".to_owned(), RUN_MOUNT.to_owned()),
-            ("CLAWPEN_MAX_TOKENS".to_owned(), a.plan.max_tokens.to_string()),
-            ("CLAWPEN_MAX_TOOL_CALLS".to_owned(), a.limits.max_tool_calls.to_string()),
-            ("CLAWPEN_MAX_RUN_SECS".to_owned(), a.limits.max_run_secs.to_string()),
-        ]);
+        let mut env = base_env(a.plan, a.limits);
+        env.insert("CLAWPEN_AGENT_ID".to_owned(), a.agent.to_string());
+        env.insert("CLAWPEN_TENANT_ID".to_owned(), a.tenant.to_string());
         let labels = BTreeMap::from([
             (labels::INSTANCE.to_owned(), a.instance.to_owned()),
             (labels::TENANT.to_owned(), a.tenant.to_string()),
             (labels::AGENT.to_owned(), a.agent.to_string()),
-            (labels::ROLE.to_owned(), "agent".to_owned()),
+            (labels::ROLE.to_owned(), ROLE_AGENT.to_owned()),
         ]);
-        let memory_bytes = (a.plan.memory_mib * 1024 * 1024) as i64;
+        let id = Identity { name: container_name(a.instance, a.agent), hostname: a.agent.to_string().replace('_', "-"), env, labels };
+        SandboxSpec::hardened(id, a.uid, a.image, a.workspace_dir, a.run_dir, a.plan, a.executable)
+    }
+
+    /// A warm-pool sandbox: the same hardening, image and limits as an agent's, but no agent or
+    /// tenant id (its agent starts in pool mode and takes an identity when claimed).
+    pub fn for_pool(p: PoolSandbox<'_>) -> SandboxSpec {
+        let mut env = base_env(p.plan, p.limits);
+        env.insert(POOL_ENV.to_owned(), "1".to_owned());
+        let labels = BTreeMap::from([
+            (labels::INSTANCE.to_owned(), p.instance.to_owned()),
+            (labels::ROLE.to_owned(), ROLE_POOL.to_owned()),
+        ]);
+        let id = Identity { name: pool_container_name(p.instance, p.slot), hostname: format!("pool-{}", p.slot), env, labels };
+        SandboxSpec::hardened(id, p.uid, p.image, p.workspace_dir, p.run_dir, p.plan, p.executable)
+    }
+
+    fn hardened(id: Identity, uid: u32, image: &str, workspace_dir: PathBuf, run_dir: PathBuf, plan: &Plan, executable: Option<PathBuf>) -> SandboxSpec {
+        assert!(uid != 0, "a sandbox never runs as root");
+        let memory_bytes = (plan.memory_mib * 1024 * 1024) as i64;
         let mut spec = SandboxSpec {
-            name: container_name(a.instance, a.agent),
+            name: id.name,
             node: String::new(),
-            image: a.image.to_owned(),
+            image: image.to_owned(),
             args: vec!["agent".to_owned()],
-            env,
-            hostname: a.agent.to_string().replace('_', "-"),
-            uid: a.uid,
-            gid: a.uid,
+            env: id.env,
+            hostname: id.hostname,
+            uid,
+            gid: uid,
             mounts: vec![
-                Mount { host: a.workspace_dir, target: WORKSPACE_MOUNT.to_owned(), read_only: false },
-                Mount { host: a.run_dir, target: RUN_MOUNT.to_owned(), read_only: false },
+                Mount { host: workspace_dir, target: WORKSPACE_MOUNT.to_owned(), read_only: false },
+                Mount { host: run_dir, target: RUN_MOUNT.to_owned(), read_only: false },
             ]
             .into_iter()
-            .chain(a.executable.map(|host| Mount { host, target: IMAGE_EXECUTABLE.to_owned(), read_only: true }))
+            .chain(executable.map(|host| Mount { host, target: IMAGE_EXECUTABLE.to_owned(), read_only: true }))
             .collect(),
             tmpfs: BTreeMap::from([(
                 "/tmp".to_owned(),
-                format!("rw,noexec,nosuid,nodev,size={}m,mode=1777", a.plan.tmp_mib),
+                format!("rw,noexec,nosuid,nodev,size={}m,mode=1777", plan.tmp_mib),
             )]),
             read_only_root: true,
             cap_drop: vec!["ALL".to_owned()],
@@ -155,9 +205,9 @@ impl SandboxSpec {
             init: true,
             memory_bytes,
             memory_swap_bytes: memory_bytes,
-            nano_cpus: (a.plan.cpu_millis as i64) * 1_000_000,
-            pids_limit: a.plan.pids,
-            labels,
+            nano_cpus: (plan.cpu_millis as i64) * 1_000_000,
+            pids_limit: plan.pids,
+            labels: id.labels,
         };
         let hash = spec.hash();
         spec.labels.insert(labels::SPEC_HASH.to_owned(), hash);
@@ -176,6 +226,27 @@ impl SandboxSpec {
     pub fn spec_hash(&self) -> &str {
         self.labels.get(labels::SPEC_HASH).map(String::as_str).unwrap_or("")
     }
+}
+
+/// The environment every sandbox gets: paths and the run's guardrails, nothing secret.
+fn base_env(plan: &Plan, limits: AgentLimits) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("CLAWPEN_WORKSPACE".to_owned(), WORKSPACE_MOUNT.to_owned()),
+        ("CLAWPEN_RUN_DIR".to_owned(), RUN_MOUNT.to_owned()),
+        ("CLAWPEN_MAX_TOKENS".to_owned(), plan.max_tokens.to_string()),
+        ("CLAWPEN_MAX_TOOL_CALLS".to_owned(), limits.max_tool_calls.to_string()),
+        ("CLAWPEN_MAX_RUN_SECS".to_owned(), limits.max_run_secs.to_string()),
+    ])
+}
+
+/// Container name of a warm-pool sandbox before it is claimed.
+pub fn pool_container_name(instance: &str, slot: u64) -> String {
+    format!("clawpen-{}-pool-{slot}", &instance[..instance.len().min(8)])
+}
+
+/// The slot of a warm-pool sandbox from its container name; `None` for any other name.
+pub fn pool_slot(instance: &str, name: &str) -> Option<u64> {
+    name.strip_prefix(&format!("clawpen-{}-pool-", &instance[..instance.len().min(8)]))?.parse().ok()
 }
 
 /// Container name of an agent's sandbox in one installation.
@@ -229,6 +300,39 @@ mod tests {
         let mut t = s.clone();
         t.pids_limit += 1;
         assert_ne!(t.hash(), s.hash());
+    }
+
+    fn pool(uid: u32, plan: &Plan) -> SandboxSpec {
+        SandboxSpec::for_pool(PoolSandbox {
+            instance: "inst1234abcd",
+            slot: 7,
+            uid,
+            image: "clawpen-sandbox:abc",
+            workspace_dir: "/srv/pool/7/workspace".into(),
+            run_dir: "/srv/pool/7/run".into(),
+            plan,
+            limits: AgentLimits::default(),
+            executable: None,
+        })
+    }
+
+    #[test]
+    fn pool_sandboxes_get_the_same_hardening_and_no_identity() {
+        let (a, p) = (spec(100_001), pool(100_002, &Plan::default()));
+        let same = |s: &SandboxSpec| (s.read_only_root, s.init, s.cap_drop.clone(), s.security_opt.clone(), s.network, s.memory_bytes, s.memory_swap_bytes, s.nano_cpus, s.pids_limit, s.tmpfs.clone(), s.image.clone(), s.args.clone());
+        assert_eq!(same(&a), same(&p));
+        assert_eq!(p.name, "clawpen-inst1234-pool-7");
+        assert_eq!(pool_slot("inst1234abcd", &p.name), Some(7));
+        assert_eq!(pool_slot("inst1234abcd", &a.name), None);
+        assert_eq!(p.labels[labels::ROLE], ROLE_POOL);
+        assert!(!p.labels.contains_key(labels::AGENT) && !p.labels.contains_key(labels::TENANT));
+        assert!(!p.env.contains_key("CLAWPEN_AGENT_ID") && !p.env.contains_key("CLAWPEN_TENANT_ID"));
+        assert_eq!(p.env[POOL_ENV], "1");
+        assert_eq!(p.spec_hash(), p.hash());
+        // Another plan's limits give another spec: its agents never claim this sandbox.
+        let other = Plan { memory_mib: 256, ..Plan::default() };
+        assert_ne!(pool(100_002, &other).spec_hash(), p.spec_hash());
+        assert_eq!(pool(100_002, &Plan { max_agents: 99, ..Plan::default() }).spec_hash(), p.spec_hash());
     }
 
     #[test]

@@ -214,6 +214,10 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn rename(&self, id: &str, name: &str) -> Result<()> {
+        Ok(self.docker.rename_container(id, bollard::container::RenameContainerOptions { name }).await?)
+    }
+
     async fn inspect(&self, id_or_name: &str) -> Result<SandboxStatus> {
         let c = self.docker.inspect_container(id_or_name, None).await?;
         let state = c.state.unwrap_or_default();

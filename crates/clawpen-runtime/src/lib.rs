@@ -110,6 +110,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// Removes a sandbox whatever its state. Removing a missing one is not an error.
     async fn remove(&self, id_or_name: &str) -> Result<()>;
     async fn inspect(&self, id_or_name: &str) -> Result<SandboxStatus>;
+    /// Gives a sandbox another name (a claimed warm-pool sandbox takes its agent's); labels,
+    /// mounts and the running processes are untouched.
+    async fn rename(&self, id: &str, name: &str) -> Result<()>;
     /// Every sandbox (running or not) carrying `label=value`.
     async fn list(&self, label: &str, value: &str) -> Result<Vec<SandboxStatus>>;
     /// The last `tail` lines the sandbox wrote to stdout and stderr.

@@ -166,6 +166,15 @@ impl Runtime for Nodes {
         }
     }
 
+    async fn rename(&self, id: &str, name: &str) -> Result<()> {
+        let name = name.to_owned();
+        self.route(id, |rt, id| {
+            let name = name.clone();
+            async move { rt.rename(&id, &name).await }
+        })
+        .await
+    }
+
     async fn logs(&self, id: &str, tail: usize) -> Result<Vec<String>> {
         self.route(id, |rt, id| async move { rt.logs(&id, tail).await }).await
     }

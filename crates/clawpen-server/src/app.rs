@@ -15,6 +15,14 @@ use crate::layout::Layout;
 #[derive(Clone)]
 pub struct App(pub Arc<AppInner>);
 
+/// What holds committed memory on this node: an agent's sandbox, or a warm-pool sandbox (by its
+/// slot) until it is claimed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Holder {
+    Agent(AgentId),
+    Pool(u64),
+}
+
 pub struct AppInner {
     pub store: Store,
     pub runtime: Arc<dyn Runtime>,
@@ -39,14 +47,19 @@ pub struct AppInner {
     pub message_limits: crate::ratelimit::MessageLimits,
     /// The lifecycle record of each agent that should run (see [`crate::supervisor`]).
     pub lives: Mutex<HashMap<AgentId, clawpen_core::lifecycle::Life>>,
-    /// MiB of plan memory committed, per agent whose sandbox holds memory: (node, MiB).
-    pub committed: Mutex<HashMap<AgentId, (String, u64)>>,
+    /// MiB of plan memory committed, per holder (an agent's sandbox, or a warm-pool sandbox):
+    /// (node, MiB).
+    pub committed: Mutex<HashMap<Holder, (String, u64)>>,
     /// The Docker Engines sandboxes run on (`runtime` routes to them).
     pub nodes: clawpen_runtime::nodes::Nodes,
     /// Each node's memory budget in MiB.
     pub budgets: HashMap<String, u64>,
     /// What the fleet knows of each node's health.
     pub node_health: Mutex<HashMap<String, crate::nodes::NodeHealth>>,
+    /// The warm pool's sandboxes (see [`crate::pool`]); they live on the first node.
+    pub pool: crate::pool::Pool,
+    /// Counters for `GET /metrics`.
+    pub metrics: crate::metrics::Metrics,
     /// The Telegram channel: the shared bot, the tenants' pollers.
     pub telegram: crate::channels::telegram::Telegram,
     /// The serving task of each agent's `control.sock`.
@@ -98,6 +111,8 @@ impl App {
             nodes,
             budgets,
             node_health: Mutex::new(HashMap::new()),
+            pool: Default::default(),
+            metrics: Default::default(),
             telegram,
             control: Mutex::new(HashMap::new()),
             agent_locks: Mutex::new(HashMap::new()),

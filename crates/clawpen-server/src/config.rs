@@ -79,6 +79,9 @@ pub struct FleetConfig {
     /// A node that went down this many times within an hour is quarantined (no new sandboxes)
     /// for an hour.
     pub node_quarantine_downs: u32,
+    /// Warm-pool sandboxes kept ready (default plan's limits) so that an agent's first start is
+    /// a claim instead of a container create; 0 turns the pool off.
+    pub warm_pool: u32,
 }
 
 impl Default for FleetConfig {
@@ -95,6 +98,7 @@ impl Default for FleetConfig {
             node_memory_mib: 0,
             node_lost_secs: 60,
             node_quarantine_downs: 3,
+            warm_pool: 2,
         }
     }
 }
@@ -270,6 +274,7 @@ impl Config {
         anyhow::ensure!(f.tick_ms >= 10, "fleet.tick_ms must be at least 10");
         anyhow::ensure!(f.health_every_secs >= 1 && f.health_timeout_ms >= 10, "fleet.health_every_secs must be at least 1 and fleet.health_timeout_ms at least 10");
         anyhow::ensure!(f.crashloop_restarts >= 1 && f.health_failures >= 1, "fleet.crashloop_restarts and fleet.health_failures must be at least 1");
+        anyhow::ensure!(f.warm_pool <= 64, "fleet.warm_pool must be at most 64");
         anyhow::ensure!(f.restart_backoff_ms <= f.restart_backoff_max_ms, "fleet.restart_backoff_ms must not exceed fleet.restart_backoff_max_ms");
         anyhow::ensure!(f.node_lost_secs >= 1, "fleet.node_lost_secs must be at least 1");
         let mut seen = std::collections::HashSet::new();

@@ -34,14 +34,15 @@ impl Actor {
 }
 
 impl App {
-    /// The sandbox spec of an agent, built from its tenant's plan.
-    pub fn spec_for(&self, tenant: &Tenant, agent: &AgentId) -> SandboxSpec {
+    /// The sandbox spec of an agent running as `uid` (see [`uid_of`]), built from its tenant's
+    /// plan.
+    pub fn spec_for(&self, tenant: &Tenant, agent: &AgentId, uid: u32) -> SandboxSpec {
         let plan = self.config.plan_or_default(&tenant.plan);
         SandboxSpec::for_agent(AgentSandbox {
             instance: &self.instance,
             tenant: &tenant.id,
             agent,
-            uid: tenant.uid as u32,
+            uid,
             image: plan.image.as_deref().unwrap_or(&self.image),
             workspace_dir: self.layout.workspace_dir(&tenant.id, agent),
             run_dir: self.layout.run_dir(agent),
@@ -94,8 +95,10 @@ impl App {
         if !agent.restarts.is_empty() {
             self.store.set_restarts(id, &[]).await?;
         }
-        self.audit(&tenant.id, Some(id), actor, "agent.start", reason, None).await;
-        if let Err(e) = self.bring_up(tenant, id).await {
+        let slot = self.take_pool_slot(tenant, &agent);
+        let kind = if slot.is_some() { "warm" } else { "cold" };
+        self.audit(&tenant.id, Some(id), actor, "agent.start", reason, Some(serde_json::json!({"kind": kind}))).await;
+        if let Err(e) = self.bring_up_from(tenant, id, slot).await {
             // Refused for room: nothing was started, so nothing of the request stays either.
             if e.code == "node_full" && agent.desired_state != DesiredState::Running {
                 self.store.set_desired(id, agent.desired_state).await?;
@@ -109,19 +112,49 @@ impl App {
     /// and waits for its health answer. A sandbox that exits meanwhile fails the start at once,
     /// with its exit code. Callers hold the agent's lock.
     pub(crate) async fn bring_up(&self, tenant: &Tenant, id: &AgentId) -> Result<(), ApiError> {
-        self.layout
-            .prepare_agent(&tenant.id, id, tenant.uid as u32)
-            .and_then(|()| self.open_control(&tenant.id, id, tenant.uid as u32))
-            .map_err(|e| ApiError::internal(format!("preparing the dirs and control socket of {id}: {e}")))?;
+        self.bring_up_from(tenant, id, None).await
+    }
+
+    /// [`App::bring_up`], claiming `slot` from the warm pool when given (a failed claim is
+    /// undone and the start goes on cold).
+    pub(crate) async fn bring_up_from(&self, tenant: &Tenant, id: &AgentId, slot: Option<crate::pool::Slot>) -> Result<(), ApiError> {
+        // A claim proves health itself (the agent answered /claim as this agent).
+        if let Some(slot) = slot {
+            if let Ok(container_id) = self.claim(tenant, id, &slot).await {
+                // The pool lives on the first node.
+                self.store.set_node(id, Some(self.nodes.default_node())).await?;
+                let obs = Observation { state: ObservedState::Running, container_id: Some(container_id), spec_hash: Some(slot.spec_hash), exit_code: None, last_error: None };
+                self.store.set_observed(id, &obs).await?;
+                self.store.set_hibernation(id, Tier::Awake).await?;
+                let now = crate::supervisor::now_ms();
+                self.with_life(id, |l| l.woke(now));
+                return Ok(());
+            }
+        }
         let agent = self.store.get_agent(&tenant.id, id).await?;
-        let mut spec = self.spec_for(tenant, id);
+        let uid = uid_of(tenant, &agent);
+        self.layout
+            .prepare_agent(&tenant.id, id, uid)
+            .and_then(|()| self.open_control(&tenant.id, id, uid))
+            .map_err(|e| ApiError::internal(format!("preparing the dirs and control socket of {id}: {e}")))?;
+        let mut spec = self.spec_for(tenant, id, uid);
         let memory_mib = self.config.plan_or_default(&tenant.plan).memory_mib;
+        let cold = || self.metrics.starts_cold.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // On its node when it has one (a stale copy on another node is not it).
         let target = match &agent.node {
             Some(n) => format!("{n}/{}", spec.name),
             None => spec.name.clone(),
         };
-        let container_id = match self.runtime.inspect(&target).await {
+        let (container_id, spec_hash) = match self.runtime.inspect(&target).await {
+            // A claimed pool sandbox runs on its first-generation config, which names the pool's
+            // paths: kept while it runs, made again from the agent's spec once it stopped.
+            Ok(st) if crate::pool::is_pool(&st) && matches!(st.state, SandboxState::Running | SandboxState::Paused) => {
+                if st.state == SandboxState::Paused {
+                    self.runtime.unpause(&st.id).await?;
+                }
+                let hash = st.labels.get(labels::SPEC_HASH).cloned().unwrap_or_default();
+                (st.id, hash)
+            }
             Ok(st) if st.labels.get(labels::SPEC_HASH).map(String::as_str) == Some(spec.spec_hash()) => {
                 if agent.node.as_deref() != Some(st.node.as_str()) {
                     self.store.set_node(id, Some(&st.node)).await?;
@@ -137,24 +170,31 @@ impl App {
                         }
                     }
                 }
-                st.id
+                (st.id, spec.spec_hash().to_owned())
             }
             Ok(st) => {
                 info!(agent = %id, "sandbox spec changed; recreating the container (workspace kept)");
                 self.runtime.remove(&st.id).await?;
                 self.release(id);
-                self.create_placed(&agent, &mut spec, memory_mib).await?
+                cold();
+                (self.create_placed(&agent, &mut spec, memory_mib).await?, spec.spec_hash().to_owned())
             }
-            Err(RuntimeError::NotFound) => self.create_placed(&agent, &mut spec, memory_mib).await?,
+            Err(RuntimeError::NotFound) => {
+                cold();
+                (self.create_placed(&agent, &mut spec, memory_mib).await?, spec.spec_hash().to_owned())
+            }
             // Not placed, and a node that does not answer may hold a stale copy: that one is
             // swept when the node returns; the agent starts on a node that answers.
-            Err(RuntimeError::Unreachable(_)) if agent.node.is_none() => self.create_placed(&agent, &mut spec, memory_mib).await?,
+            Err(RuntimeError::Unreachable(_)) if agent.node.is_none() => {
+                cold();
+                (self.create_placed(&agent, &mut spec, memory_mib).await?, spec.spec_hash().to_owned())
+            }
             Err(e) => return Err(e.into()),
         };
         let observed = |state, exit_code, last_error: Option<String>| Observation {
             state,
             container_id: Some(container_id.clone()),
-            spec_hash: Some(spec.spec_hash().to_owned()),
+            spec_hash: Some(spec_hash.clone()),
             exit_code,
             last_error,
         };
@@ -232,8 +272,8 @@ impl App {
     }
 
     /// Stops the sandbox if there is one and records it. Callers hold the agent's lock.
-    async fn halt(&self, tenant: &Tenant, id: &AgentId) -> Result<(), ApiError> {
-        let name = self.spec_for(tenant, id).name;
+    async fn halt(&self, _tenant: &Tenant, id: &AgentId) -> Result<(), ApiError> {
+        let name = clawpen_core::spec::container_name(&self.instance, id);
         let obs = match self.runtime.inspect(&name).await {
             Ok(st) => {
                 self.runtime.stop(&st.id, self.config.sandbox.stop_grace_secs).await?;
@@ -297,7 +337,10 @@ impl App {
         let containers = self.runtime.list(labels::INSTANCE, &self.instance).await?;
         let agents = self.store.all_agents().await?;
         let sys = Actor::system();
-        for c in &containers {
+        // Pool sandboxes no record names are removed, with every pool dir; claimed ones are
+        // settled with their agents below.
+        self.sweep_pool(&containers, &agents).await?;
+        for c in containers.iter().filter(|c| !crate::pool::is_pool(c)) {
             let agent = c.labels.get(labels::AGENT).and_then(|a| AgentId::parse(a).ok());
             let known = agent.as_ref().and_then(|a| agents.iter().find(|x| &x.id == a));
             match known {
@@ -326,10 +369,18 @@ impl App {
                     continue;
                 }
             };
+            let uid = uid_of(&tenant, &a);
+            // The agent's sandbox, by label or (a claimed pool sandbox) by the record's id.
+            let is_its = |c: &&clawpen_runtime::SandboxStatus| {
+                c.labels.get(labels::AGENT).map(String::as_str) == Some(a.id.as_str()) || a.container_id.as_deref() == Some(c.id.as_str())
+            };
+            if let Some(c) = containers.iter().filter(is_its).find(|c| crate::pool::is_pool(c)) {
+                if a.desired_state != DesiredState::Deleted {
+                    self.settle_claim(&tenant, &a, c).await;
+                }
+            }
             // A sandbox found running or frozen holds its plan's memory, whatever the budget.
-            let holding = containers.iter().find(|c| {
-                c.labels.get(labels::AGENT).map(String::as_str) == Some(a.id.as_str()) && matches!(c.state, SandboxState::Running | SandboxState::Paused)
-            });
+            let holding = containers.iter().filter(is_its).find(|c| matches!(c.state, SandboxState::Running | SandboxState::Paused));
             if let Some(c) = holding {
                 self.commit_found(&a.id, &c.node, self.config.plan_or_default(&tenant.plan).memory_mib);
             }
@@ -345,8 +396,8 @@ impl App {
                     // again).
                     let prepared = self
                         .layout
-                        .prepare_agent(&a.tenant_id, &a.id, tenant.uid as u32)
-                        .and_then(|()| self.open_control(&a.tenant_id, &a.id, tenant.uid as u32));
+                        .prepare_agent(&a.tenant_id, &a.id, uid)
+                        .and_then(|()| self.open_control(&a.tenant_id, &a.id, uid));
                     match prepared {
                         Ok(()) => self.settle_asleep(&tenant, &a).await,
                         Err(e) => Err(ApiError::internal(e)),
@@ -358,17 +409,15 @@ impl App {
                     self.bring_up(&tenant, &a.id).await
                 }
                 DesiredState::Stopped => {
-                    let running = containers.iter().any(|c| {
-                        c.labels.get(labels::AGENT).map(String::as_str) == Some(a.id.as_str()) && c.state == SandboxState::Running
-                    });
+                    let running = containers.iter().filter(is_its).any(|c| c.state == SandboxState::Running);
                     if running {
                         info!(agent = %a.id, "desired stopped but running: stopping");
                         self.audit(&a.tenant_id, Some(&a.id), &sys, "reconcile.stop", "desired state is stopped", None).await;
                     }
                     let prepared = self
                         .layout
-                        .prepare_agent(&a.tenant_id, &a.id, tenant.uid as u32)
-                        .and_then(|()| self.open_control(&a.tenant_id, &a.id, tenant.uid as u32));
+                        .prepare_agent(&a.tenant_id, &a.id, uid)
+                        .and_then(|()| self.open_control(&a.tenant_id, &a.id, uid));
                     match prepared {
                         Ok(()) => self.halt(&tenant, &a.id).await,
                         Err(e) => Err(ApiError::internal(e)),
@@ -380,6 +429,7 @@ impl App {
             }
         }
         self.mark_reconciled();
+        self.pool.refill_soon();
         info!("reconciliation done");
         Ok(())
     }
@@ -408,8 +458,20 @@ impl App {
     }
 
     async fn on_event(&self, ev: RuntimeEvent) {
-        let Some(id) = ev.labels.get(labels::AGENT).and_then(|a| AgentId::parse(a).ok()) else { return };
-        let Ok(Some(agent)) = self.store.find_agent(&id).await else { return };
+        let agent = match ev.labels.get(labels::AGENT).and_then(|a| AgentId::parse(a).ok()) {
+            Some(id) => self.store.find_agent(&id).await,
+            // A pool sandbox: its agent, once claimed, is known by the container's id.
+            None if ev.labels.get(labels::ROLE).map(String::as_str) == Some(clawpen_core::spec::ROLE_POOL) => {
+                let found = self.store.agent_by_container(&ev.container_id).await;
+                if matches!(found, Ok(None)) && matches!(ev.kind, RuntimeEventKind::Died { .. }) {
+                    self.pool_sandbox_lost(&ev.container_id).await;
+                }
+                found
+            }
+            None => return,
+        };
+        let Ok(Some(agent)) = agent else { return };
+        let id = agent.id.clone();
         let sys = Actor::system();
         match ev.kind {
             RuntimeEventKind::Oom => {
@@ -460,6 +522,12 @@ impl App {
     }
 }
 
+/// The uid an agent's sandbox runs as: its own once it claimed a warm-pool sandbox, else its
+/// tenant's.
+pub fn uid_of(tenant: &Tenant, agent: &Agent) -> u32 {
+    agent.uid.unwrap_or(tenant.uid) as u32
+}
+
 /// Why a sandbox stopped, in words for the API and the audit log.
 pub fn exit_reason(exit_code: Option<i64>, oom: bool) -> String {
     if oom {
@@ -473,7 +541,8 @@ impl App {
     /// Puts the sandbox of an agent that should run but sleeps (a hibernation tier, or a crash
     /// loop) into the state its record asks for. Callers hold the agent's lock.
     async fn settle_asleep(&self, tenant: &Tenant, a: &Agent) -> Result<(), ApiError> {
-        let name = self.spec_for(tenant, &a.id).name;
+        let _ = tenant;
+        let name = clawpen_core::spec::container_name(&self.instance, &a.id);
         let crashloop = a.observed_state == ObservedState::Crashloop;
         let tier = if crashloop { Tier::Stopped } else { a.hibernation };
         let st = match self.runtime.inspect(&name).await {

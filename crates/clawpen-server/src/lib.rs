@@ -5,6 +5,8 @@
 //! - [`layout`]: paths under the data dir, and safe creation of a tenant's dirs.
 //! - [`app`]: [`app::App`], the state shared by handlers and background tasks.
 //! - [`fleet`]: agent lifecycle, start-up reconciliation, runtime events.
+//! - [`pool`]: the warm pool: sandboxes made ahead of agents, claimed at an agent's first start.
+//! - [`metrics`]: `GET /metrics` (Prometheus text): starts warm and cold, the pool, memory.
 //! - [`delivery`]: [`App::deliver_message`], the one path from any door to an agent.
 //! - [`channels`]: doors other than the API (Telegram).
 //! - [`api`]: the REST API under `/api/v1`, `/api/openapi.json`, `/healthz`, `/readyz`.
@@ -19,7 +21,9 @@ pub mod error;
 pub mod fleet;
 pub mod gateway;
 pub mod layout;
+pub mod metrics;
 pub mod nodes;
+pub mod pool;
 pub mod ratelimit;
 pub mod supervisor;
 
@@ -148,6 +152,7 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
     });
     let _reconcile_guard = AbortOnDrop(reconcile);
     let _supervisor_guard = AbortOnDrop(tokio::spawn(app.clone().run_supervisor()));
+    let _pool_guard = AbortOnDrop(tokio::spawn(app.clone().run_pool()));
     let _sweeper_guard = AbortOnDrop(tokio::spawn(app.meter.clone().run_sweeper()));
     let _flusher_guard = AbortOnDrop(tokio::spawn(app.meter.clone().run_flusher()));
     let _telegram_guard = AbortOnDrop(tokio::spawn(channels::telegram::Telegram::run(app.clone(), listener.local_addr()?)));

@@ -15,7 +15,7 @@ use clawpen_store::{Agent, DesiredState, ObservedState, Observation, Tenant};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::app::App;
+use crate::app::{App, Holder};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::fleet::Actor;
@@ -74,42 +74,72 @@ impl App {
         self.budgets.get(node).copied().unwrap_or(0)
     }
 
-    fn committed_on(committed: &HashMap<AgentId, (String, u64)>, node: &str) -> u64 {
+    fn committed_on(committed: &HashMap<Holder, (String, u64)>, node: &str) -> u64 {
         committed.values().filter(|(n, _)| n == node).map(|(_, m)| m).sum()
     }
 
     /// Reserves the plan's memory of an agent about to start on `node`; refused when the node's
-    /// budget would be passed. An agent already counted there is not counted twice.
+    /// budget would be passed even after giving up an unclaimed warm-pool sandbox there. An
+    /// agent already counted there is not counted twice.
     pub fn admit(&self, id: &AgentId, node: &str, mib: u64) -> Result<(), ApiError> {
+        let refused = match self.reserve(Holder::Agent(id.clone()), node, mib) {
+            Ok(()) => return Ok(()),
+            Err(refused) => refused,
+        };
+        // The pool yields to agents: a ready pool sandbox on that node is given up for the room.
+        if node == self.nodes.default_node() && self.evict_pool_sandbox() {
+            return self.admit(id, node, mib);
+        }
+        let (total, budget) = refused;
+        Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "node_full",
+            format!(
+                "starting this agent would commit {mib} MiB more, but node {node} has {total} of its {budget} MiB committed; \
+                 stop or delete idle agents, add a node, or raise its memory budget (fleet.node_memory_mib or nodes.memory_mib)"
+            ),
+        ))
+    }
+
+    /// Reserves `mib` on `node` for `holder` if the node's budget allows: the check and the
+    /// reservation are one step. `Err((committed, budget))` when it does not fit.
+    pub(crate) fn reserve(&self, holder: Holder, node: &str, mib: u64) -> Result<(), (u64, u64)> {
         let mut committed = self.committed.lock().expect("committed");
-        if committed.get(id).is_some_and(|(n, _)| n == node) {
+        if committed.get(&holder).is_some_and(|(n, _)| n == node) {
             return Ok(());
         }
-        committed.remove(id);
+        committed.remove(&holder);
         let total = App::committed_on(&committed, node);
         let budget = self.budget(node);
         if total + mib > budget {
-            return Err(ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "node_full",
-                format!(
-                    "starting this agent would commit {mib} MiB more, but node {node} has {total} of its {budget} MiB committed; \
-                     stop or delete idle agents, add a node, or raise its memory budget (fleet.node_memory_mib or nodes.memory_mib)"
-                ),
-            ));
+            return Err((total, budget));
         }
-        committed.insert(id.clone(), (node.to_owned(), mib));
+        committed.insert(holder, (node.to_owned(), mib));
         Ok(())
     }
 
     /// Counts an agent's memory on a node whatever the budget (a sandbox found running).
     pub fn commit_found(&self, id: &AgentId, node: &str, mib: u64) {
-        self.committed.lock().expect("committed").insert(id.clone(), (node.to_owned(), mib));
+        self.committed.lock().expect("committed").insert(Holder::Agent(id.clone()), (node.to_owned(), mib));
     }
 
     /// The agent's sandbox no longer holds memory (stopped, removed, exited, lost).
     pub fn release(&self, id: &AgentId) {
-        self.committed.lock().expect("committed").remove(id);
+        self.committed.lock().expect("committed").remove(&Holder::Agent(id.clone()));
+    }
+
+    /// Moves a claimed pool sandbox's reservation to its agent, in one step.
+    pub(crate) fn transfer(&self, slot: u64, id: &AgentId) {
+        let mut committed = self.committed.lock().expect("committed");
+        if let Some(held) = committed.remove(&Holder::Pool(slot)) {
+            committed.insert(Holder::Agent(id.clone()), held);
+        }
+    }
+
+    /// MiB committed on the first node (where the warm pool lives) and its budget.
+    pub fn committed_mib(&self) -> (u64, u64) {
+        let node = self.nodes.default_node();
+        (App::committed_on(&self.committed.lock().expect("committed"), node), self.budget(node))
     }
 
     pub fn node_is_up(&self, node: &str) -> bool {
@@ -305,7 +335,7 @@ impl App {
 
     async fn move_agent(&self, tenant: &Tenant, a: &Agent, from: &str, why: &str) -> Result<(), ApiError> {
         if self.node_is_up(from) {
-            let name = format!("{from}/{}", self.spec_for(tenant, &a.id).name);
+            let name = format!("{from}/{}", clawpen_core::spec::container_name(&self.instance, &a.id));
             self.runtime.remove(&name).await?;
         }
         self.release(&a.id);

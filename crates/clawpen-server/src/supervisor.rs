@@ -106,8 +106,10 @@ impl App {
         if agent.desired_state != DesiredState::Running {
             self.store.set_desired(id, DesiredState::Running).await?;
         }
-        self.audit(&tenant.id, Some(id), actor, "agent.wake", reason, Some(serde_json::json!({"from": agent.hibernation, "was": agent.observed_state}))).await;
-        self.bring_up(tenant, id).await
+        let slot = self.take_pool_slot(tenant, &agent);
+        let kind = if slot.is_some() { "warm" } else { "cold" };
+        self.audit(&tenant.id, Some(id), actor, "agent.wake", reason, Some(serde_json::json!({"from": agent.hibernation, "was": agent.observed_state, "kind": kind}))).await;
+        self.bring_up_from(tenant, id, slot).await
     }
 
     /// Runs [`App::supervise_once`] every `fleet.tick_ms` until the task is dropped.
@@ -195,7 +197,7 @@ impl App {
         if agent.desired_state != DesiredState::Running || agent.observed_state == ObservedState::Crashloop || tier == Tier::Awake {
             return Ok(());
         }
-        let name = self.spec_for(tenant, id).name;
+        let name = clawpen_core::spec::container_name(&self.instance, id);
         // Intent first: the sandbox's exit that follows is then not taken for a crash.
         self.store.set_hibernation(id, tier).await?;
         let done: Result<Observation, ApiError> = async {
@@ -274,7 +276,7 @@ impl App {
         self.store.set_restarts(id, &restarts).await?;
         self.audit(&tenant.id, Some(id), &Actor::system(), "agent.restart", reason, Some(serde_json::json!({"restarts_in_window": restarts.len()}))).await;
         // A hung sandbox is stopped first; one that exited is simply started again.
-        let name = self.spec_for(tenant, id).name;
+        let name = clawpen_core::spec::container_name(&self.instance, id);
         if let Ok(st) = self.runtime.inspect(&name).await {
             if matches!(st.state, SandboxState::Running | SandboxState::Paused) {
                 self.runtime.stop(&st.id, self.config.sandbox.stop_grace_secs).await?;
@@ -298,7 +300,7 @@ impl App {
     /// Callers hold the agent's lock.
     pub(crate) async fn trip(&self, tenant: &Tenant, id: &AgentId, reason: &str) -> Result<(), ApiError> {
         let agent = self.store.get_agent(&tenant.id, id).await?;
-        let name = self.spec_for(tenant, id).name;
+        let name = clawpen_core::spec::container_name(&self.instance, id);
         let mut container = agent.container_id.clone();
         if let Ok(st) = self.runtime.inspect(&name).await {
             if matches!(st.state, SandboxState::Running | SandboxState::Paused) {

@@ -199,6 +199,16 @@ impl Store {
         Ok(tenant)
     }
 
+    /// A fresh uid for a warm-pool sandbox, from the tenants' counter: no tenant or agent ever
+    /// shares it.
+    pub async fn next_uid(&self, uid_base: u32) -> Result<i64> {
+        let row = sqlx::query("UPDATE counters SET value = value + 1 WHERE name = 'tenant_uid' RETURNING value")
+            .fetch_one(&self.writer)
+            .await?;
+        let n: i64 = row.try_get("value")?;
+        Ok(uid_base as i64 + n)
+    }
+
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>> {
         let rows = sqlx::query(
             "SELECT id, name, plan, uid, created_at FROM tenants ORDER BY created_at, id",
@@ -380,6 +390,7 @@ impl Store {
             last_active_at: None,
             restarts: Vec::new(),
             node: None,
+            uid: None,
         };
         // The count check and the insert are one statement, so concurrent creates cannot pass the
         // plan's limit together.
@@ -475,6 +486,35 @@ impl Store {
         .execute(&self.writer)
         .await?;
         Ok(())
+    }
+
+    /// The intent of a warm claim, before anything moves: the agent takes the pool sandbox's
+    /// uid, and its record names the sandbox (observed `starting`), so a restart after a crash
+    /// finds the claim and finishes or undoes it.
+    pub async fn set_claim(&self, id: &AgentId, uid: i64, container_id: &str, spec_hash: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE agents SET uid = $1, container_id = $2, spec_hash = $3, observed_state = $4, exit_code = NULL, \
+             last_error = NULL, updated_at = $5 WHERE id = $6",
+        )
+        .bind(uid)
+        .bind(container_id)
+        .bind(spec_hash)
+        .bind(ObservedState::Starting.as_str())
+        .bind(now_ms())
+        .bind(id.as_str())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// The agent whose record names this container; for the event watcher (a claimed pool
+    /// sandbox carries no agent label).
+    pub async fn agent_by_container(&self, container_id: &str) -> Result<Option<Agent>> {
+        let row = sqlx::query(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE container_id = $1"))
+            .bind(container_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Agent::from_row).transpose()
     }
 
     /// Records how deep the fleet put an agent to sleep (`Awake` when it woke).
@@ -600,7 +640,7 @@ impl Store {
 
 const AGENT_COLUMNS: &str =
     "id, tenant_id, name, desired_state, observed_state, container_id, spec_hash, \
-    exit_code, oom_count, last_oom_at, last_error, created_at, updated_at, hibernation, last_active_at, restarts, node";
+    exit_code, oom_count, last_oom_at, last_error, created_at, updated_at, hibernation, last_active_at, restarts, node, uid";
 
 fn parse_id<T: TryFrom<String>>(s: String) -> Result<T> {
     T::try_from(s.clone()).map_err(|_| StoreError::Corrupt(format!("bad id {s:?}")))
@@ -674,6 +714,7 @@ impl Agent {
                 t.split(',').filter(|x| !x.is_empty()).filter_map(|x| x.parse().ok()).collect()
             },
             node: r.try_get("node")?,
+            uid: r.try_get("uid")?,
         })
     }
 }
@@ -737,6 +778,17 @@ mod tests {
             Err(StoreError::NotFound)
         ));
         assert_eq!(store.get_agent(&a.id, &ag.id).await.unwrap().name, "main");
+        // A pool uid comes from the tenants' counter: never a tenant's, never reused.
+        let pool_uid = store.next_uid(100_000).await.unwrap();
+        assert!(pool_uid > a.uid.max(b.uid), "{pool_uid}");
+        assert_eq!(ag.uid, None);
+        store.set_claim(&ag.id, pool_uid, "cid-1", "hash").await.unwrap();
+        let claimed = store.agent_by_container("cid-1").await.unwrap().unwrap();
+        assert_eq!((claimed.id.clone(), claimed.uid, claimed.observed_state), (ag.id.clone(), Some(pool_uid), ObservedState::Starting));
+        assert!(store.agent_by_container("cid-2").await.unwrap().is_none());
+        let c = store.create_tenant("c", "free", 100_000).await.unwrap();
+        assert!(c.uid > pool_uid);
+        store.delete_tenant(&c.id).await.unwrap();
         assert!(store.list_agents(&b.id).await.unwrap().is_empty());
         let r = store.delete_tenant(&a.id).await;
         assert!(

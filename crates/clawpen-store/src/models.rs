@@ -109,6 +109,8 @@ pub struct Agent {
     pub restarts: Vec<i64>,
     /// The node the sandbox is placed on; `None` until placed.
     pub node: Option<String>,
+    /// The agent's own uid, set when it claimed a warm-pool sandbox; `None`: its tenant's uid.
+    pub uid: Option<i64>,
 }
 
 /// What the runtime showed for an agent, written by [`crate::Store::set_observed`].

@@ -27,12 +27,15 @@ pub enum Scenario {
     Wake,
     /// Many idle agents, one tenant each: memory per agent on the host, and all healthy.
     Density,
+    /// A new agent's create-and-start to its first answer while a warm-pool sandbox waits,
+    /// against the same on a plan the pool never serves (a cold create).
+    Claim,
 }
 
 #[derive(Args)]
 pub struct BenchArgs {
     scenario: Scenario,
-    /// How many agents to start (coldstart, density).
+    /// How many agents to start (coldstart, density); samples per case (claim).
     #[arg(long, default_value_t = 20)]
     agents: usize,
     /// Requests per worker in each case (meter); requests each way (gateway).
@@ -99,6 +102,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Gateway => ("gateway", crate::bench_gateway::run(args.requests, args.connections).await?),
         Scenario::Wake => ("wake", crate::bench_wake::run(args.wakes).await?),
         Scenario::Density => ("density", crate::bench_density::run(args.agents).await?),
+        Scenario::Claim => ("claim", crate::bench_claim::run(args.agents).await?),
     };
     let out = json!({"scenario": scenario, "cases": cases.iter().map(Case::to_json).collect::<Vec<_>>()});
     if args.json {
@@ -122,8 +126,18 @@ impl BenchServer {
         BenchServer::start_with(max_agents, |_| {}).await
     }
 
-    /// [`BenchServer::start`] with the `bench` plan changed by `tune`.
+    /// [`BenchServer::start`] with the `bench` plan changed by `tune`. No warm pool: these
+    /// scenarios measure cold starts.
     pub async fn start_with(max_agents: u32, tune: impl FnOnce(&mut clawpen_core::plan::Plan)) -> anyhow::Result<BenchServer> {
+        BenchServer::start_config(max_agents, tune, |c| c.fleet.warm_pool = 0).await
+    }
+
+    /// [`BenchServer::start_with`], with the whole config changed by `configure` last.
+    pub async fn start_config(
+        max_agents: u32,
+        tune: impl FnOnce(&mut clawpen_core::plan::Plan),
+        configure: impl FnOnce(&mut clawpen_server::Config),
+    ) -> anyhow::Result<BenchServer> {
         let dir = tempfile::Builder::new().prefix("clawpen-bench-").tempdir_in("/tmp")?;
         let mut config = clawpen_server::Config::default();
         let mut plan = config.plans[&config.default_plan].clone();
@@ -132,6 +146,7 @@ impl BenchServer {
         // The bench opens thousands of connections; the plan's message rate is not what it measures.
         plan.messages_per_minute = u32::MAX;
         config.plans.insert("bench".into(), plan);
+        configure(&mut config);
         let image = crate::image_cmd::ensure(&config, true).await?;
         let app = clawpen_server::open(dir.path(), None, config, image).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -159,9 +174,15 @@ impl BenchServer {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        if let Ok(list) = self.app.runtime.list(labels::INSTANCE, &self.app.instance).await {
-            for c in list {
-                let _ = self.app.runtime.remove(&c.id).await;
+        // Twice: a warm-pool refill under way when the server stopped may still add one.
+        for round in 0..2 {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            if let Ok(list) = self.app.runtime.list(labels::INSTANCE, &self.app.instance).await {
+                for c in list {
+                    let _ = self.app.runtime.remove(&c.id).await;
+                }
             }
         }
         drop(self.dir);
@@ -206,7 +227,7 @@ async fn coldstart_on(server: &BenchServer, n: usize) -> anyhow::Result<Vec<Case
             // Baseline: the same spec through `docker run`, then the same health poll.
             let bid = AgentId::new();
             app.layout.prepare_agent(&tenant.id, &bid, tenant.uid as u32)?;
-            let mut spec = app.spec_for(&tenant, &bid);
+            let mut spec = app.spec_for(&tenant, &bid, tenant.uid as u32);
             spec.name = format!("clawpen-bench-{}", bid);
             spec.labels.insert(labels::INSTANCE.into(), baseline_instance.clone());
             let t0 = Instant::now();
@@ -218,7 +239,7 @@ async fn coldstart_on(server: &BenchServer, n: usize) -> anyhow::Result<Vec<Case
             // The floor: the same spec through the Engine API directly (no store, no HTTP).
             let eid = AgentId::new();
             app.layout.prepare_agent(&tenant.id, &eid, tenant.uid as u32)?;
-            let mut spec = app.spec_for(&tenant, &eid);
+            let mut spec = app.spec_for(&tenant, &eid, tenant.uid as u32);
             spec.name = format!("clawpen-bench-{}", eid);
             spec.labels.insert(labels::INSTANCE.into(), baseline_instance.clone());
             let t0 = Instant::now();

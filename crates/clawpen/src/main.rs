@@ -10,6 +10,7 @@
 
 mod admin;
 mod bench;
+mod bench_claim;
 mod bench_density;
 mod bench_gateway;
 mod bench_wake;

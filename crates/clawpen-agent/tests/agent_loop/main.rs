@@ -397,3 +397,33 @@ async fn health_and_input_checks_stay() {
     assert!(matches!(err, ClientError::Status { status, .. } if status.as_u16() == 400));
     assert!(h.meter.seen().is_empty(), "nothing reached the model");
 }
+
+/// A warm-pool sandbox's agent starts without an identity, answers `/health` but no message, and
+/// takes the identity in its run dir's identity file when claimed; it never changes it again.
+#[tokio::test]
+async fn pool_mode_agent_is_claimed_once() {
+    let h = Harness::start_with(|c| {
+        c.agent_id.clear();
+        c.tenant_id.clear();
+    })
+    .await;
+    let sock = h.run_dir.join("agent.sock");
+    let health = client::wait_healthy(&sock, Duration::from_secs(5)).await.expect("health in pool mode");
+    assert_eq!((health.agent_id.as_str(), health.tenant_id.as_str()), ("", ""));
+    assert!(matches!(h.send("hi").await, Err(ClientError::Status { status, .. }) if status == 409), "no message before a claim");
+    assert!(matches!(client::claim(&sock, Duration::from_secs(5)).await, Err(ClientError::Status { status, .. }) if status == 400), "no claim without the file");
+    let (agent, tenant) = (clawpen_core::ids::AgentId::new().to_string(), clawpen_core::ids::TenantId::new().to_string());
+    let write_identity = |a: &str, t: &str| {
+        std::fs::write(h.run_dir.join(clawpen_core::spec::IDENTITY_FILE), serde_json::json!({"agent_id": a, "tenant_id": t}).to_string()).unwrap()
+    };
+    write_identity(&agent, &tenant);
+    let claimed = client::claim(&sock, Duration::from_secs(5)).await.expect("claim");
+    assert_eq!((claimed.agent_id.as_str(), claimed.tenant_id.as_str()), (agent.as_str(), tenant.as_str()));
+    let out = h.send("hello").await.expect("a claimed agent answers");
+    assert_eq!((out.agent_id.as_str(), out.tenant_id.as_str()), (agent.as_str(), tenant.as_str()));
+    // The same claim again is a no-op; another identity is refused.
+    client::claim(&sock, Duration::from_secs(5)).await.expect("claim again");
+    write_identity(&clawpen_core::ids::AgentId::new().to_string(), &tenant);
+    assert!(matches!(client::claim(&sock, Duration::from_secs(5)).await, Err(ClientError::Status { status, .. }) if status == 409));
+    assert_eq!(client::health(&sock, Duration::from_secs(5)).await.unwrap().agent_id, agent);
+}

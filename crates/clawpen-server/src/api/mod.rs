@@ -39,7 +39,7 @@ const DRAIN_BYTES: usize = 16 * 1024 * 1024;
         telegram::put_bot, telegram::get_bot, telegram::delete_bot, telegram::create_pairing_code,
         telegram::list_members, telegram::remove_member, telegram::webhook,
         nodes::list, nodes::drain, nodes::undrain,
-        healthz, readyz,
+        healthz, readyz, metrics,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&Security),
@@ -92,6 +92,7 @@ pub fn router(app: App) -> Router {
         .route("/telegram/webhook/{bot}", post(telegram::webhook))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -147,6 +148,14 @@ async fn method_not_allowed() -> ApiError {
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Status)))]
 pub async fn healthz() -> Json<Status> {
     Json(Status { ok: true, problems: vec![] })
+}
+
+/// The fleet's counters in the Prometheus text format: agent starts by kind (`warm`: claimed
+/// from the warm pool, `cold`: a container created), the pool's ready sandboxes, committed
+/// memory. Aggregates only, no tenant data; like the probes it takes no token.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
+pub async fn metrics(State(app): State<App>) -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render(&app))
 }
 
 /// The store and the container runtime answer, and the start-up reconciliation is done.

@@ -132,7 +132,12 @@ impl TestServer {
         // Short path: Unix socket paths under the data dir must stay under 108 bytes.
         let dir = tempfile::Builder::new().prefix("cpt-").tempdir_in("/tmp").unwrap();
         let config = dir.path().join("test-config.toml");
-        let extra = extra.replace("STANDIN", &standin.base_url());
+        let mut extra = extra.replace("STANDIN", &standin.base_url());
+        // The warm pool is off unless a test turns it on: the other suites' assertions count
+        // containers, and two idle sandboxes per server would only load the machine.
+        if !extra.contains("warm_pool") {
+            extra = if extra.contains("[fleet]") { extra.replacen("[fleet]", "[fleet]\nwarm_pool = 0", 1) } else { format!("{extra}\n[fleet]\nwarm_pool = 0\n") };
+        }
         std::fs::write(&config, format!("{}\n{extra}\n", meter_config(&standin, plan, meter_extra))).unwrap();
         let config = Some(config);
         let mut s = TestServer { standin, dir, base: String::new(), admin: String::new(), http: reqwest::Client::new(), child: None, config, env };
@@ -207,7 +212,9 @@ impl TestServer {
         instance_from_log(&self.log())
     }
 
-    /// Containers made by this server (any state), as `(name, agent label, state)`.
+    /// Containers made by this server (any state), as `(name, agent, state)`. A claimed
+    /// warm-pool sandbox carries no agent label: its agent is read from its name; an unclaimed
+    /// one has agent `""` (see [`TestServer::pool_containers`]).
     pub fn containers(&self) -> Vec<(String, String, String)> {
         let out = Command::new("docker")
             .args(["ps", "-a", "--filter", &format!("label=clawpen.instance={}", self.instance()), "--format", "{{.Names}}\t{{.Label \"clawpen.agent\"}}\t{{.State}}"])
@@ -218,9 +225,37 @@ impl TestServer {
             .filter(|l| !l.is_empty())
             .map(|l| {
                 let mut p = l.split('\t').map(str::to_owned);
-                (p.next().unwrap_or_default(), p.next().unwrap_or_default(), p.next().unwrap_or_default())
+                let (name, label, state) = (p.next().unwrap_or_default(), p.next().unwrap_or_default(), p.next().unwrap_or_default());
+                let agent = if label.is_empty() { name.rsplit('-').next().filter(|a| a.starts_with("ag_")).unwrap_or("").to_owned() } else { label };
+                (name, agent, state)
             })
             .collect()
+    }
+
+    /// Unclaimed warm-pool sandboxes of this server (any state), by name.
+    pub fn pool_containers(&self) -> Vec<String> {
+        self.containers().into_iter().filter(|(name, agent, _)| agent.is_empty() && name.contains("-pool-")).map(|(n, _, _)| n).collect()
+    }
+
+    /// A metric's value from `GET /metrics` (`name` with its labels, e.g.
+    /// `clawpen_agent_starts_total{kind="warm"}`).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())).unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    }
+
+    /// Waits until `n` warm-pool sandboxes are ready; their container ids.
+    pub async fn pool_ready(&self, n: u64) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.metric("clawpen_warm_pool_ready").await < n {
+            assert!(Instant::now() < deadline, "the warm pool did not fill to {n}; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let out = Command::new("docker")
+            .args(["ps", "-q", "--no-trunc", "--filter", &format!("label=clawpen.instance={}", self.instance()), "--filter", "label=clawpen.role=pool", "--filter", "name=-pool-"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
     }
 
     pub async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
@@ -332,11 +367,18 @@ impl Drop for TestServer {
         let instance = if self.base.is_empty() { None } else { Some(self.instance()) };
         self.kill();
         if let Some(instance) = instance.filter(|i| !i.is_empty()) {
-            let out = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=clawpen.instance={instance}")]).output();
-            if let Ok(out) = out {
-                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
-                if !ids.is_empty() {
-                    let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+            // A container create the killed server had under way finishes in the engine after
+            // it died (the warm pool refills in the background): look twice more.
+            for round in 0..3 {
+                if round > 0 {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                let out = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=clawpen.instance={instance}")]).output();
+                if let Ok(out) = out {
+                    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
+                    if !ids.is_empty() {
+                        let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+                    }
                 }
             }
         }

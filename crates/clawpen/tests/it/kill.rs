@@ -1,6 +1,6 @@
 //! Kill tests: the server is SIGKILLed at many points while agents are being created, started,
-//! stopped and deleted; after each restart the store and Docker agree, no container is orphaned,
-//! and no workspace file is lost.
+//! stopped and deleted, and while new agents claim warm-pool sandboxes; after each restart the
+//! store and Docker agree, no container is orphaned, and no workspace file is lost.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,6 +10,8 @@ use serde_json::{json, Value};
 
 use crate::harness::TestServer;
 
+/// The warm pool's size in the claim kill test (the others run without a pool).
+const POOL_SIZE: usize = 2;
 
 /// Asserts that the store (through the API) and Docker tell the same story.
 async fn assert_agreement(s: &TestServer, tenant: &str, key: &str, round: &str) {
@@ -17,7 +19,14 @@ async fn assert_agreement(s: &TestServer, tenant: &str, key: &str, round: &str) 
     assert_eq!(st, 200);
     let agents: HashMap<String, Value> =
         list["agents"].as_array().unwrap().iter().map(|a| (a["id"].as_str().unwrap().to_owned(), a.clone())).collect();
-    let containers = s.containers();
+    // Unclaimed warm-pool sandboxes belong to no agent; the pool keeps at most its size (a
+    // stray whose create was under way in the engine during the kill is swept within seconds).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while s.pool_containers().len() > POOL_SIZE && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (pool, containers): (Vec<_>, Vec<_>) = s.containers().into_iter().partition(|(name, agent, _)| agent.is_empty() && name.contains("-pool-"));
+    assert!(pool.len() <= POOL_SIZE, "{round}: {} pool sandboxes: {pool:?}", pool.len());
     let mut per_agent: HashMap<&str, Vec<&str>> = HashMap::new();
     for (name, agent, state) in &containers {
         assert!(agents.contains_key(agent), "{round}: orphan container {name} for unknown agent {agent}\n{}", s.log());
@@ -46,6 +55,11 @@ async fn assert_agreement(s: &TestServer, tenant: &str, key: &str, round: &str) 
             assert!(ws.join(f).exists(), "{round}: {id} lost {f}");
         }
         assert!(s.run_dir(id).is_dir(), "{round}: {id} lost its run dir");
+    }
+    // Pool dirs only for the pool's sandboxes (warming or ready).
+    if let Ok(dirs) = std::fs::read_dir(s.data_dir().join("pool")) {
+        let n = dirs.count();
+        assert!(n <= POOL_SIZE, "{round}: {n} pool dirs");
     }
     // Every run dir belongs to a live agent.
     for entry in std::fs::read_dir(s.data_dir().join("run")).unwrap() {
@@ -200,6 +214,61 @@ async fn orphans_of_this_installation_are_swept_and_others_left_alone() {
     assert!(s.log().contains("removing orphan sandbox"));
     let (st, _) = s.post(&format!("/api/v1/agents/{id}/messages"), &key, json!({"text": "hi"})).await;
     assert_eq!(st, 200, "the known agent was adopted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_warm_claims_then_restart_agrees() {
+    let mut s = TestServer::start_full("max_agents = 100\nmessages_per_minute = 1000", "", &format!("[fleet]\nwarm_pool = {POOL_SIZE}\n"), &[]).await;
+    let (t, key) = s.tenant("claimer").await;
+    let tid = t["id"].as_str().unwrap().to_owned();
+    s.pool_ready(POOL_SIZE as u64).await;
+    // A claimed agent with a history, adopted across every restart.
+    let keeper = s.agent(&key, "keeper", true).await["id"].as_str().unwrap().to_owned();
+    let (st, _) = s.post(&format!("/api/v1/agents/{keeper}/messages"), &key, json!({"text": "remember the red door"})).await;
+    assert_eq!(st, 200);
+    let keeper_session = s.workspace(&tid, &keeper).join("sessions/main.jsonl");
+    let before = std::fs::read_to_string(&keeper_session).unwrap();
+
+    // A claim takes tens of milliseconds: kill points spread over it and the refill after it.
+    let delays_ms = [0u64, 2, 5, 8, 12, 18, 25, 35, 50, 80, 150];
+    for (round, delay) in delays_ms.iter().enumerate() {
+        let label = format!("claim round {round} (kill after {delay} ms)");
+        s.pool_ready(POOL_SIZE as u64).await;
+        let mut inflight = Vec::new();
+        for i in 0..2 {
+            let (http, url, key) = (s.http.clone(), s.url("/api/v1/agents"), key.clone());
+            inflight.push(tokio::spawn(async move {
+                let _ = http.post(url).bearer_auth(key).json(&json!({"name": format!("c{round}-{i}"), "start": true})).send().await;
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(*delay)).await;
+        s.kill();
+        for h in inflight {
+            let _ = h.await;
+        }
+        s.spawn().await;
+        assert_agreement(&s, &tid, &key, &label).await;
+    }
+    let log = s.log();
+    assert!(log.contains("claimed a warm-pool sandbox"), "claims happened");
+    assert!(log.contains("removing an unclaimed warm-pool sandbox"), "restarts sweep the pool");
+    eprintln!(
+        "claims finished after a kill: {}, undone: {}",
+        log.matches("finished an interrupted claim").count(),
+        log.matches("undoing an interrupted claim").count()
+    );
+
+    // Every agent answers (a claim left half-done was finished or undone) as itself, and the
+    // keeper's history is whole.
+    let (_, list) = s.get("/api/v1/agents", &key).await;
+    for a in list["agents"].as_array().unwrap() {
+        let id = a["id"].as_str().unwrap();
+        let (st, r) = s.post(&format!("/api/v1/agents/{id}/messages"), &key, json!({"text": "still there?"})).await;
+        assert_eq!(st, 200, "{id}: {r}\n{}", s.log());
+        assert_eq!(r["reply"], "stand-in reply to: still there?");
+    }
+    assert!(std::fs::read_to_string(&keeper_session).unwrap().starts_with(&before), "the keeper's session log lost lines");
+    assert_agreement(&s, &tid, &key, "after the messages").await;
 }
 
 /// Force-removes these containers when dropped (a test that fails midway leaves none behind).

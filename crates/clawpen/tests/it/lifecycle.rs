@@ -122,7 +122,7 @@ async fn openapi_lists_every_route() {
         "/api/v1/agents/{agent_id}/start", "/api/v1/agents/{agent_id}/stop", "/api/v1/agents/{agent_id}/logs",
         "/api/v1/agents/{agent_id}/events", "/api/v1/agents/{agent_id}/messages", "/healthz", "/readyz",
         "/api/v1/tenants/{tenant_id}/members/{member_id}", "/api/v1/telegram/bot", "/api/v1/telegram/pairing-codes",
-        "/api/v1/members", "/api/v1/members/{member_id}", "/telegram/webhook/{bot}",
+        "/api/v1/members", "/api/v1/members/{member_id}", "/telegram/webhook/{bot}", "/metrics",
     ] {
         assert!(paths.contains_key(p), "openapi lacks {p}");
     }

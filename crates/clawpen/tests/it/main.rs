@@ -13,6 +13,8 @@
 //! - `gateway`: a WebSocket client through the gateway to a woken agent (OpenClaw protocol).
 //! - `fleet`: hibernation tiers woken by messages, health-check restarts, the crash-loop guard.
 //! - `nodes`: a second Docker Engine: placement, a lost node, a drain.
+//! - `pool`: the warm pool: warm claims, per-agent uids, cold starts for other plans or without
+//!   a pool, a claimed agent stopped and started again (kills during claims are in `kill`).
 //! - `meter`: model calls through the meter against a stand-in upstream; caps, aborts, crashes.
 //! - `telegram`: tenants' own bots (webhook, polling) and the shared bot with pairing, against the
 //!   stand-in's Bot API; cross-tenant isolation and secrets.
@@ -29,4 +31,5 @@ mod kill;
 mod lifecycle;
 mod meter;
 mod nodes;
+mod pool;
 mod telegram;

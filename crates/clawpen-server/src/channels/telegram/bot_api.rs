@@ -270,6 +270,7 @@ mod tests {
 
     #[test]
     fn debug_hides_the_token() {
+        clawpen_meter::tls::install_provider();
         let api = BotApi::new(reqwest::Client::new(), "http://x", Secret::new("1:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw".into()));
         assert!(!format!("{api:?}").contains("AAHdq"));
     }
