@@ -5,7 +5,8 @@
 //! `host_mib_per_agent`: what each agent adds to the host, counted process by process as PSS
 //! (shared pages split among their users, so the one agent executable in the page cache is not
 //! counted N times): the sandbox's processes (init and agent), its engine shim, plus the growth
-//! of dockerd, containerd and this server, divided by N. `mem_available_drop_mib_per_agent`: the
+//! of dockerd, containerd, the storage driver's fuse-overlayfs processes and this server,
+//! divided by N. `mem_available_drop_mib_per_agent`: the
 //! drop in the kernel's MemAvailable divided by N, a cross-check that other work on the host
 //! makes noisy. `server_rss_mib`: this process, which is the server. `healthy`: agents answering
 //! `/health` after the idle period.
@@ -61,9 +62,10 @@ fn container_pids(container_id: &str) -> Vec<u32> {
     paths.iter().find_map(|p| std::fs::read_to_string(p).ok()).map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect()).unwrap_or_default()
 }
 
-/// PSS of the engine's daemons together.
+/// PSS of the engine's daemons together, with the storage driver's per-container
+/// fuse-overlayfs processes where the engine uses it.
 fn daemons_pss_kib(procs: &[(u32, String, String)]) -> u64 {
-    procs.iter().filter(|(_, comm, _)| comm == "dockerd" || comm == "containerd").map(|(pid, _, _)| pss_kib(*pid)).sum()
+    procs.iter().filter(|(_, comm, _)| comm == "dockerd" || comm == "containerd" || comm == "fuse-overlayfs").map(|(pid, _, _)| pss_kib(*pid)).sum()
 }
 
 pub async fn run(n: usize) -> anyhow::Result<Vec<Case>> {
