@@ -51,6 +51,21 @@ impl DockerRuntime {
         DockerRuntime { docker }
     }
 
+    /// Connects to an engine over TCP with mutual TLS (`tcp://host:port`, the client's key and
+    /// certificate, the CA that signed the engine's certificate). Like [`connect_unix`], an engine
+    /// that does not answer yet gets API 1.41.
+    ///
+    /// [`connect_unix`]: DockerRuntime::connect_unix
+    pub async fn connect_tls(addr: &str, key: &std::path::Path, cert: &std::path::Path, ca: &std::path::Path) -> Result<DockerRuntime> {
+        let docker = Docker::connect_with_ssl(addr, key, cert, ca, 120, &bollard::ClientVersion { major_version: 1, minor_version: 41 })
+            .map_err(|e| RuntimeError::Unreachable(format!("{addr}: {e}")))?;
+        let docker = match tokio::time::timeout(std::time::Duration::from_secs(3), docker.clone().negotiate_version()).await {
+            Ok(Ok(d)) => d,
+            _ => docker,
+        };
+        Ok(DockerRuntime { docker })
+    }
+
     /// The underlying client, for the image builder and for tests.
     pub fn client(&self) -> &Docker {
         &self.docker

@@ -109,9 +109,19 @@ impl Default for FleetConfig {
 pub struct NodeConfig {
     /// 1–32 of `[a-z0-9-]`.
     pub name: String,
-    /// The engine's socket: `unix:///var/run/docker.sock`. The node shares this host's
-    /// filesystem (workspaces and sockets are bind-mounted from the data dir).
+    /// The engine: `unix:///var/run/docker.sock`, or `tcp://host:port` with mutual TLS (then
+    /// `tls_ca`, `tls_cert` and `tls_key` are required: plain TCP to an engine is root on that
+    /// host for anyone who can reach it). The node shares this host's filesystem (workspaces and
+    /// sockets are bind-mounted from the data dir).
     pub docker: String,
+    /// The CA that signed the engine's certificate (PEM).
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// This server's client certificate and key (PEM), signed by a CA the engine trusts.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     /// Memory this node may commit to sandboxes, in MiB; 0: `fleet.node_memory_mib`.
     #[serde(default)]
     pub memory_mib: u64,
@@ -285,12 +295,18 @@ impl Config {
                 n.name
             );
             anyhow::ensure!(seen.insert(n.name.clone()), "nodes: the name {:?} is given twice", n.name);
-            anyhow::ensure!(
-                n.docker.starts_with("unix:///"),
-                "nodes.{}: docker = {:?}: only unix:///path engines are supported so far (TCP with TLS is not built yet)",
-                n.name,
-                n.docker
-            );
+            let tls = [&n.tls_ca, &n.tls_cert, &n.tls_key];
+            if n.docker.starts_with("tcp://") {
+                anyhow::ensure!(
+                    tls.iter().all(|p| p.is_some()),
+                    "nodes.{}: docker = {:?} needs tls_ca, tls_cert and tls_key: an engine is reached over TCP only with mutual TLS",
+                    n.name,
+                    n.docker
+                );
+            } else {
+                anyhow::ensure!(n.docker.starts_with("unix:///"), "nodes.{}: docker = {:?} must be unix:///path or tcp://host:port", n.name, n.docker);
+                anyhow::ensure!(tls.iter().all(|p| p.is_none()), "nodes.{}: tls_* apply only to a tcp:// engine", n.name);
+            }
         }
         let tg = &self.telegram;
         anyhow::ensure!(tg.api_base.starts_with("http://") || tg.api_base.starts_with("https://"), "telegram.api_base must be an http:// or https:// URL");

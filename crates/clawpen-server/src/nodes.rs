@@ -56,8 +56,12 @@ pub async fn connect(config: &Config) -> anyhow::Result<(Nodes, HashMap<String, 
     let mut nodes = Vec::new();
     let mut budgets = HashMap::new();
     for (i, n) in config.nodes.iter().enumerate() {
-        let path = n.docker.trim_start_matches("unix://");
-        let rt = DockerRuntime::connect_unix(path).await;
+        let rt = match (&n.tls_ca, &n.tls_cert, &n.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => DockerRuntime::connect_tls(&n.docker, key, cert, ca)
+                .await
+                .map_err(|e| anyhow::anyhow!("node {}: {e} (check tls_ca, tls_cert and tls_key)", n.name))?,
+            _ => DockerRuntime::connect_unix(n.docker.trim_start_matches("unix://")).await,
+        };
         // The first node must answer at start (it is where a node-less call goes); others may
         // come up later.
         if i == 0 {

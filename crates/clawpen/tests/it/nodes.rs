@@ -1,5 +1,6 @@
 //! Several nodes: a second Docker Engine started by the test on this machine (its own socket,
-//! data root and exec root, no bridge). Agents are spread by committed memory; when the second
+//! data root and exec root, no bridge), which the server reaches over TCP with mutual TLS
+//! (certificates made by the test). Agents are spread by committed memory; when the second
 //! engine is killed its agents are marked lost and brought back on the first node while the
 //! first node's agents run on undisturbed; the returning engine's stale sandboxes are swept;
 //! `clawpen node drain` moves agents off a node.
@@ -12,19 +13,55 @@ use serde_json::{json, Value};
 
 use crate::harness::{TestServer, EXE};
 
-/// A second dockerd on this machine, removed with everything it made when dropped.
+/// A second dockerd on this machine, removed with everything it made when dropped. It listens
+/// on a Unix socket (for the test's own `docker` calls) and on loopback TCP with mutual TLS (for
+/// the server).
 struct SecondEngine {
     dir: PathBuf,
+    port: u16,
     child: Option<Child>,
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
+fn make_certs(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "clawpen test node CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issue = |names: Vec<String>, usage: ExtendedKeyUsagePurpose, cn: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![usage];
+        (p.signed_by(&key, &ca_cert, &ca_key).unwrap().pem(), key.serialize_pem())
+    };
+    let (server, server_key) = issue(vec!["127.0.0.1".into(), "localhost".into()], ExtendedKeyUsagePurpose::ServerAuth, "node two");
+    let (client, client_key) = issue(vec![], ExtendedKeyUsagePurpose::ClientAuth, "clawpen server");
+    for (name, pem) in [("ca.pem", ca_cert.pem()), ("server.pem", server), ("server-key.pem", server_key), ("client.pem", client), ("client-key.pem", client_key)] {
+        std::fs::write(dir.join(name), pem).unwrap();
+    }
 }
 
 impl SecondEngine {
     fn start() -> SecondEngine {
         let dir = tempfile::Builder::new().prefix("cpt-d2-").tempdir_in("/tmp").unwrap().keep();
         std::fs::write(dir.join("daemon.json"), "{}").unwrap();
-        let mut e = SecondEngine { dir, child: None };
+        make_certs(&dir);
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut e = SecondEngine { dir, port, child: None };
         e.spawn();
         e
+    }
+
+    /// The server's `[[nodes]]` entry for this engine: TCP with mutual TLS.
+    fn node_config(&self, name: &str) -> String {
+        let d = self.dir.display();
+        format!(
+            "[[nodes]]\nname = \"{name}\"\ndocker = \"tcp://127.0.0.1:{}\"\ntls_ca = \"{d}/ca.pem\"\ntls_cert = \"{d}/client.pem\"\ntls_key = \"{d}/client-key.pem\"\n",
+            self.port
+        )
     }
 
     fn socket(&self) -> PathBuf {
@@ -45,6 +82,15 @@ impl SecondEngine {
             .arg(d.join("dockerd.pid"))
             .arg("-H")
             .arg(format!("unix://{}", self.socket().display()))
+            .arg("-H")
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .arg("--tlsverify")
+            .arg("--tlscacert")
+            .arg(d.join("ca.pem"))
+            .arg("--tlscert")
+            .arg(d.join("server.pem"))
+            .arg("--tlskey")
+            .arg(d.join("server-key.pem"))
             .args(["--bridge", "none", "--iptables=false", "--ip-masq=false", "--storage-driver", "fuse-overlayfs"])
             .stdout(Stdio::null())
             .stderr(log)
@@ -158,10 +204,14 @@ fn on(list: &[Value], node: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agents_spread_over_two_nodes_survive_a_lost_node_and_a_drain() {
+    clawpen_meter::tls::install_provider();
     let mut two = SecondEngine::start();
+    // The engine's TCP port speaks only TLS: a plain request gets no answer from the API.
+    let plain = reqwest::get(format!("http://127.0.0.1:{}/_ping", two.port)).await;
+    assert!(plain.is_err() || plain.unwrap().status() != 200, "the engine answered plain HTTP on TCP");
     let extra = format!(
-        "[fleet]\ntick_ms = 200\nnode_lost_secs = 3\n\n[[nodes]]\nname = \"one\"\ndocker = \"unix:///var/run/docker.sock\"\n\n[[nodes]]\nname = \"two\"\ndocker = \"unix://{}\"\n",
-        two.socket().display()
+        "[fleet]\ntick_ms = 200\nnode_lost_secs = 3\n\n[[nodes]]\nname = \"one\"\ndocker = \"unix:///var/run/docker.sock\"\n\n{}",
+        two.node_config("two")
     );
     let s = TestServer::start_full("", "", &extra, &[]).await;
     let instance = s.instance();
