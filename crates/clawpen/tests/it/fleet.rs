@@ -1,7 +1,8 @@
 //! The fleet on real Docker: hibernation tiers (paused, stopped, removed) each woken by a message
 //! with the workspace intact; health checks that restart a hung agent; the crash-loop guard
 //! tripping on an agent that exits at once, and on one killed for memory, while another tenant
-//! goes on undisturbed.
+//! goes on undisturbed, also when the server is SIGKILLed in the middle of the restarts;
+//! admission by the node's memory budget; SIGTERM draining requests.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -390,4 +391,58 @@ async fn sigterm_drains_in_flight_messages_and_the_next_server_adopts_the_sandbo
     let (st, r) = s.post(&format!("/api/v1/agents/{id}/messages"), &key, json!({"text": "still you?"})).await;
     assert_eq!(st, 200, "{r}");
     assert_eq!(inspect_field(&container, "{{.State.StartedAt}}"), started_at, "the sandbox kept running across the upgrade");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_restarts_and_the_crash_loop_then_restart_agrees() {
+    let crash = BrokenImage::build("crash", EXIT_AT_ONCE);
+    let extra = format!("[fleet]\ntick_ms = 100\nrestart_backoff_ms = 100\nrestart_backoff_max_ms = 400\n\n[plans.broken]\nimage = \"{}\"\n", crash.0);
+    let mut s = TestServer::start_full("", "", &extra, &[]).await;
+    let mk = |name: &'static str, plan: &'static str| {
+        let s = &s;
+        async move {
+            let (st, t) = s.post("/api/v1/tenants", &s.admin, json!({"name": name, "plan": plan})).await;
+            assert_eq!(st, 201, "{t}");
+            let (_, k) = s.post(&format!("/api/v1/tenants/{}/keys", t["id"].as_str().unwrap()), &s.admin, json!({})).await;
+            (t["id"].as_str().unwrap().to_owned(), k["token"].as_str().unwrap().to_owned())
+        }
+    };
+    let ((ct, kc), (gt, kg)) = (mk("crashy", "broken").await, mk("steady", "standard").await);
+    let good = s.agent(&kg, "steady", true).await;
+    let gid = good["id"].as_str().unwrap().to_owned();
+    message(&s, &kg, &gid, "before the kills").await;
+    let (st, _) = s.post("/api/v1/agents", &kc, json!({"name": "crashy", "start": true})).await;
+    assert_eq!(st, 502);
+    let (_, list) = s.get("/api/v1/agents", &kc).await;
+    let cid = list["agents"][0]["id"].as_str().unwrap().to_owned();
+
+    // Kills land in backoff waits, restarts and starts of the crashing agent.
+    for delay in [50u64, 150, 300, 500, 800, 1200] {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        s.kill();
+        s.spawn().await;
+        let mut per_agent: std::collections::HashMap<String, usize> = Default::default();
+        for (name, agent, _) in s.containers() {
+            assert!(agent == cid || agent == gid, "after a kill at {delay} ms: orphan container {name}");
+            *per_agent.entry(agent).or_default() += 1;
+        }
+        assert!(per_agent.values().all(|n| *n <= 1), "after a kill at {delay} ms: {per_agent:?}");
+        let g = agent_view(&s, &kg, &gid).await;
+        assert_eq!(g["observed_state"], "running", "the steady agent after a kill at {delay} ms: {g}");
+        for f in ["SOUL.md", "USER.md", "MEMORY.md"] {
+            assert!(s.workspace(&ct, &cid).join(f).exists(), "the crashing agent lost {f}");
+        }
+    }
+    // The guard still trips, counting restarts across the server's restarts, and stays tripped
+    // through one more.
+    wait_for(&s, &kc, &cid, 60, "the crash loop", |v| v["observed_state"] == "crashloop").await;
+    s.kill();
+    s.spawn().await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let c = agent_view(&s, &kc, &cid).await;
+    assert_eq!(c["observed_state"], "crashloop", "a restart of the server keeps the guard tripped: {c}");
+    assert_ne!(engine_state(&s.container(&cid)), "running");
+    message(&s, &kg, &gid, "after the kills").await;
+    let session = std::fs::read_to_string(s.workspace(&gt, &gid).join("sessions/main.jsonl")).unwrap();
+    assert!(session.contains("before the kills") && session.contains("after the kills"));
 }
