@@ -98,10 +98,7 @@ async fn idle_agents_sink_through_the_tiers_and_a_message_wakes_each() {
     let tid = ta["id"].as_str().unwrap().to_owned();
     let a = s.agent(&ka, "dozer", true).await;
     let id = a["id"].as_str().unwrap().to_owned();
-    let (sb, tb) = s.post("/api/v1/tenants", &s.admin, json!({"name": "busy", "plan": "standard"})).await;
-    assert_eq!(sb, 201, "{tb}");
-    let (_, kb) = s.post(&format!("/api/v1/tenants/{}/keys", tb["id"].as_str().unwrap()), &s.admin, json!({})).await;
-    let kb = kb["token"].as_str().unwrap().to_owned();
+    let (_, kb) = s.tenant_on("busy", "standard").await;
     let b = s.agent(&kb, "awake", true).await;
     let bid = b["id"].as_str().unwrap().to_owned();
     message(&s, &ka, &id, "first words").await;
@@ -230,16 +227,7 @@ async fn crashing_agents_trip_the_guard_after_five_restarts_and_others_go_on() {
         crash.0, hog.0
     );
     let s = TestServer::start_full("", "", &extra, &[]).await;
-    let mk = |name: &'static str, plan: &'static str| {
-        let s = &s;
-        async move {
-            let (st, t) = s.post("/api/v1/tenants", &s.admin, json!({"name": name, "plan": plan})).await;
-            assert_eq!(st, 201, "{t}");
-            let (_, k) = s.post(&format!("/api/v1/tenants/{}/keys", t["id"].as_str().unwrap()), &s.admin, json!({})).await;
-            k["token"].as_str().unwrap().to_owned()
-        }
-    };
-    let (kc, ko, kg) = (mk("crashy", "broken").await, mk("hungry", "hog").await, mk("steady", "standard").await);
+    let (kc, ko, kg) = (s.tenant_on("crashy", "broken").await.1, s.tenant_on("hungry", "hog").await.1, s.tenant_on("steady", "standard").await.1);
     let good = s.agent(&kg, "steady", true).await;
     let gid = good["id"].as_str().unwrap().to_owned();
 
@@ -398,16 +386,8 @@ async fn sigkill_during_restarts_and_the_crash_loop_then_restart_agrees() {
     let crash = BrokenImage::build("crash", EXIT_AT_ONCE);
     let extra = format!("[fleet]\ntick_ms = 100\nrestart_backoff_ms = 100\nrestart_backoff_max_ms = 400\n\n[plans.broken]\nimage = \"{}\"\n", crash.0);
     let mut s = TestServer::start_full("", "", &extra, &[]).await;
-    let mk = |name: &'static str, plan: &'static str| {
-        let s = &s;
-        async move {
-            let (st, t) = s.post("/api/v1/tenants", &s.admin, json!({"name": name, "plan": plan})).await;
-            assert_eq!(st, 201, "{t}");
-            let (_, k) = s.post(&format!("/api/v1/tenants/{}/keys", t["id"].as_str().unwrap()), &s.admin, json!({})).await;
-            (t["id"].as_str().unwrap().to_owned(), k["token"].as_str().unwrap().to_owned())
-        }
-    };
-    let ((ct, kc), (gt, kg)) = (mk("crashy", "broken").await, mk("steady", "standard").await);
+    let ((ct, kc), (gt, kg)) = (s.tenant_on("crashy", "broken").await, s.tenant_on("steady", "standard").await);
+    let (ct, gt) = (ct["id"].as_str().unwrap().to_owned(), gt["id"].as_str().unwrap().to_owned());
     let good = s.agent(&kg, "steady", true).await;
     let gid = good["id"].as_str().unwrap().to_owned();
     message(&s, &kg, &gid, "before the kills").await;

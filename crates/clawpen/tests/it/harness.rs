@@ -306,7 +306,16 @@ impl TestServer {
 
     /// Creates a tenant and a key for it: `(tenant json, token)`.
     pub async fn tenant(&self, name: &str) -> (Value, String) {
-        let (s, t) = self.post("/api/v1/tenants", &self.admin.clone(), json!({"name": name})).await;
+        self.tenant_with(json!({"name": name})).await
+    }
+
+    /// [`TestServer::tenant`] on a named plan.
+    pub async fn tenant_on(&self, name: &str, plan: &str) -> (Value, String) {
+        self.tenant_with(json!({"name": name, "plan": plan})).await
+    }
+
+    async fn tenant_with(&self, body: Value) -> (Value, String) {
+        let (s, t) = self.post("/api/v1/tenants", &self.admin.clone(), body).await;
         assert_eq!(s, 201, "{t}");
         let (s, k) = self.post(&format!("/api/v1/tenants/{}/keys", t["id"].as_str().unwrap()), &self.admin.clone(), json!({})).await;
         assert_eq!(s, 201, "{k}");

@@ -33,14 +33,6 @@ async fn start_kind(s: &TestServer, key: &str, id: &str) -> String {
     start["detail"]["kind"].as_str().unwrap_or_default().to_owned()
 }
 
-async fn tenant_on(s: &TestServer, name: &str, plan: &str) -> (Value, String) {
-    let (st, t) = s.post("/api/v1/tenants", &s.admin.clone(), json!({"name": name, "plan": plan})).await;
-    assert_eq!(st, 201, "{t}");
-    let (st, k) = s.post(&format!("/api/v1/tenants/{}/keys", t["id"].as_str().unwrap()), &s.admin.clone(), json!({})).await;
-    assert_eq!(st, 201, "{k}");
-    (t, k["token"].as_str().unwrap().to_owned())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_agent_claims_a_warm_sandbox_and_the_pool_refills() {
     let s = TestServer::start_full("", "", POOL, &[]).await;
@@ -86,7 +78,7 @@ async fn a_new_agent_claims_a_warm_sandbox_and_the_pool_refills() {
     assert_eq!(s.data_dir().join("pool").read_dir().unwrap().count(), 2, "one dir per pool sandbox, the claimed slot's moved");
 
     // A plan with other limits never gets a pool sandbox: its start is cold.
-    let (_, big_key) = tenant_on(&s, "big", "big").await;
+    let (_, big_key) = s.tenant_on("big", "big").await;
     let b = s.agent(&big_key, "big", true).await;
     let bid = b["id"].as_str().unwrap().to_owned();
     assert_eq!(start_kind(&s, &big_key, &bid).await, "cold");
