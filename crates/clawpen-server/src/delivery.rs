@@ -38,13 +38,7 @@ impl App {
         let out = match clawpen_agent::client::message(&socket, &msg, timeout).await {
             // The sandbox went away under a running record: start it again, once.
             Err(clawpen_agent::client::ClientError::Connect(_)) => {
-                self.start_agent(tenant, id, actor, "woken by a message").await.map_err(|e| {
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "wake_failed",
-                        format!("the agent was not running and could not be started ({}); see GET /api/v1/agents/{id}/logs", e.message),
-                    )
-                })?;
+                self.start_agent(tenant, id, actor, "woken by a message").await.map_err(|e| crate::supervisor::wake_failed(id, e))?;
                 clawpen_agent::client::message(&socket, &msg, timeout).await?
             }
             other => other?,

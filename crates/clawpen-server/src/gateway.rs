@@ -53,7 +53,7 @@ pub async fn connect(State(app): State<App>, RawQuery(query): RawQuery, MaybeUpg
     let Some(upgrade) = upgrade else {
         return refuse(StatusCode::UPGRADE_REQUIRED, "websocket_required", "connect with a WebSocket client (Upgrade: websocket)");
     };
-    let per_minute = app.config.plan(&tenant.plan).or_else(|| app.config.plan(&app.config.default_plan)).map_or(1, |p| p.messages_per_minute);
+    let per_minute = app.config.plan_or_default(&tenant.plan).messages_per_minute;
     if let Err(wait) = app.message_limits.check(&tenant.id, per_minute) {
         return refuse(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("too many messages and connections; try again in {} s", wait.as_secs() + 1));
     }

@@ -152,6 +152,7 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
     });
     let _reconcile_guard = AbortOnDrop(reconcile);
     let _supervisor_guard = AbortOnDrop(tokio::spawn(app.clone().run_supervisor()));
+    let _nodes_guard = AbortOnDrop(tokio::spawn(app.clone().run_node_watch()));
     let _pool_guard = AbortOnDrop(tokio::spawn(app.clone().run_pool()));
     let _sweeper_guard = AbortOnDrop(tokio::spawn(app.meter.clone().run_sweeper()));
     let _flusher_guard = AbortOnDrop(tokio::spawn(app.meter.clone().run_flusher()));

@@ -222,14 +222,34 @@ impl App {
             .collect())
     }
 
+    /// Runs [`App::watch_nodes_once`] every `fleet.tick_ms` until the task is dropped: on its own
+    /// task, so a node that hangs never delays the supervision of agents.
+    pub async fn run_node_watch(self) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(self.config.fleet.tick_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.is_reconciled() {
+                self.watch_nodes_once().await;
+            }
+        }
+    }
+
     /// Asks every node whether it answers and acts on the changes: a node that went down marks
     /// its agents lost; one down for `node_lost_secs` has its agents started elsewhere; one that
     /// came back gets its image and its stale sandboxes swept.
     pub async fn watch_nodes_once(&self) {
         let now = now_ms();
-        for name in self.nodes.names() {
-            let Some(node) = self.nodes.node(&name) else { continue };
-            let up = tokio::time::timeout(std::time::Duration::from_secs(3), node.runtime.info()).await.is_ok_and(|r| r.is_ok());
+        // All nodes asked at once: a node that hangs costs one timeout, not one per node.
+        let answers = futures_util::future::join_all(self.nodes.names().into_iter().map(|name| async move {
+            let up = match self.nodes.node(&name) {
+                Some(node) => tokio::time::timeout(std::time::Duration::from_secs(3), node.runtime.info()).await.is_ok_and(|r| r.is_ok()),
+                None => false,
+            };
+            (name, up)
+        }))
+        .await;
+        for (name, up) in answers {
             let (was_up, lost_now) = {
                 let mut map = self.node_health.lock().expect("node health");
                 let h = map.entry(name.clone()).or_insert(NodeHealth { up: true, ..Default::default() });

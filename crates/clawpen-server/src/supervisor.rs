@@ -21,6 +21,15 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// A wake that did not bring the agent up, as a 503 that points at its logs.
+pub(crate) fn wake_failed(id: &AgentId, e: ApiError) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "wake_failed",
+        format!("the agent was not running and could not be started ({}); see GET /api/v1/agents/{id}/logs", e.message),
+    )
+}
+
 /// The machine's view of an agent as the store remembers it (after a restart of the server).
 fn life_of(a: &Agent, now: i64) -> Life {
     let mut life = Life::new(now);
@@ -75,11 +84,7 @@ impl App {
     pub async fn wake_for(&self, tenant: &Tenant, id: &AgentId, actor: &Actor, reason: &str) -> Result<(), ApiError> {
         self.ensure_awake(tenant, id, actor, reason).await.map_err(|e| match e.code {
             "agent_crashloop" | "node_full" | "not_found" => e,
-            _ => ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "wake_failed",
-                format!("the agent was not running and could not be started ({}); see GET /api/v1/agents/{id}/logs", e.message),
-            ),
+            _ => wake_failed(id, e),
         })
     }
 
@@ -119,7 +124,6 @@ impl App {
         loop {
             tick.tick().await;
             if self.is_reconciled() {
-                self.watch_nodes_once().await;
                 self.supervise_once().await;
             }
         }
