@@ -5,11 +5,17 @@
 //! conditional write as any hold (so the store still refuses anything past the balance or the
 //! monthly cap, whatever this process believes). Each call carves its own hold out of the lease
 //! in memory; when the lease runs short the tenant's next call grows it in the store (asking for
-//! several calls' worth, then for exactly what is missing). Settled calls are charged against the
+//! the headroom, at least two seconds of the tenant's recent spending, then for exactly what is
+//! missing), and below half the headroom it is grown in the background before it runs short. Settled calls are charged against the
 //! lease in batches: one transaction records them all and moves their total from held to spent.
 //! An idle lease is released. A crash leaves the lease to expire and the sweeper voids it, like
 //! any hold; what a crash can lose is the charge of calls settled in the last moments before it,
 //! never credit.
+//!
+//! The in-memory state sits behind a plain mutex held for a few instructions, never across a
+//! store call: an async mutex under 64 concurrent calls of one tenant turns every carve and settle
+//! into a queue of task wake-ups. Store steps on the lease (open, grow, release) are taken one at
+//! a time behind a second, async lock; a call whose carve fits never waits for it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,11 +46,60 @@ struct Budget {
     flushing_cost: i64,
     /// Since when nothing has been in flight.
     idle_since: Option<Instant>,
+    /// A growth of the lease is on its way to the store (see [`Budgets::carve`]).
+    growing: bool,
+    /// Carved in the current second, and carved per second over the last whole one.
+    window: (Option<Instant>, i64),
+    per_second: i64,
 }
 
 impl Budget {
+    fn in_use(&self) -> i64 {
+        self.carved + self.unflushed_cost + self.flushing_cost
+    }
+
     fn available(&self) -> i64 {
-        self.held - self.carved - self.unflushed_cost - self.flushing_cost
+        self.held - self.in_use()
+    }
+
+    /// What the lease should have to spare: several calls' worth, twice what is in use when
+    /// many calls run at once, and what the tenant spends in [`HEADROOM_FOR`], so that a store
+    /// busy for a while (a WAL checkpoint's fsync can take hundreds of milliseconds) does not run
+    /// it dry.
+    fn headroom(&self, amount: i64) -> i64 {
+        let by_rate = self.per_second.saturating_mul(HEADROOM_FOR.as_millis() as i64) / 1000;
+        (amount * LEASE_CALLS).max(2 * self.in_use()).max(by_rate)
+    }
+
+    fn count_carved(&mut self, amount: i64) {
+        let now = Instant::now();
+        let (start, carved) = &mut self.window;
+        match start {
+            Some(at) if now.duration_since(*at) < Duration::from_secs(1) => *carved += amount,
+            Some(at) => {
+                let secs = now.duration_since(*at).as_secs_f64();
+                self.per_second = (*carved as f64 / secs) as i64;
+                self.window = (Some(now), amount);
+            }
+            None => self.window = (Some(now), amount),
+        }
+    }
+}
+
+/// The lease aims to hold what the tenant spends in this long (see [`Budget::headroom`]).
+const HEADROOM_FOR: Duration = Duration::from_secs(2);
+
+/// One tenant's budget.
+#[derive(Default)]
+struct Tenant {
+    state: Mutex<Budget>,
+    /// Held while the lease is opened, grown or released in the store: one step at a time.
+    store_step: tokio::sync::Mutex<()>,
+}
+
+impl Tenant {
+    fn state(&self) -> std::sync::MutexGuard<'_, Budget> {
+        self.state.lock().expect("budget")
     }
 }
 
@@ -59,19 +114,23 @@ pub struct Flushed {
 pub struct Budgets {
     store: Store,
     ttl: Duration,
-    map: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<Budget>>>>,
+    map: Mutex<HashMap<TenantId, Arc<Tenant>>>,
     /// Leases open in this process; the sweeper leaves them alone.
-    leases: Mutex<std::collections::HashSet<String>>,
+    leases: Arc<Mutex<std::collections::HashSet<String>>>,
     dirty: Notify,
 }
 
 impl Budgets {
     pub fn new(store: Store, ttl: Duration) -> Budgets {
-        Budgets { store, ttl, map: Mutex::default(), leases: Mutex::default(), dirty: Notify::new() }
+        Budgets { store, ttl, map: Mutex::default(), leases: Arc::default(), dirty: Notify::new() }
     }
 
-    fn budget(&self, tenant: &TenantId) -> Arc<tokio::sync::Mutex<Budget>> {
-        self.map.lock().expect("budgets").entry(tenant.clone()).or_default().clone()
+    fn tenant(&self, tenant: &TenantId) -> Arc<Tenant> {
+        let mut map = self.map.lock().expect("budgets");
+        match map.get(tenant) {
+            Some(t) => Arc::clone(t),
+            None => Arc::clone(map.entry(tenant.clone()).or_default()),
+        }
     }
 
     /// Whether `hold` is a lease this process is using.
@@ -82,117 +141,171 @@ impl Budgets {
     /// Carves `r.amount` for one call out of the tenant's lease, growing the lease in the store
     /// when it runs short. `r.hold_id` is ignored: the store sees only the lease.
     pub async fn carve(&self, r: &Reserve<'_>, p: &Period, new_lease_id: impl Fn() -> String) -> clawpen_store::Result<Result<(), Refusal>> {
-        let budget = self.budget(r.tenant);
-        let mut b = budget.lock().await;
-        let mut refusal = None;
-        if b.available() < r.amount {
-            let missing = r.amount - b.available();
-            // Several calls' worth, or twice what is in use when many calls run at once, so
-            // that the lease grows in a few steps; then exactly what is missing.
-            let in_use = b.carved + b.unflushed_cost + b.flushing_cost;
-            let chunk = (r.amount * LEASE_CALLS).max(2 * in_use);
+        let t = self.tenant(r.tenant);
+        if self.try_carve(&t, r, p) {
+            return Ok(Ok(()));
+        }
+        let _step = t.store_step.lock().await;
+        let expires_at = p.now_ms + self.ttl.as_millis() as i64;
+        loop {
+            // Another call may have grown the lease while this one waited, and calls that fit
+            // may have used what a growth added: look again each time.
+            if self.try_carve(&t, r, p) {
+                return Ok(Ok(()));
+            }
+            // (No release can come between: it takes the store step this call holds.) Ask for
+            // the headroom, so that the lease grows in a few steps; then for exactly what is
+            // missing.
+            let (lease, missing, chunk) = {
+                let b = t.state();
+                (b.lease.clone(), r.amount - b.available(), b.headroom(r.amount))
+            };
             let asks = if missing < chunk { vec![chunk, missing] } else { vec![missing] };
-            let expires_at = p.now_ms + self.ttl.as_millis() as i64;
+            let mut refusal = None;
             for ask in asks {
-                let outcome = match b.lease.clone() {
-                    Some(lease) => {
-                        let grow = Reserve { hold_id: &lease, amount: ask, expires_at, ..r.clone() };
-                        match self.store.grow_hold(&grow, p).await? {
-                            Ok(true) => Ok(()),
-                            Ok(false) => {
-                                // The lease expired and was voided (a stall past its time): what
-                                // it held is gone, its calls are charged from the balance alone.
-                                self.leases.lock().expect("leases").remove(&lease);
-                                b.lease = None;
-                                b.held = b.carved + b.unflushed_cost + b.flushing_cost;
-                                self.open(&mut b, r, ask, expires_at, p, &new_lease_id).await?
-                            }
-                            Err(refused) => Err(refused),
-                        }
-                    }
-                    None => self.open(&mut b, r, ask, expires_at, p, &new_lease_id).await?,
-                };
-                match outcome {
+                match self.grow_or_open(&t, lease.as_deref(), r, ask, expires_at, p, &new_lease_id).await? {
                     Ok(()) => {
-                        if b.lease.is_some() {
-                            b.held += ask;
-                        }
                         refusal = None;
                         break;
                     }
                     Err(refused) => refusal = Some(refused),
                 }
             }
+            if let Some(refused) = refusal {
+                return Ok(Err(refused));
+            }
         }
-        if let Some(refused) = refusal {
-            return Ok(Err(refused));
+    }
+
+    /// Carves from what the lease has, if it is enough.
+    fn try_carve(&self, t: &Arc<Tenant>, r: &Reserve<'_>, p: &Period) -> bool {
+        let mut b = t.state();
+        if b.available() < r.amount {
+            return false;
         }
         b.carved += r.amount;
         b.idle_since = None;
-        Ok(Ok(()))
+        b.count_carved(r.amount);
+        self.grow_ahead(t, &mut b, r, p);
+        true
     }
 
-    async fn open(&self, b: &mut Budget, r: &Reserve<'_>, ask: i64, expires_at: i64, p: &Period, new_lease_id: &impl Fn() -> String) -> clawpen_store::Result<Result<(), Refusal>> {
+    #[allow(clippy::too_many_arguments)]
+    async fn grow_or_open(
+        &self,
+        t: &Tenant,
+        lease: Option<&str>,
+        r: &Reserve<'_>,
+        ask: i64,
+        expires_at: i64,
+        p: &Period,
+        new_lease_id: &impl Fn() -> String,
+    ) -> clawpen_store::Result<Result<(), Refusal>> {
+        let Some(lease) = lease else { return self.open(t, r, ask, expires_at, p, new_lease_id).await };
+        let grow = Reserve { hold_id: lease, amount: ask, expires_at, ..r.clone() };
+        match self.store.grow_hold(&grow, p).await? {
+            Ok(true) => {
+                let mut b = t.state();
+                if b.lease.as_deref() == Some(lease) {
+                    b.held += ask;
+                }
+                Ok(Ok(()))
+            }
+            Ok(false) => {
+                // The lease expired and was voided (a stall past its time): what it held is
+                // gone, its calls are charged from the balance alone.
+                self.leases.lock().expect("leases").remove(lease);
+                {
+                    let mut b = t.state();
+                    b.lease = None;
+                    b.held = b.in_use();
+                }
+                self.open(t, r, ask, expires_at, p, new_lease_id).await
+            }
+            Err(refused) => Ok(Err(refused)),
+        }
+    }
+
+    async fn open(&self, t: &Tenant, r: &Reserve<'_>, ask: i64, expires_at: i64, p: &Period, new_lease_id: &impl Fn() -> String) -> clawpen_store::Result<Result<(), Refusal>> {
         let id = new_lease_id();
         let open = Reserve { hold_id: &id, amount: ask, expires_at, ..r.clone() };
         let outcome = self.store.reserve(&open, p).await?;
         if outcome.is_ok() {
             self.leases.lock().expect("leases").insert(id.clone());
+            let mut b = t.state();
             b.lease = Some(id);
-            b.held = b.carved + b.unflushed_cost + b.flushing_cost;
+            b.held = b.in_use() + ask;
         }
         Ok(outcome)
+    }
+
+    /// When less than half the usual headroom is left, grows the lease in the background, so
+    /// that calls rarely wait for the store (which may be busy charging a batch). Refusals and
+    /// failures are left for the call that runs short: it grows the lease itself and hears why.
+    fn grow_ahead(&self, t: &Arc<Tenant>, b: &mut Budget, r: &Reserve<'_>, p: &Period) {
+        let headroom = b.headroom(r.amount);
+        let Some(lease) = b.lease.clone() else { return };
+        if b.growing || b.available() >= headroom / 2 {
+            return;
+        }
+        b.growing = true;
+        let (store, t, p) = (self.store.clone(), Arc::clone(t), p.clone());
+        let (tenant, agent, monthly_cap) = (r.tenant.clone(), r.agent.clone(), r.monthly_cap);
+        let expires_at = p.now_ms + self.ttl.as_millis() as i64;
+        tokio::spawn(async move {
+            // A call growing the lease itself, or a release, is under way: leave it to them.
+            if let Ok(_step) = t.store_step.try_lock() {
+                let grow = Reserve { hold_id: &lease, tenant: &tenant, agent: &agent, amount: headroom, monthly_cap, expires_at };
+                let grown = store.grow_hold(&grow, &p).await;
+                let mut b = t.state();
+                if matches!(grown, Ok(Ok(true))) && b.lease.as_deref() == Some(lease.as_str()) {
+                    b.held += headroom;
+                }
+            }
+            t.state().growing = false;
+        });
     }
 
     /// A call is over: `held` goes back to the lease and `call` (its cost at most `held`) waits
     /// for the next flush.
     pub async fn settle(&self, tenant: &TenantId, held: i64, call: CallRecord) {
-        let budget = self.budget(tenant);
-        let mut b = budget.lock().await;
-        b.carved -= held;
-        b.unflushed_cost += call.cost;
-        b.unflushed.push(call);
-        if b.carved == 0 {
-            b.idle_since = Some(Instant::now());
+        let t = self.tenant(tenant);
+        {
+            let mut b = t.state();
+            b.carved -= held;
+            b.unflushed_cost += call.cost;
+            b.unflushed.push(call);
+            if b.carved == 0 {
+                b.idle_since = Some(Instant::now());
+            }
         }
-        drop(b);
         self.dirty.notify_one();
     }
 
     /// Charges every tenant's settled calls in the store; releases leases idle for
     /// [`RELEASE_AFTER`]. Returns what was charged, per tenant.
     pub async fn flush(&self, p: &Period) -> Vec<Flushed> {
-        let budgets: Vec<(TenantId, Arc<tokio::sync::Mutex<Budget>>)> = self.map.lock().expect("budgets").iter().map(|(t, b)| (t.clone(), b.clone())).collect();
+        let tenants: Vec<(TenantId, Arc<Tenant>)> = self.map.lock().expect("budgets").iter().map(|(id, t)| (id.clone(), Arc::clone(t))).collect();
         let mut out = Vec::new();
-        for (tenant, budget) in budgets {
-            let (lease, calls, cost) = {
-                let mut b = budget.lock().await;
+        for (tenant, t) in tenants {
+            let taken = {
+                let mut b = t.state();
                 if b.unflushed.is_empty() {
-                    let idle = b.idle_since.is_some_and(|t| t.elapsed() >= RELEASE_AFTER);
-                    if idle && b.carved == 0 && b.flushing_cost == 0 {
-                        if let Some(lease) = b.lease.take() {
-                            match self.store.release_hold(&lease, p).await {
-                                Ok(_) => {
-                                    self.leases.lock().expect("leases").remove(&lease);
-                                    b.held = 0;
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "meter: cannot release a lease; it will expire");
-                                    b.lease = Some(lease);
-                                }
-                            }
-                        }
-                    }
-                    continue;
+                    None
+                } else {
+                    let calls = std::mem::take(&mut b.unflushed);
+                    let cost = std::mem::take(&mut b.unflushed_cost);
+                    b.flushing_cost += cost;
+                    Some((b.lease.clone().unwrap_or_default(), calls, cost))
                 }
-                let calls = std::mem::take(&mut b.unflushed);
-                let cost = std::mem::take(&mut b.unflushed_cost);
-                b.flushing_cost += cost;
-                (b.lease.clone().unwrap_or_default(), calls, cost)
+            };
+            let Some((lease, calls, cost)) = taken else {
+                self.release_if_idle(&t, p).await;
+                continue;
             };
             let expires_at = p.now_ms + self.ttl.as_millis() as i64;
             let charged = self.store.charge_hold(&lease, &tenant, &calls, expires_at, p).await;
-            let mut b = budget.lock().await;
+            let mut b = t.state();
             b.flushing_cost -= cost;
             match charged {
                 Ok(settled) => {
@@ -215,6 +328,40 @@ impl Budgets {
         out
     }
 
+    /// Releases the tenant's lease when nothing has used it for [`RELEASE_AFTER`].
+    async fn release_if_idle(&self, t: &Tenant, p: &Period) {
+        let idle = |b: &Budget| {
+            b.lease.is_some() && b.in_use() == 0 && b.unflushed.is_empty() && !b.growing && b.idle_since.is_some_and(|at| at.elapsed() >= RELEASE_AFTER)
+        };
+        let candidate = idle(&t.state());
+        if !candidate {
+            return;
+        }
+        // No store step on this lease meanwhile; a call that comes now waits and opens a new one.
+        let Ok(_step) = t.store_step.try_lock() else { return };
+        let taken = {
+            let mut b = t.state();
+            if idle(&b) {
+                let held = std::mem::take(&mut b.held);
+                b.lease.take().map(|lease| (lease, held))
+            } else {
+                None
+            }
+        };
+        let Some((lease, held)) = taken else { return };
+        match self.store.release_hold(&lease, p).await {
+            Ok(_) => {
+                self.leases.lock().expect("leases").remove(&lease);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "meter: cannot release a lease; will try again");
+                let mut b = t.state();
+                b.lease = Some(lease);
+                b.held += held;
+            }
+        }
+    }
+
     /// Waits until a call settles, or `max` passes.
     pub async fn wait_dirty(&self, max: Duration) {
         let _ = tokio::time::timeout(max, self.dirty.notified()).await;
@@ -222,13 +369,10 @@ impl Budgets {
 
     /// Nothing waits to be charged and no lease is open (for shutdown and tests).
     pub async fn is_quiet(&self) -> bool {
-        let budgets: Vec<_> = self.map.lock().expect("budgets").values().cloned().collect();
-        for b in budgets {
-            let b = b.lock().await;
-            if !b.unflushed.is_empty() || b.flushing_cost != 0 || b.lease.is_some() {
-                return false;
-            }
-        }
-        true
+        let tenants: Vec<Arc<Tenant>> = self.map.lock().expect("budgets").values().cloned().collect();
+        tenants.iter().all(|t| {
+            let b = t.state();
+            b.unflushed.is_empty() && b.flushing_cost == 0 && b.lease.is_none()
+        })
     }
 }

@@ -12,12 +12,13 @@ use clawpen_core::ids::{AgentId, TenantId};
 use clawpen_core::plan::Plan;
 use clawpen_store::ledger::{CallRecord, Period, Refusal, Reserve};
 use clawpen_store::{NewAudit, Store};
-use futures_util::StreamExt;
+use http_body_util::BodyExt;
 use rand::RngCore;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use crate::budget::Budgets;
+use crate::client::{Conn, UpstreamClient};
 use crate::config::{MeterConfig, ModelConfig, Provider, Upstream};
 use crate::price;
 use crate::usage::{self, event_data, SseSplitter, StreamUsage, Usage};
@@ -50,18 +51,26 @@ impl Endpoint {
 pub struct Meter {
     store: Store,
     config: MeterConfig,
-    upstreams: BTreeMap<String, Upstream>,
+    upstreams: BTreeMap<String, Arc<Upstream>>,
     plans: BTreeMap<String, Plan>,
     default_plan: String,
-    http: reqwest::Client,
+    http: UpstreamClient,
     /// Each tenant's lease, the calls carved from it, and the settled calls still to charge.
     budgets: Budgets,
     /// Tenants whose account is known to exist (saves a write per call).
     accounts_open: Mutex<HashSet<TenantId>>,
-    /// Runs admitted in the last hour, so only a run's first model call touches the store.
-    runs_admitted: Mutex<HashMap<(AgentId, String), i64>>,
+    /// Each agent's runs of the last hour, read from the store on its first call here; new
+    /// ones are written by the flusher with the settled calls.
+    runs: Mutex<HashMap<AgentId, AgentRuns>>,
     /// Each tenant's plan name, read once; [`Meter::plan_changed`] drops an entry.
     plan_names: Mutex<HashMap<TenantId, String>>,
+}
+
+/// An agent's runs of the last hour (run id → start), and those not yet in the store.
+#[derive(Default)]
+struct AgentRuns {
+    started: HashMap<String, i64>,
+    unwritten: Vec<(String, i64)>,
 }
 
 /// A refusal or failure, in a body both the agent and the OpenAI/Anthropic SDKs can read.
@@ -109,10 +118,12 @@ fn format_utc(ms: i64) -> String {
     format!("{:04}-{:02}-{:02} {:02}:{:02} UTC", t.year(), t.month() as u8, t.day(), t.hour(), t.minute())
 }
 
+/// A call's (or a lease's) id: the time in milliseconds, then 64 random bits. Ids made later
+/// sort later, so the ledger appends rows at the end of its indexes instead of all over them.
 fn new_request_id() -> String {
-    let mut b = [0u8; 12];
+    let mut b = [0u8; 8];
     rand::thread_rng().fill_bytes(&mut b);
-    format!("req_{}", hex::encode(b))
+    format!("req_{:012x}{}", Meter::now_ms().max(0), hex::encode(b))
 }
 
 fn valid_run_id(s: &str) -> bool {
@@ -124,7 +135,7 @@ struct Prepared {
     id: String,
     model_name: String,
     model: ModelConfig,
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
     body: Value,
     stream: bool,
     /// Whether the caller asked for usage in its stream (OpenAI); if not, the meter's own usage
@@ -139,15 +150,15 @@ const FLUSH_COALESCE: Duration = Duration::from_millis(20);
 
 impl Meter {
     pub fn new(store: Store, config: MeterConfig, plans: BTreeMap<String, Plan>, default_plan: String) -> Result<Meter, String> {
-        let upstreams = config.resolve()?;
-        crate::tls::install_provider();
-        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(config.upstream_timeout_secs)).pool_max_idle_per_host(256);
-        if let Some(path) = &config.ca_file {
-            let pem = std::fs::read(path).map_err(|e| format!("meter.ca_file {}: {e}", path.display()))?;
-            let ca = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("meter.ca_file {}: not a PEM certificate: {e}", path.display()))?;
-            http = http.add_root_certificate(ca);
-        }
-        let http = http.build().map_err(|e| e.to_string())?;
+        let upstreams = config.resolve()?.into_iter().map(|(name, u)| (name, Arc::new(u))).collect();
+        let extra_ca = match &config.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| format!("meter.ca_file {}: {e}", path.display()))?),
+            None => None,
+        };
+        let http = UpstreamClient::new(extra_ca.as_deref()).map_err(|e| match &config.ca_file {
+            Some(path) => format!("meter.ca_file {}: {e}", path.display()),
+            None => e,
+        })?;
         let ttl = Duration::from_secs(config.hold_ttl_secs);
         Ok(Meter {
             store: store.clone(),
@@ -158,7 +169,7 @@ impl Meter {
             http,
             budgets: Budgets::new(store.clone(), ttl),
             accounts_open: Mutex::new(HashSet::new()),
-            runs_admitted: Mutex::new(HashMap::new()),
+            runs: Mutex::new(HashMap::new()),
             plan_names: Mutex::new(HashMap::new()),
         })
     }
@@ -249,7 +260,7 @@ impl Meter {
             let known: Vec<&str> = self.config.models.keys().map(String::as_str).collect();
             invalid(format!("model: {requested:?} is not offered; offered: {}", known.join(", ")))
         })?;
-        let upstream = self.upstreams[&model.upstream].clone();
+        let upstream = Arc::clone(&self.upstreams[&model.upstream]);
         if upstream.provider != endpoint.provider() {
             return Err(invalid(format!("model {model_name} is served by the {} API, not this one", upstream.provider.as_str())));
         }
@@ -315,23 +326,51 @@ impl Meter {
         Ok(Prepared { id, model_name, model, upstream, body, stream, caller_wants_usage, held })
     }
 
-    /// Admits a run against the plan's runs per hour. Only a run's first call reaches the store.
+    /// Admits a run against the plan's runs per hour, in memory: an agent's runs are read from
+    /// the store on its first call in this process, and new ones are written in the flusher's
+    /// next batch (a crash can forget the last few, never refuse wrongly).
     async fn admit_run(&self, caller: &MeterCaller, run: &str, plan: &Plan, now: i64) -> clawpen_store::Result<bool> {
-        let key = (caller.agent.clone(), run.to_owned());
-        {
-            let mut known = self.runs_admitted.lock().expect("runs map");
-            if known.contains_key(&key) {
-                return Ok(true);
-            }
-            if known.len() > 100_000 {
-                known.retain(|_, at| *at > now - 3_600_000);
+        let hour_ago = now - 3_600_000;
+        let known = self.runs.lock().expect("runs").contains_key(&caller.agent);
+        if !known {
+            let seen = self.store.runs_since(&caller.agent, hour_ago).await?;
+            self.runs.lock().expect("runs").entry(caller.agent.clone()).or_insert_with(|| AgentRuns { started: seen.into_iter().collect(), unwritten: Vec::new() });
+        }
+        let mut all = self.runs.lock().expect("runs");
+        let agent = all.get_mut(&caller.agent).expect("read above");
+        if agent.started.contains_key(run) {
+            return Ok(true);
+        }
+        let max = plan.runs_per_hour as usize;
+        if agent.started.len() >= max {
+            agent.started.retain(|_, at| *at > hour_ago);
+            if agent.started.len() >= max {
+                return Ok(false);
             }
         }
-        let admitted = self.store.admit_run(&caller.agent, run, plan.runs_per_hour as i64, now).await?;
-        if admitted {
-            self.runs_admitted.lock().expect("runs map").insert(key, now);
+        agent.started.insert(run.to_owned(), now);
+        agent.unwritten.push((run.to_owned(), now));
+        Ok(true)
+    }
+
+    /// Writes the runs admitted since the last flush.
+    async fn write_runs(&self) {
+        let rows: Vec<(String, String, i64)> = {
+            let mut all = self.runs.lock().expect("runs");
+            all.iter_mut().flat_map(|(agent, r)| std::mem::take(&mut r.unwritten).into_iter().map(move |(run, at)| (agent.to_string(), run, at))).collect()
+        };
+        if rows.is_empty() {
+            return;
         }
-        Ok(admitted)
+        if let Err(e) = self.store.record_runs(&rows).await {
+            warn!(error = %e, runs = rows.len(), "meter: cannot record admitted runs; will retry");
+            let mut all = self.runs.lock().expect("runs");
+            for (agent, run, at) in rows {
+                if let Some(r) = AgentId::parse(&agent).ok().and_then(|a| all.get_mut(&a)) {
+                    r.unwritten.push((run, at));
+                }
+            }
+        }
     }
 
     async fn refusal(&self, caller: &MeterCaller, r: Refusal, next_month: i64) -> MeterError {
@@ -360,56 +399,87 @@ impl Meter {
         }
     }
 
-    fn upstream_request(&self, endpoint: Endpoint, headers: &HeaderMap, p: &Prepared) -> reqwest::RequestBuilder {
+    fn upstream_request(&self, endpoint: Endpoint, headers: &HeaderMap, p: &Prepared) -> Result<hyper::Request<http_body_util::Full<Bytes>>, String> {
+        let base = &p.upstream.base;
+        let body = serde_json::to_vec(&p.body).map_err(|e| e.to_string())?;
         let key = p.upstream.key.expose();
-        match endpoint {
-            Endpoint::ChatCompletions => self.http.post(format!("{}/chat/completions", p.upstream.base_url)).bearer_auth(key).json(&p.body),
+        let req = hyper::Request::post(base.path(match endpoint {
+            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Messages => "/messages",
+        }))
+        .header("host", base.authority())
+        .header("content-type", "application/json");
+        let req = match endpoint {
+            Endpoint::ChatCompletions => req.header("authorization", format!("Bearer {key}")),
             Endpoint::Messages => {
                 let version = headers.get("anthropic-version").cloned().unwrap_or(HeaderValue::from_static("2023-06-01"));
-                let mut req = self.http.post(format!("{}/messages", p.upstream.base_url)).header("x-api-key", key).header("anthropic-version", version);
-                if let Some(beta) = headers.get("anthropic-beta") {
-                    req = req.header("anthropic-beta", beta.clone());
+                let req = req.header("x-api-key", key).header("anthropic-version", version);
+                match headers.get("anthropic-beta") {
+                    Some(beta) => req.header("anthropic-beta", beta.clone()),
+                    None => req,
                 }
-                req.json(&p.body)
             }
-        }
+        };
+        // The error names neither the key nor the value that failed (only that one did).
+        req.body(http_body_util::Full::new(Bytes::from(body))).map_err(|_| "a header for the provider is not valid".to_owned())
     }
 
     async fn forward(self: &Arc<Self>, caller: MeterCaller, endpoint: Endpoint, headers: HeaderMap, p: Prepared) -> Response {
-        let sent = self.upstream_request(endpoint, &headers, &p).send().await;
-        let resp = match sent {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.config.upstream_timeout_secs);
+        let req = match self.upstream_request(endpoint, &headers, &p) {
             Ok(r) => r,
             Err(e) => {
-                warn!(error = %e, upstream = %p.upstream.name, "meter: upstream unreachable");
+                self.close(&caller, &p, None, "invalid_request", true).await;
+                return MeterError::new(StatusCode::BAD_REQUEST, "invalid_request", e).into_response();
+            }
+        };
+        let sent = match tokio::time::timeout_at(deadline, self.http.send(&p.upstream.base, req)).await {
+            Ok(Ok(r)) => r,
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer in time".to_owned(),
+                };
+                warn!(error = %why, upstream = %p.upstream.name, "meter: upstream unreachable");
                 self.close(&caller, &p, None, "upstream_unreachable", true).await;
                 return MeterError::new(StatusCode::BAD_GATEWAY, "upstream_unreachable", "the model provider could not be reached; try again").into_response();
             }
         };
+        let (resp, mut conn) = sent;
         let status = resp.status();
         let content_type = resp.headers().get("content-type").cloned();
+        if status.is_success() && p.stream {
+            return self.forward_stream(caller, endpoint, p, resp.into_body(), conn, deadline, content_type);
+        }
+        let read = tokio::time::timeout_at(deadline, conn.drive(resp.into_body().collect())).await;
+        let body = match read {
+            Ok(Ok(Ok(b))) => {
+                self.http.checkin(conn);
+                b.to_bytes()
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Ok(Err(e))) => e.to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer in time".to_owned(),
+                };
+                warn!(error = %why, "meter: upstream body broke");
+                // Generated but not delivered: charge the hold, never 0 (unless the provider
+                // had refused, when nothing was generated).
+                self.close(&caller, &p, None, "upstream_broken", !status.is_success()).await;
+                return MeterError::new(StatusCode::BAD_GATEWAY, "upstream_broken", "the model provider's answer broke off").into_response();
+            }
+        };
         if !status.is_success() {
             // The provider refused: nothing was generated, nothing is charged.
-            let body = resp.bytes().await.unwrap_or_default();
             self.close(&caller, &p, None, &format!("upstream_error:{}", status.as_u16()), true).await;
             let mut r = Response::new(Body::from(body));
-            *r.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            *r.status_mut() = status;
             if let Some(ct) = content_type {
                 r.headers_mut().insert("content-type", ct);
             }
             return r;
         }
-        if p.stream {
-            return self.forward_stream(caller, endpoint, p, resp, content_type);
-        }
-        let body = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                warn!(error = %e, "meter: upstream body broke");
-                // Generated but not delivered: charge the hold, never 0.
-                self.close(&caller, &p, None, "upstream_broken", false).await;
-                return MeterError::new(StatusCode::BAD_GATEWAY, "upstream_broken", "the model provider's answer broke off").into_response();
-            }
-        };
         // Only `usage` is built; the rest of the answer (the generated text) is skipped over.
         #[derive(serde::Deserialize)]
         struct UsageOnly {
@@ -427,33 +497,48 @@ impl Meter {
         r
     }
 
-    fn forward_stream(self: &Arc<Self>, caller: MeterCaller, endpoint: Endpoint, p: Prepared, resp: reqwest::Response, content_type: Option<HeaderValue>) -> Response {
+    #[allow(clippy::too_many_arguments)]
+    fn forward_stream(
+        self: &Arc<Self>,
+        caller: MeterCaller,
+        endpoint: Endpoint,
+        p: Prepared,
+        mut upstream: hyper::body::Incoming,
+        mut conn: Conn,
+        deadline: tokio::time::Instant,
+        content_type: Option<HeaderValue>,
+    ) -> Response {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
         let meter = Arc::clone(self);
         let drain = Duration::from_secs(self.config.drain_secs);
         tokio::spawn(async move {
-            let mut upstream = resp.bytes_stream();
             let mut splitter = SseSplitter::default();
             let mut seen = StreamUsage::default();
             let mut client_gone_at: Option<tokio::time::Instant> = None;
             let mut broken = false;
             loop {
-                let next = match client_gone_at {
-                    // The client left: keep reading (bounded) to learn what was generated.
-                    Some(at) => match tokio::time::timeout_at(at + drain, upstream.next()).await {
-                        Ok(n) => n,
-                        Err(_) => break,
-                    },
-                    None => upstream.next().await,
+                // The client left: keep reading (bounded) to learn what was generated.
+                let until = client_gone_at.map_or(deadline, |at| deadline.min(at + drain));
+                let next = match tokio::time::timeout_at(until, conn.drive(upstream.frame())).await {
+                    Ok(Ok(n)) => n.map(|r| r.map_err(|e| e.to_string())),
+                    Ok(Err(e)) => Some(Err(e.to_string())),
+                    Err(_) if client_gone_at.is_some() => break,
+                    Err(_) => Some(Err("no end in time".to_owned())),
                 };
                 let chunk = match next {
-                    Some(Ok(c)) => c,
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(c) => c,
+                        Err(_) => continue,
+                    },
                     Some(Err(e)) => {
                         warn!(error = %e, "meter: upstream stream broke");
                         broken = true;
                         break;
                     }
-                    None => break,
+                    None => {
+                        meter.http.checkin(conn);
+                        break;
+                    }
                 };
                 for event in splitter.push(&chunk) {
                     let out = rewrite_event(endpoint, &event, &mut seen, p.caller_wants_usage);
@@ -527,6 +612,7 @@ impl Meter {
 
     /// One flush (see [`Meter::run_flusher`]).
     pub async fn flush_once(&self) {
+        self.write_runs().await;
         let now = Self::now_ms();
         let (period, next_day, _) = period_at(now);
         for f in self.budgets.flush(&period).await {
@@ -547,8 +633,11 @@ impl Meter {
     /// `max` passes (at shutdown).
     pub async fn quiesce(&self, max: Duration) {
         let deadline = tokio::time::Instant::now() + max;
-        while !self.budgets.is_quiet().await && tokio::time::Instant::now() < deadline {
+        loop {
             self.flush_once().await;
+            if self.budgets.is_quiet().await || tokio::time::Instant::now() >= deadline {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -440,33 +440,27 @@ impl Store {
         Ok(())
     }
 
-    /// Admits a run of an agent unless `max_per_hour` runs started in the last hour. A run already
-    /// admitted is admitted again (its further model calls).
-    pub async fn admit_run(
-        &self,
-        agent: &AgentId,
-        run_id: &str,
-        max_per_hour: i64,
-        now_ms: i64,
-    ) -> Result<bool> {
-        sqlx::query(
-            "INSERT INTO runs (agent_id, run_id, at) SELECT $1, $2, $3 \
-             WHERE (SELECT COUNT(*) FROM runs WHERE agent_id = $1 AND at > $4) < $5 \
-             ON CONFLICT (agent_id, run_id) DO NOTHING",
-        )
-        .bind(agent.as_str())
-        .bind(run_id)
-        .bind(now_ms)
-        .bind(now_ms - 3_600_000)
-        .bind(max_per_hour)
-        .execute(&self.writer)
-        .await?;
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM runs WHERE agent_id = $1 AND run_id = $2")
-            .bind(agent.as_str())
-            .bind(run_id)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get::<i64, _>("n")? > 0)
+    /// The runs of `agent` that started after `since_ms` (run id, start), for counting an
+    /// agent's runs per hour.
+    pub async fn runs_since(&self, agent: &AgentId, since_ms: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT run_id, at FROM runs WHERE agent_id = $1 AND at > $2").bind(agent.as_str()).bind(since_ms).fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.try_get("run_id")?, r.try_get("at")?))).collect()
+    }
+
+    /// Records admitted runs (agent id, run id, start); one already recorded is left alone.
+    pub async fn record_runs(&self, runs: &[(String, String, i64)]) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        for chunk in runs.chunks(CALLS_PER_INSERT) {
+            let rows: Vec<String> = (0..chunk.len()).map(|r| format!("(${}, ${}, ${})", 3 * r + 1, 3 * r + 2, 3 * r + 3)).collect();
+            let sql = format!("INSERT INTO runs (agent_id, run_id, at) VALUES {} ON CONFLICT (agent_id, run_id) DO NOTHING", rows.join(", "));
+            let mut q = sqlx::query(&sql);
+            for (agent, run, at) in chunk {
+                q = q.bind(agent).bind(run).bind(*at);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// This month's spending per agent of a tenant.
@@ -796,10 +790,14 @@ mod tests {
             now_ms: 6_000,
         };
         store.reserve(&r("f", 999), &next).await.unwrap().unwrap();
-        assert!(store.admit_run(&agent, "run1", 2, 0).await.unwrap());
-        assert!(store.admit_run(&agent, "run1", 2, 1).await.unwrap());
-        assert!(store.admit_run(&agent, "run2", 2, 2).await.unwrap());
-        assert!(!store.admit_run(&agent, "run3", 2, 3).await.unwrap());
-        assert!(store.admit_run(&agent, "run3", 2, 3_600_001).await.unwrap());
+        let a = agent.to_string();
+        let runs = [(a.clone(), "run1".to_owned(), 0), (a.clone(), "run2".to_owned(), 2), (a.clone(), "run3".to_owned(), 3_600_001)];
+        store.record_runs(&runs).await.unwrap();
+        store.record_runs(&runs[..1]).await.unwrap();
+        let mut seen = store.runs_since(&agent, -1).await.unwrap();
+        seen.sort();
+        assert_eq!(seen, vec![("run1".to_owned(), 0), ("run2".to_owned(), 2), ("run3".to_owned(), 3_600_001)], "recorded once each");
+        let recent = store.runs_since(&agent, 1).await.unwrap();
+        assert_eq!(recent.len(), 2, "only runs after the given time");
     }
 }

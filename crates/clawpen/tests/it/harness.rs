@@ -184,7 +184,6 @@ impl TestServer {
         }
     }
 
-    /// SIGKILLs the server process (sandboxes keep running).
     /// Sends SIGTERM and waits for the server to exit; true when it exited cleanly.
     pub fn terminate(&mut self) -> bool {
         let Some(mut c) = self.child.take() else { return false };
@@ -192,6 +191,7 @@ impl TestServer {
         c.wait().map(|s| s.success()).unwrap_or(false)
     }
 
+    /// SIGKILLs the server process (sandboxes keep running).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -321,3 +321,37 @@ async fn an_https_upstream_is_reached_only_with_its_ca_trusted() {
     let u = untrusted.settled_usage(&key).await;
     assert_eq!(u["month"]["spent"], 0, "{u}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_per_hour_are_capped_and_remembered_across_a_restart() {
+    let mut w = world("runs_per_hour = 3", "").await;
+    let (_, key) = w.tenant("busy").await;
+    let a = w.agent(&key, "a", false).await;
+    let sock = w.run_dir(a["id"].as_str().unwrap()).join("control.sock");
+    let call = |run: &'static str| {
+        let sock = sock.clone();
+        async move { uds_post(&sock, "/v1/chat/completions", &chat("gpt-test", "one step of a run", false), &[("x-clawpen-run", run)]).await }
+    };
+    for run in ["run-1", "run-2", "run-3", "run-1", "run-3"] {
+        assert_eq!(call(run).await.0, 200, "{run} is within the plan's 3 runs per hour");
+    }
+    let (st, body) = call("run-4").await;
+    assert_eq!(st, 429, "a 4th run in the hour is refused");
+    let e: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(e["error"]["code"], "rate_limited", "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("3 requests in the last hour"), "{e}");
+
+    // The count outlives the server: a graceful restart, then a crash after the flusher ran.
+    assert!(w.terminate(), "the server stops on SIGTERM");
+    w.spawn().await;
+    assert_eq!(call("run-5").await.0, 429, "still 3 runs this hour after a restart");
+    assert_eq!(call("run-2").await.0, 200, "an admitted run goes on after a restart");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.kill();
+    w.spawn().await;
+    assert_eq!(call("run-6").await.0, 429, "still 3 runs this hour after a crash");
+    let u = settled(&w, &key).await;
+    let calls = u["recent_calls"].as_array().unwrap();
+    assert_eq!(calls.iter().filter(|c| c["outcome"] == "ok").count(), 6, "{u:#}");
+    assert!(calls.iter().filter(|c| c["outcome"] != "ok").all(|c| c["cost"] == 0), "refused runs cost nothing: {u:#}");
+}
