@@ -1,5 +1,5 @@
 //! Runs a stand-in as its own process, for tests in other languages (the Python SDK tests):
-//! `standin [--listen IP:PORT] [--addr-file PATH] [--token-delay-ms N]`, with the test keys of
+//! `standin [--listen IP:PORT] [--addr-file PATH] [--token-delay-ms N] [--latency-ms N]`, with the test keys of
 //! `StandinConfig::for_testing`.
 
 use std::net::SocketAddr;
@@ -19,6 +19,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--listen" => listen = value.parse()?,
             "--addr-file" => addr_file = Some(PathBuf::from(value)),
             "--token-delay-ms" => config.token_delay_ms = value.parse()?,
+            "--latency-ms" => config.latency_ms = value.parse()?,
             _ => return Err(format!("unknown argument {flag}").into()),
         }
     }

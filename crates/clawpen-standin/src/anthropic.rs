@@ -23,6 +23,7 @@ pub(crate) async fn messages(State(shared): State<Arc<Shared>>, headers: HeaderM
     } else if !headers.contains_key("anthropic-version") {
         invalid("anthropic-version: header is required")
     } else {
+        shared.think().await;
         answer(&shared, request)
     };
     entry.answer(response)

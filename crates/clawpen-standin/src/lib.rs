@@ -43,12 +43,15 @@ pub struct StandinConfig {
     pub anthropic_key: String,
     /// Pause between streamed events for models whose name ends in `-slow`.
     pub token_delay_ms: u64,
+    /// How long a model takes to answer (or to send a stream's first event), like a provider's
+    /// time to first token. 0 answers at once.
+    pub latency_ms: u64,
 }
 
 impl StandinConfig {
     /// Keys `sk-standin-openai` and `sk-ant-standin`, 20 ms between a slow model's events.
     pub fn for_testing() -> Self {
-        Self { openai_key: "sk-standin-openai".into(), anthropic_key: "sk-ant-standin".into(), token_delay_ms: 20 }
+        Self { openai_key: "sk-standin-openai".into(), anthropic_key: "sk-ant-standin".into(), token_delay_ms: 20, latency_ms: 0 }
     }
 }
 
@@ -75,6 +78,13 @@ impl Shared {
 
     fn next_tool_call(&self) -> u64 {
         self.tool_calls.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Waits the model's time to answer (see [`StandinConfig::latency_ms`]).
+    async fn think(&self) {
+        if self.config.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.config.latency_ms)).await;
+        }
     }
 
     fn delay(&self, model: &str) -> Duration {

@@ -21,7 +21,12 @@ pub(crate) async fn chat_completions(State(shared): State<Arc<Shared>>, headers:
     let authorized = authorized(&shared, &headers);
     let max = request.as_ref().map_or(Ok(None), max_tokens);
     let entry = shared.log.record(RecordedRequest::new("/v1/chat/completions", request.clone().unwrap_or_default(), authorized, max.unwrap_or(None)));
-    let response = if authorized { chat(&shared, request) } else { unauthorized(&headers) };
+    let response = if authorized {
+        shared.think().await;
+        chat(&shared, request)
+    } else {
+        unauthorized(&headers)
+    };
     entry.answer(response)
 }
 

@@ -38,9 +38,14 @@ pub struct BenchArgs {
     /// How many agents to start (coldstart, density); samples per case (claim).
     #[arg(long, default_value_t = 20)]
     agents: usize,
-    /// Requests per worker in each case (meter); requests each way (gateway).
+    /// Requests per worker in each case (meter: a quarter of it in the cases that wait on the
+    /// provider); requests each way (gateway).
     #[arg(long, default_value_t = 200)]
     requests: usize,
+    /// The upstream stand-in's time to answer in the meter's standard cases, in milliseconds;
+    /// `c64-saturated` always uses 0.
+    #[arg(long, default_value_t = 200)]
+    upstream_ms: u64,
     /// Wakes measured per tier (wake).
     #[arg(long, default_value_t = 30)]
     wakes: usize,
@@ -98,7 +103,7 @@ impl Case {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (scenario, cases) = match args.scenario {
         Scenario::Coldstart => ("coldstart", coldstart(args.agents).await?),
-        Scenario::Meter => ("meter", crate::bench_meter::run(args.requests).await?),
+        Scenario::Meter => ("meter", crate::bench_meter::run(args.requests, args.upstream_ms).await?),
         Scenario::Gateway => ("gateway", crate::bench_gateway::run(args.requests, args.connections).await?),
         Scenario::Wake => ("wake", crate::bench_wake::run(args.wakes).await?),
         Scenario::Density => ("density", crate::bench_density::run(args.agents).await?),
