@@ -231,6 +231,76 @@ impl UpstreamClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A provider that answers each connection's requests, and closes a connection once it has
+    /// been idle for 50 ms (as providers close idle keep-alive connections).
+    async fn closing_provider() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    loop {
+                        let read = tokio::time::timeout(Duration::from_millis(50), sock.read(&mut buf)).await;
+                        let Ok(Ok(n)) = read else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        let body = b"{\"ok\":true}";
+                        let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+                        sock.write_all(head.as_bytes()).await.unwrap();
+                        sock.write_all(body).await.unwrap();
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}/v1"), accepted)
+    }
+
+    fn request(base: &BaseUrl) -> Request<Body> {
+        Request::post(base.path("/chat/completions")).header("host", base.authority()).body(Full::new(Bytes::from_static(b"{}"))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn reuses_open_connections_and_replaces_closed_ones() {
+        let (url, accepted) = closing_provider().await;
+        let base = BaseUrl::parse(&url).unwrap();
+        let client = UpstreamClient::new(None).unwrap();
+        for _ in 0..3 {
+            let (parts, body) = client.call(&base, request(&base)).await.unwrap();
+            assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"{\"ok\":true}"[..]));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "back-to-back calls share one connection");
+        // The provider closes the idle connection; the next call notices and connects anew.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (parts, _) = client.call(&base, request(&base)).await.unwrap();
+        assert_eq!(parts.status.as_u16(), 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_provider_is_an_error_that_names_no_secret() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let base = BaseUrl::parse(&format!("http://{addr}")).unwrap();
+        let req = Request::post("/x").header("authorization", "Bearer sk-secret-value").body(Full::new(Bytes::new())).unwrap();
+        let e = UpstreamClient::new(None).unwrap().call(&base, req).await.unwrap_err().to_string();
+        assert!(e.contains("connect to 127.0.0.1"), "{e}");
+        assert!(!e.contains("sk-secret"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_extra_ca_is_refused() {
+        assert!(UpstreamClient::new(Some(b"not a pem")).is_err());
+    }
 
     #[test]
     fn parses_base_urls() {
