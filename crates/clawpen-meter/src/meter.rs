@@ -71,6 +71,8 @@ pub struct Meter {
 struct AgentRuns {
     started: HashMap<String, i64>,
     unwritten: Vec<(String, i64)>,
+    /// When runs older than an hour were last dropped.
+    pruned_at: i64,
 }
 
 /// A refusal or failure, in a body both the agent and the OpenAI/Anthropic SDKs can read.
@@ -334,16 +336,18 @@ impl Meter {
         let known = self.runs.lock().expect("runs").contains_key(&caller.agent);
         if !known {
             let seen = self.store.runs_since(&caller.agent, hour_ago).await?;
-            self.runs.lock().expect("runs").entry(caller.agent.clone()).or_insert_with(|| AgentRuns { started: seen.into_iter().collect(), unwritten: Vec::new() });
+            self.runs.lock().expect("runs").entry(caller.agent.clone()).or_insert_with(|| AgentRuns { started: seen.into_iter().collect(), unwritten: Vec::new(), pruned_at: now });
         }
         let mut all = self.runs.lock().expect("runs");
         let agent = all.get_mut(&caller.agent).expect("read above");
         if agent.started.contains_key(run) {
             return Ok(true);
         }
+        // Runs older than an hour are dropped when they would count, and once a minute anyway.
         let max = plan.runs_per_hour as usize;
-        if agent.started.len() >= max {
+        if agent.started.len() >= max || now >= agent.pruned_at + 60_000 {
             agent.started.retain(|_, at| *at > hour_ago);
+            agent.pruned_at = now;
             if agent.started.len() >= max {
                 return Ok(false);
             }
