@@ -6,8 +6,9 @@
 //! monthly cap, whatever this process believes). Each call carves its own hold out of the lease
 //! in memory; when the lease runs short the tenant's next call grows it in the store (asking for
 //! the headroom, at least two seconds of the tenant's recent spending, then for exactly what is
-//! missing), and below half the headroom it is grown in the background before it runs short. Settled calls are charged against the
-//! lease in batches: one transaction records them all and moves their total from held to spent.
+//! missing), and below half the headroom it is grown in the background before it runs short.
+//! Settled calls are charged against the lease in batches: one transaction records them all and
+//! moves their total from held to spent.
 //! An idle lease is released. A crash leaves the lease to expire and the sweeper voids it, like
 //! any hold; what a crash can lose is the charge of calls settled in the last moments before it,
 //! never credit.
@@ -88,6 +89,19 @@ impl Budget {
 
 /// The lease aims to hold what the tenant spends in this long (see [`Budget::headroom`]).
 const HEADROOM_FOR: Duration = Duration::from_secs(2);
+
+/// Grows the lease `grow.hold_id` by `grow.amount` in the store and, when it grew and is still
+/// the tenant's lease, in memory. `Ok(false)`: the lease was no longer open in the store.
+async fn grow_lease(store: &Store, t: &Tenant, grow: &Reserve<'_>, p: &Period) -> clawpen_store::Result<Result<bool, Refusal>> {
+    let grown = store.grow_hold(grow, p).await?;
+    if grown == Ok(true) {
+        let mut b = t.state();
+        if b.lease.as_deref() == Some(grow.hold_id) {
+            b.held += grow.amount;
+        }
+    }
+    Ok(grown)
+}
 
 /// One tenant's budget.
 #[derive(Default)]
@@ -203,14 +217,8 @@ impl Budgets {
     ) -> clawpen_store::Result<Result<(), Refusal>> {
         let Some(lease) = lease else { return self.open(t, r, ask, expires_at, p, new_lease_id).await };
         let grow = Reserve { hold_id: lease, amount: ask, expires_at, ..r.clone() };
-        match self.store.grow_hold(&grow, p).await? {
-            Ok(true) => {
-                let mut b = t.state();
-                if b.lease.as_deref() == Some(lease) {
-                    b.held += ask;
-                }
-                Ok(Ok(()))
-            }
+        match grow_lease(&self.store, t, &grow, p).await? {
+            Ok(true) => Ok(Ok(())),
             Ok(false) => {
                 // The lease expired and was voided (a stall past its time): what it held is
                 // gone, its calls are charged from the balance alone.
@@ -256,11 +264,7 @@ impl Budgets {
             // A call growing the lease itself, or a release, is under way: leave it to them.
             if let Ok(_step) = t.store_step.try_lock() {
                 let grow = Reserve { hold_id: &lease, tenant: &tenant, agent: &agent, amount: headroom, monthly_cap, expires_at };
-                let grown = store.grow_hold(&grow, &p).await;
-                let mut b = t.state();
-                if matches!(grown, Ok(Ok(true))) && b.lease.as_deref() == Some(lease.as_str()) {
-                    b.held += headroom;
-                }
+                let _ = grow_lease(&store, &t, &grow, &p).await;
             }
             t.state().growing = false;
         });

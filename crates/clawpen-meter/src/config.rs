@@ -117,7 +117,6 @@ impl Default for MeterConfig {
 pub struct Upstream {
     pub name: String,
     pub provider: Provider,
-    pub base_url: String,
     pub base: crate::client::BaseUrl,
     pub key: Secret,
 }
@@ -136,7 +135,7 @@ impl MeterConfig {
                 _ => return Err(format!("upstream {name}: give exactly one of api_key_env or api_key_file")),
             };
             let base = crate::client::BaseUrl::parse(&u.base_url).map_err(|e| format!("upstream {name}: base_url {e}"))?;
-            out.insert(name.clone(), Upstream { name: name.clone(), provider: u.provider, base_url: u.base_url.trim_end_matches('/').to_owned(), base, key: Secret(key) });
+            out.insert(name.clone(), Upstream { name: name.clone(), provider: u.provider, base, key: Secret(key) });
         }
         for (model, m) in &self.models {
             if !self.upstreams.contains_key(&m.upstream) {

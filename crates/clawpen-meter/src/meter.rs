@@ -359,9 +359,9 @@ impl Meter {
 
     /// Writes the runs admitted since the last flush.
     async fn write_runs(&self) {
-        let rows: Vec<(String, String, i64)> = {
+        let rows: Vec<(AgentId, String, i64)> = {
             let mut all = self.runs.lock().expect("runs");
-            all.iter_mut().flat_map(|(agent, r)| std::mem::take(&mut r.unwritten).into_iter().map(move |(run, at)| (agent.to_string(), run, at))).collect()
+            all.iter_mut().flat_map(|(agent, r)| std::mem::take(&mut r.unwritten).into_iter().map(move |(run, at)| (agent.clone(), run, at))).collect()
         };
         if rows.is_empty() {
             return;
@@ -370,7 +370,7 @@ impl Meter {
             warn!(error = %e, runs = rows.len(), "meter: cannot record admitted runs; will retry");
             let mut all = self.runs.lock().expect("runs");
             for (agent, run, at) in rows {
-                if let Some(r) = AgentId::parse(&agent).ok().and_then(|a| all.get_mut(&a)) {
+                if let Some(r) = all.get_mut(&agent) {
                     r.unwritten.push((run, at));
                 }
             }

@@ -447,15 +447,14 @@ impl Store {
         rows.iter().map(|r| Ok((r.try_get("run_id")?, r.try_get("at")?))).collect()
     }
 
-    /// Records admitted runs (agent id, run id, start); one already recorded is left alone.
-    pub async fn record_runs(&self, runs: &[(String, String, i64)]) -> Result<()> {
+    /// Records admitted runs (agent, run id, start); one already recorded is left alone.
+    pub async fn record_runs(&self, runs: &[(AgentId, String, i64)]) -> Result<()> {
         let mut tx = self.writer.begin().await?;
         for chunk in runs.chunks(CALLS_PER_INSERT) {
-            let rows: Vec<String> = (0..chunk.len()).map(|r| format!("(${}, ${}, ${})", 3 * r + 1, 3 * r + 2, 3 * r + 3)).collect();
-            let sql = format!("INSERT INTO runs (agent_id, run_id, at) VALUES {} ON CONFLICT (agent_id, run_id) DO NOTHING", rows.join(", "));
+            let sql = format!("INSERT INTO runs (agent_id, run_id, at) VALUES {} ON CONFLICT (agent_id, run_id) DO NOTHING", placeholders(chunk.len(), 3));
             let mut q = sqlx::query(&sql);
             for (agent, run, at) in chunk {
-                q = q.bind(agent).bind(run).bind(*at);
+                q = q.bind(agent.as_str()).bind(run).bind(*at);
             }
             q.execute(&mut *tx).await?;
         }
@@ -527,13 +526,10 @@ async fn charge_account(tx: &mut sqlx::Transaction<'_, sqlx::Any>, tenant: &str,
 async fn insert_calls(tx: &mut sqlx::Transaction<'_, sqlx::Any>, calls: &[CallRecord]) -> Result<()> {
     const COLUMNS: usize = 14;
     for chunk in calls.chunks(CALLS_PER_INSERT) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|r| format!("({})", (1..=COLUMNS).map(|c| format!("${}", r * COLUMNS + c)).collect::<Vec<_>>().join(", ")))
-            .collect();
         let sql = format!(
             "INSERT INTO calls (id, tenant_id, agent_id, at, model, provider, stream, input_tokens, output_tokens, cache_read, cache_write, cost, held, outcome) \
              VALUES {} ON CONFLICT (id) DO NOTHING",
-            rows.join(", ")
+            placeholders(chunk.len(), COLUMNS)
         );
         let mut q = sqlx::query(&sql);
         for c in chunk {
@@ -556,6 +552,13 @@ async fn insert_calls(tx: &mut sqlx::Transaction<'_, sqlx::Any>, calls: &[CallRe
         q.execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// The `VALUES` list of a multi-row insert: `rows` tuples of `columns` numbered placeholders,
+/// `($1, $2), ($3, $4)`.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let row = |r: usize| format!("({})", (1..=columns).map(|c| format!("${}", r * columns + c)).collect::<Vec<_>>().join(", "));
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
 }
 
 /// Rows per insert. Small on purpose: SQLite looks up each `$N` parameter's name with a linear
@@ -790,8 +793,7 @@ mod tests {
             now_ms: 6_000,
         };
         store.reserve(&r("f", 999), &next).await.unwrap().unwrap();
-        let a = agent.to_string();
-        let runs = [(a.clone(), "run1".to_owned(), 0), (a.clone(), "run2".to_owned(), 2), (a.clone(), "run3".to_owned(), 3_600_001)];
+        let runs = [(agent.clone(), "run1".to_owned(), 0), (agent.clone(), "run2".to_owned(), 2), (agent.clone(), "run3".to_owned(), 3_600_001)];
         store.record_runs(&runs).await.unwrap();
         store.record_runs(&runs[..1]).await.unwrap();
         let mut seen = store.runs_since(&agent, -1).await.unwrap();

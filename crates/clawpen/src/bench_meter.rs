@@ -183,13 +183,12 @@ pub async fn run(requests: usize, upstream_ms: u64) -> anyhow::Result<Vec<Case>>
         let (standin, model) = if saturated { (&instant, "bench-instant") } else { (&provider, "bench-model") };
         let direct_target = Target::Tcp(standin.base_url().trim_start_matches("http://").parse()?);
         let body = request_body(model, stream);
-        let direct = body.clone();
         let spread = Duration::from_millis(if saturated { 0 } else { upstream_ms });
         // Warm every path (connections, the account row, the stand-in).
         batch(&meter_target, path, None, body.clone(), c.min(8), 3, spread).await?;
-        batch(&direct_target, path, auth.clone(), direct.clone(), c.min(8), 3, spread).await?;
+        batch(&direct_target, path, auth.clone(), body.clone(), c.min(8), 3, spread).await?;
         if saturated {
-            batch(&bare_target, path, None, direct.clone(), c.min(8), 3, spread).await?;
+            batch(&bare_target, path, None, body.clone(), c.min(8), 3, spread).await?;
         }
         // A call that waits on the provider takes its latency: those cases make a quarter of
         // the requests, so that the whole bench stays near a minute and a half.
@@ -200,10 +199,10 @@ pub async fn run(requests: usize, upstream_ms: u64) -> anyhow::Result<Vec<Case>>
             let (m, w) = batch(&meter_target, path, None, body.clone(), c, per_round, spread).await?;
             ours.extend(m);
             wall += w;
-            let (d, _) = batch(&direct_target, path, auth.clone(), direct.clone(), c, per_round, spread).await?;
+            let (d, _) = batch(&direct_target, path, auth.clone(), body.clone(), c, per_round, spread).await?;
             base.extend(d);
             if saturated {
-                let (b, w) = batch(&bare_target, path, None, direct.clone(), c, per_round, spread).await?;
+                let (b, w) = batch(&bare_target, path, None, body.clone(), c, per_round, spread).await?;
                 bare.extend(b);
                 bare_wall += w;
             }
