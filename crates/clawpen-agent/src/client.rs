@@ -1,11 +1,17 @@
 //! HTTP/1.1 over a Unix socket: how the control plane talks to an agent. One connection per
 //! request keeps it simple and lets a dead agent show up as a connect error at once.
+//!
+//! The socket is in a dir the sandbox owns, so it is reached through [`AgentAddr`]: never by
+//! following a link, and only once the listener is shown to be that sandbox's process
+//! (`clawpen_hostfs::connect`). Whatever comes back is bounded: a sandbox that answers with a
+//! gigabyte makes the server hold at most [`MAX_ANSWER_BYTES`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use clawpen_hostfs::{ConnectError as HostConnectError, Peer};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -13,10 +19,17 @@ use serde::Serialize;
 use crate::protocol::{Health, MessageIn, MessageOut};
 use crate::uds::{self, ConnectError};
 
+/// Largest answer body read from an agent (a reply, a health answer).
+pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("the agent's socket does not answer: {0}")]
     Connect(std::io::Error),
+    /// What is at the socket's name is not this sandbox's listener (a link, another process):
+    /// nothing was sent to it.
+    #[error("the agent's socket is not its sandbox's: {0}")]
+    Untrusted(String),
     #[error("the agent did not answer in time")]
     Timeout,
     #[error("the agent broke the connection: {0}")]
@@ -25,26 +38,62 @@ pub enum ClientError {
     Status { status: StatusCode, body: String },
     #[error("the agent's answer is not valid: {0}")]
     Decode(String),
+    #[error("the agent's answer is larger than {MAX_ANSWER_BYTES} bytes")]
+    TooLarge,
 }
 
-/// Sends one request to the agent listening on `socket` and decodes its JSON answer.
+/// Where a sandbox's agent listens (`agent.sock` in its run dir) and who must be listening.
+#[derive(Debug, Clone)]
+pub struct AgentAddr {
+    run_dir: PathBuf,
+    peer: Option<Peer>,
+}
+
+impl AgentAddr {
+    /// The agent of the sandbox `peer` describes, in `run_dir`.
+    pub fn new(run_dir: PathBuf, peer: Peer) -> AgentAddr {
+        AgentAddr { run_dir, peer: Some(peer) }
+    }
+
+    /// For tests that run the agent in their own process: links are still refused, but the
+    /// listener is not checked against a container.
+    pub fn unverified(run_dir: PathBuf) -> AgentAddr {
+        AgentAddr { run_dir, peer: None }
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// A stream to the agent's socket, refused unless it leads to the expected sandbox.
+    pub async fn connect(&self) -> Result<tokio::net::UnixStream, ClientError> {
+        match clawpen_hostfs::connect(&self.run_dir, clawpen_core::spec::AGENT_SOCKET, self.peer.as_ref()).await {
+            Ok(s) => Ok(s),
+            Err(HostConnectError::Io(e)) => Err(ClientError::Connect(e)),
+            Err(e) => Err(ClientError::Untrusted(e.to_string())),
+        }
+    }
+}
+
+/// Sends one request to the agent at `addr` and decodes its JSON answer.
 pub async fn call<B: Serialize, R: DeserializeOwned>(
-    socket: &Path,
+    addr: &AgentAddr,
     method: Method,
     path: &str,
     body: Option<&B>,
     timeout: Duration,
 ) -> Result<R, ClientError> {
-    tokio::time::timeout(timeout, call_inner(socket, method, path, body)).await.map_err(|_| ClientError::Timeout)?
+    tokio::time::timeout(timeout, call_inner(addr, method, path, body)).await.map_err(|_| ClientError::Timeout)?
 }
 
 async fn call_inner<B: Serialize, R: DeserializeOwned>(
-    socket: &Path,
+    addr: &AgentAddr,
     method: Method,
     path: &str,
     body: Option<&B>,
 ) -> Result<R, ClientError> {
-    let mut conn = uds::connect(socket).await.map_err(|e| match e {
+    let stream = addr.connect().await?;
+    let mut conn = uds::handshake(stream).await.map_err(|e| match e {
         ConnectError::Io(e) => ClientError::Connect(e),
         ConnectError::Handshake(e) => ClientError::Http(e.to_string()),
     })?;
@@ -61,29 +110,37 @@ async fn call_inner<B: Serialize, R: DeserializeOwned>(
         .map_err(|e| ClientError::Http(e.to_string()))?;
     let res = conn.sender.send_request(req).await.map_err(|e| ClientError::Http(e.to_string()))?;
     let status = res.status();
-    let body = res.into_body().collect().await.map_err(|e| ClientError::Http(e.to_string()))?.to_bytes();
+    let body = Limited::new(res.into_body(), MAX_ANSWER_BYTES).collect().await.map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            ClientError::TooLarge
+        } else {
+            ClientError::Http(e.to_string())
+        }
+    })?;
+    let body = body.to_bytes();
     drop(conn);
     if !status.is_success() {
-        return Err(ClientError::Status { status, body: String::from_utf8_lossy(&body).into_owned() });
+        let text = String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned();
+        return Err(ClientError::Status { status, body: text });
     }
     serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
 }
 
-pub async fn health(socket: &Path, timeout: Duration) -> Result<Health, ClientError> {
+pub async fn health(socket: &AgentAddr, timeout: Duration) -> Result<Health, ClientError> {
     call::<(), Health>(socket, Method::GET, "/health", None, timeout).await
 }
 
 /// Tells a warm-pool sandbox to take the identity in its run dir; answers as the claimed agent.
-pub async fn claim(socket: &Path, timeout: Duration) -> Result<Health, ClientError> {
+pub async fn claim(socket: &AgentAddr, timeout: Duration) -> Result<Health, ClientError> {
     call::<(), Health>(socket, Method::POST, "/claim", None, timeout).await
 }
 
-pub async fn message(socket: &Path, msg: &MessageIn, timeout: Duration) -> Result<MessageOut, ClientError> {
+pub async fn message(socket: &AgentAddr, msg: &MessageIn, timeout: Duration) -> Result<MessageOut, ClientError> {
     call(socket, Method::POST, "/messages", Some(msg), timeout).await
 }
 
 /// Polls `/health` until it answers or `deadline` passes. Returns the first answer.
-pub async fn wait_healthy(socket: &Path, deadline: Duration) -> Result<Health, ClientError> {
+pub async fn wait_healthy(socket: &AgentAddr, deadline: Duration) -> Result<Health, ClientError> {
     let start = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(2);
     loop {

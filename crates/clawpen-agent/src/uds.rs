@@ -32,9 +32,16 @@ impl Drop for UdsConn {
     }
 }
 
-/// Connects to `socket` and performs the HTTP/1.1 handshake.
+/// Connects to `socket` and performs the HTTP/1.1 handshake. (Inside a sandbox, to the meter;
+/// the server reaches a sandbox through [`handshake`] on a verified stream instead.)
 pub async fn connect(socket: &Path) -> Result<UdsConn, ConnectError> {
     let stream = UnixStream::connect(socket).await.map_err(ConnectError::Io)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
+    handshake(stream).await
+}
+
+/// The HTTP/1.1 handshake on a connected stream. Response heads are bounded (hyper's read
+/// buffer), so a peer cannot make the caller hold more than that before the body.
+pub async fn handshake(stream: UnixStream) -> Result<UdsConn, ConnectError> {
+    let (sender, conn) = hyper::client::conn::http1::Builder::new().max_buf_size(64 * 1024).handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
     Ok(UdsConn { sender, task: tokio::spawn(conn) })
 }

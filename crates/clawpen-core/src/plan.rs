@@ -38,6 +38,16 @@ pub struct Plan {
     pub idle_stop_secs: u64,
     /// Seconds idle after which its container is removed (workspace kept); 0 never.
     pub idle_remove_secs: u64,
+    /// Size of each agent's own filesystem (its workspace and run dir), in MiB: a hard bound;
+    /// writing past it fails inside the sandbox with ENOSPC.
+    pub disk_mib: u64,
+    /// Files and directories each agent's filesystem may hold (rounded up by ext4).
+    pub disk_inodes: u64,
+    /// Connections one sandbox may hold open to its `control.sock` at once; more wait in the
+    /// socket's backlog, costing the server nothing.
+    pub control_connections: u32,
+    /// Gateway connections (WebSockets) a tenant may hold open at once, all agents together.
+    pub gateway_connections: u32,
     /// The sandbox image this plan's agents run instead of the server's own, e.g. a canary build
     /// on a test plan; `None` uses the server's image.
     pub image: Option<String>,
@@ -63,6 +73,10 @@ impl Default for Plan {
             idle_pause_secs: 300,
             idle_stop_secs: 3600,
             idle_remove_secs: 7 * 24 * 3600,
+            disk_mib: 256,
+            disk_inodes: 16_384,
+            control_connections: 32,
+            gateway_connections: 16,
             image: None,
         }
     }

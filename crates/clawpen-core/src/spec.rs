@@ -32,6 +32,21 @@ pub struct Mount {
     pub read_only: bool,
 }
 
+/// The sandbox's own filesystem, which holds its workspace and run dir: made by the server
+/// (an image of this size and inode count, loop-mounted on the host) before the sandbox starts.
+/// Part of the spec so that a plan's new bound re-creates its sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub size_mib: u64,
+    pub inodes: u64,
+}
+
+impl Volume {
+    pub fn of(plan: &Plan) -> Volume {
+        Volume { size_mib: plan.disk_mib, inodes: plan.disk_inodes }
+    }
+}
+
 /// Network attachment. Only `None` exists: a sandbox reaches the server through Unix sockets
 /// in its run dir and nothing else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +75,8 @@ pub struct SandboxSpec {
     pub uid: u32,
     pub gid: u32,
     pub mounts: Vec<Mount>,
+    /// The filesystem `/data` and `/run/clawpen` live on.
+    pub volume: Volume,
     /// tmpfs mounts: target → options.
     pub tmpfs: BTreeMap<String, String>,
     pub read_only_root: bool,
@@ -194,6 +211,7 @@ impl SandboxSpec {
             .into_iter()
             .chain(executable.map(|host| Mount { host, target: IMAGE_EXECUTABLE.to_owned(), read_only: true }))
             .collect(),
+            volume: Volume::of(plan),
             tmpfs: BTreeMap::from([(
                 "/tmp".to_owned(),
                 format!("rw,noexec,nosuid,nodev,size={}m,mode=1777", plan.tmp_mib),
@@ -333,6 +351,8 @@ mod tests {
         let other = Plan { memory_mib: 256, ..Plan::default() };
         assert_ne!(pool(100_002, &other).spec_hash(), p.spec_hash());
         assert_eq!(pool(100_002, &Plan { max_agents: 99, ..Plan::default() }).spec_hash(), p.spec_hash());
+        // So does another disk bound.
+        assert_ne!(pool(100_002, &Plan { disk_mib: 512, ..Plan::default() }).spec_hash(), p.spec_hash());
     }
 
     #[test]

@@ -235,6 +235,90 @@ impl SandboxDir {
     }
 }
 
+/// What [`SandboxDir::copy_tree`] copied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub links: u64,
+    pub bytes: u64,
+    /// FIFOs, sockets and devices: never copied.
+    pub skipped: u64,
+}
+
+/// How deep [`SandboxDir::copy_tree`] goes.
+const MAX_DEPTH: usize = 64;
+
+impl SandboxDir {
+    /// Copies everything beneath this directory into `dst`, owned by `uid`: files and
+    /// directories as they are, symlinks made again as symlinks (never followed), anything else
+    /// skipped. Existing names in `dst` are left alone. Stops at the first error (a full `dst`
+    /// gives ENOSPC).
+    pub fn copy_tree(&self, dst: &SandboxDir, uid: u32) -> std::io::Result<CopyStats> {
+        let mut stats = CopyStats::default();
+        self.copy_into(dst, uid, 0, &mut stats)?;
+        Ok(stats)
+    }
+
+    fn copy_into(&self, dst: &SandboxDir, uid: u32, depth: usize, stats: &mut CopyStats) -> std::io::Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(std::io::Error::other(format!("{} nests deeper than {MAX_DEPTH} directories", self.path.display())));
+        }
+        for e in self.entries()? {
+            let Some(name) = e.name.to_str() else {
+                stats.skipped += 1;
+                continue;
+            };
+            match e.kind {
+                EntryKind::File => {
+                    let fd = self.open_beneath(name, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())?;
+                    let st = rfs::fstat(&fd).map_err(io)?;
+                    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+                        stats.skipped += 1;
+                        continue;
+                    }
+                    let mode = st.st_mode & 0o777;
+                    let out = match dst.open_beneath(name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, Mode::from_raw_mode(mode)) {
+                        Ok(out) => out,
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                        Err(e) => return Err(e),
+                    };
+                    rfs::fchown(&out, Some(uid_of(uid)), Some(gid_of(uid))).map_err(io)?;
+                    let n = std::io::copy(&mut std::fs::File::from(fd), &mut std::fs::File::from(out))?;
+                    stats.files += 1;
+                    stats.bytes += n;
+                }
+                EntryKind::Dir => {
+                    let mode = rfs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io)?.st_mode & 0o777;
+                    if dst.make_dir(name, mode, uid)? {
+                        stats.dirs += 1;
+                    }
+                    self.subdir(name)?.copy_into(&dst.subdir(name)?, uid, depth + 1, stats)?;
+                }
+                EntryKind::Symlink => {
+                    let target = rfs::readlinkat(&self.fd, name, Vec::new()).map_err(io)?;
+                    match rfs::symlinkat(target.as_c_str(), &dst.fd, name) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(io(e)),
+                    }
+                    rfs::chownat(&dst.fd, name, Some(uid_of(uid)), Some(gid_of(uid)), AtFlags::SYMLINK_NOFOLLOW).map_err(io)?;
+                    stats.links += 1;
+                }
+                EntryKind::Other => stats.skipped += 1,
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the empty directory `name` here.
+    pub fn remove_dir(&self, name: &str) -> std::io::Result<()> {
+        match rfs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(io(e)),
+        }
+    }
+}
+
 /// Space and inodes of a filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
@@ -323,5 +407,22 @@ mod tests {
         assert!(!dir.make_dir("sessions", 0o700, me()).unwrap());
         dir.remove_file("SOUL.md").unwrap();
         assert!(victim.exists(), "unlinking a link removes the link");
+    }
+
+    #[test]
+    fn copies_a_tree_without_following_anything() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::create_dir_all(a.path().join("memory/deep")).unwrap();
+        std::fs::write(a.path().join("MEMORY.md"), "facts").unwrap();
+        std::fs::write(a.path().join("memory/deep/n.md"), "note").unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", a.path().join("evil")).unwrap();
+        std::os::unix::fs::symlink("/etc", a.path().join("memory/etc")).unwrap();
+        rustix::fs::mkfifoat(rustix::fs::CWD, a.path().join("fifo").as_path(), Mode::from_raw_mode(0o600)).unwrap();
+        let stats = SandboxDir::open(a.path()).unwrap().copy_tree(&SandboxDir::open(b.path()).unwrap(), me()).unwrap();
+        assert_eq!((stats.files, stats.dirs, stats.links, stats.skipped), (2, 2, 2, 1), "{stats:?}");
+        assert_eq!(std::fs::read_to_string(b.path().join("memory/deep/n.md")).unwrap(), "note");
+        assert_eq!(std::fs::read_link(b.path().join("evil")).unwrap(), Path::new("/etc/shadow"));
+        assert!(std::fs::symlink_metadata(b.path().join("memory/etc")).unwrap().file_type().is_symlink());
+        assert!(!b.path().join("fifo").exists());
     }
 }

@@ -7,7 +7,12 @@ use std::sync::{Arc, Mutex};
 use clawpen_core::ids::{AgentId, TenantId};
 use clawpen_meter::{Meter, MeterCaller};
 use clawpen_runtime::Runtime;
-use clawpen_store::Store;
+use clawpen_agent::client::AgentAddr;
+use clawpen_core::spec::Volume;
+use clawpen_hostfs::Peer;
+use clawpen_store::{Store, Tenant};
+
+use crate::error::ApiError;
 
 use crate::config::Config;
 use crate::layout::Layout;
@@ -64,6 +69,13 @@ pub struct AppInner {
     pub telegram: crate::channels::telegram::Telegram,
     /// The serving task of each agent's `control.sock`.
     control: Mutex<HashMap<AgentId, tokio::task::AbortHandle>>,
+    /// File descriptors sandboxes may hold, all together (see [`crate::control`]).
+    pub sandbox_fds: crate::control::SandboxFds,
+    /// Open gateway connections per tenant, against its plan's `gateway_connections`.
+    pub gateway_conns: Mutex<HashMap<TenantId, u32>>,
+    /// Held while a new agent filesystem is admitted against the disk budget and made, so two
+    /// at once cannot pass it together.
+    disk_lock: Mutex<()>,
     /// One lock per agent so start, stop and delete of one agent never interleave.
     agent_locks: Mutex<HashMap<AgentId, Arc<tokio::sync::Mutex<()>>>>,
     /// Set once the start-up reconciliation is done; `/readyz` waits for it.
@@ -115,6 +127,9 @@ impl App {
             metrics: Default::default(),
             telegram,
             control: Mutex::new(HashMap::new()),
+            sandbox_fds: crate::control::SandboxFds::from_rlimit(),
+            gateway_conns: Mutex::new(HashMap::new()),
+            disk_lock: Mutex::new(()),
             agent_locks: Mutex::new(HashMap::new()),
             reconciled: AtomicBool::new(false),
         }))
@@ -136,29 +151,90 @@ impl App {
         lock.lock_owned().await
     }
 
-    /// Serves the meter on the agent's `control.sock` (owned by the tenant's uid, 0600) unless
+    /// Serves the meter on the agent's `control.sock` (owned by the agent's uid, 0600) unless
     /// it is served already. The socket is the caller's identity: the router is bound to this
-    /// tenant and agent.
-    pub fn open_control(&self, tenant: &TenantId, agent: &AgentId, uid: u32) -> std::io::Result<()> {
+    /// tenant and agent. It is bound in the agent's staging dir and renamed into its run dir, so
+    /// nothing the sandbox put there is followed (see [`Layout::bind_control`]).
+    pub fn open_control(&self, tenant: &Tenant, agent: &AgentId, uid: u32) -> std::io::Result<()> {
         let mut map = self.control.lock().expect("control map");
         if map.get(agent).is_some_and(|h| !h.is_finished()) {
             return Ok(());
         }
-        let path = self.layout.control_socket(agent);
-        let _ = std::fs::remove_file(&path);
-        let std_listener = std::os::unix::net::UnixListener::bind(&path)?;
-        std::os::unix::fs::lchown(&path, Some(uid), Some(uid))?;
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        let std_listener = self.layout.bind_control(agent, uid)?;
         std_listener.set_nonblocking(true)?;
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
-        let router = clawpen_meter::router::router(self.meter.clone(), MeterCaller { tenant: tenant.clone(), agent: agent.clone() });
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::warn!(error = %e, "control socket stopped");
-            }
-        });
+        let router = clawpen_meter::router::router(self.meter.clone(), MeterCaller { tenant: tenant.id.clone(), agent: agent.clone() });
+        let per_sandbox = self.config.plan_or_default(&tenant.plan).control_connections;
+        let task = tokio::spawn(crate::control::serve(listener, router, per_sandbox, self.sandbox_fds.clone()));
         map.insert(agent.clone(), task.abort_handle());
         Ok(())
+    }
+
+    /// Makes (or re-checks) the agent's filesystem, mounted, with its workspace and run dir for
+    /// `uid`, and serves its `control.sock`. A new filesystem is first admitted against the
+    /// node's disk budget (503 `disk_full` past it).
+    pub fn prepare_sandbox(&self, tenant: &Tenant, agent: &AgentId, uid: u32) -> Result<(), ApiError> {
+        let disk = Volume::of(self.config.plan_or_default(&tenant.plan));
+        let internal = |e: std::io::Error| ApiError::internal(format!("preparing the filesystem and control socket of {agent}: {e}"));
+        if !self.layout.has_volume(agent) {
+            let _one_at_a_time = self.disk_lock.lock().expect("disk lock");
+            self.admit_disk(disk.size_mib)?;
+            self.layout.prepare_agent(agent, uid, disk).map_err(internal)?;
+        } else {
+            self.layout.prepare_agent(agent, uid, disk).map_err(internal)?;
+        }
+        self.open_control(tenant, agent, uid).map_err(internal)
+    }
+
+    /// Makes a warm-pool slot's filesystem, admitted against the disk budget like an agent's.
+    pub fn prepare_pool_volume(&self, slot: u64, uid: u32, disk: Volume) -> Result<(), ApiError> {
+        let _one_at_a_time = self.disk_lock.lock().expect("disk lock");
+        if std::fs::symlink_metadata(self.layout.pool_image(slot)).is_err() {
+            self.admit_disk(disk.size_mib)?;
+        }
+        self.layout.prepare_pool_slot(slot, uid, disk).map_err(|e| ApiError::internal(format!("preparing pool slot {slot}'s filesystem: {e}")))
+    }
+
+    /// Refuses a new filesystem of `mib` when the filesystems on disk and it would pass the disk
+    /// budget. Images are sparse, so this bounds what tenants can write all together, not what
+    /// they have written.
+    fn admit_disk(&self, mib: u64) -> Result<(), ApiError> {
+        let committed: u64 = self.layout.volumes_on_disk().iter().map(|(_, m)| m).sum();
+        let budget = self.disk_budget_mib();
+        if committed + mib > budget {
+            return Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "disk_full",
+                format!("this node's disk budget is committed ({committed} of {budget} MiB to agents' filesystems); delete agents, lower the plans' disk_mib, or raise fleet.disk_budget_mib"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// MiB of agent filesystems the data dir's disk may carry: `fleet.disk_budget_mib`, or
+    /// four fifths of the filesystem's size.
+    pub fn disk_budget_mib(&self) -> u64 {
+        match self.config.fleet.disk_budget_mib {
+            0 => clawpen_hostfs::SandboxDir::open(&self.layout.data_dir).and_then(|d| d.usage()).map(|u| u.bytes_total / (1024 * 1024) * 4 / 5).unwrap_or(u64::MAX),
+            n => n,
+        }
+    }
+
+    /// How to reach the agent in the sandbox `container_id` (node-qualified or not) that runs as
+    /// `uid`: its socket, with that sandbox's process as the only peer accepted.
+    pub fn agent_addr(&self, agent: &AgentId, container_id: &str, uid: u32) -> AgentAddr {
+        let raw = container_id.rsplit('/').next().unwrap_or(container_id);
+        AgentAddr::new(self.layout.run_dir(agent), Peer { container_id: raw.to_owned(), uid: Some(uid) })
+    }
+
+    /// [`App::agent_addr`] from the agent's record: 503 `agent_unavailable` when it names no
+    /// sandbox.
+    pub async fn addr_of(&self, tenant: &Tenant, agent: &AgentId) -> Result<AgentAddr, ApiError> {
+        let a = self.store.get_agent(&tenant.id, agent).await?;
+        let Some(container) = a.container_id.as_deref() else {
+            return Err(ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "agent_unavailable", "the agent has no sandbox yet; start it"));
+        };
+        Ok(self.agent_addr(agent, container, crate::fleet::uid_of(tenant, &a)))
     }
 
     /// Stops serving an agent's `control.sock`.

@@ -82,6 +82,10 @@ pub struct FleetConfig {
     /// Warm-pool sandboxes kept ready (default plan's limits) so that an agent's first start is
     /// a claim instead of a container create; 0 turns the pool off.
     pub warm_pool: u32,
+    /// MiB of agents' filesystems (each plan's `disk_mib`) this node's data dir may carry all
+    /// together; a new agent past it is refused with `disk_full`. 0: four fifths of the data
+    /// dir's filesystem.
+    pub disk_budget_mib: u64,
 }
 
 impl Default for FleetConfig {
@@ -99,6 +103,7 @@ impl Default for FleetConfig {
             node_lost_secs: 60,
             node_quarantine_downs: 3,
             warm_pool: 2,
+            disk_budget_mib: 0,
         }
     }
 }
@@ -229,7 +234,11 @@ impl Default for Config {
                     idle_pause_secs: 600,
                     idle_stop_secs: 6 * 3600,
                     idle_remove_secs: 30 * 24 * 3600,
-                    image: None,
+                    disk_mib: 1024,
+                    disk_inodes: 65_536,
+                    control_connections: 64,
+                    gateway_connections: 64,
+                    ..Plan::default()
                 },
             ),
         ]);

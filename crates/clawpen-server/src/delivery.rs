@@ -30,16 +30,18 @@ impl App {
             ));
         }
         let timeout = Duration::from_secs(self.config.sandbox.message_timeout_secs);
-        let socket = self.layout.agent_socket(id);
         // The message keeps the agent awake until answered, and wakes it from whichever tier it
         // sleeps in; the reply waits for the wake, which is bounded by the start timeout.
         let _activity = self.activity(id);
         self.wake_for(tenant, id, actor, "woken by a message").await?;
-        let out = match clawpen_agent::client::message(&socket, &msg, timeout).await {
+        // Only the sandbox the record names may answer (see `App::agent_addr`).
+        let addr = self.addr_of(tenant, id).await?;
+        let out = match clawpen_agent::client::message(&addr, &msg, timeout).await {
             // The sandbox went away under a running record: start it again, once.
             Err(clawpen_agent::client::ClientError::Connect(_)) => {
                 self.start_agent(tenant, id, actor, "woken by a message").await.map_err(|e| crate::supervisor::wake_failed(id, e))?;
-                clawpen_agent::client::message(&socket, &msg, timeout).await?
+                let addr = self.addr_of(tenant, id).await?;
+                clawpen_agent::client::message(&addr, &msg, timeout).await?
             }
             other => other?,
         };

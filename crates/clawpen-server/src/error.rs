@@ -103,6 +103,15 @@ impl From<ClientError> for ApiError {
         match e {
             ClientError::Connect(_) => ApiError::conflict("the agent is not running; start it with POST /api/v1/agents/{id}/start"),
             ClientError::Timeout => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "agent_timeout", "the agent did not answer in time"),
+            ClientError::Untrusted(why) => {
+                tracing::error!(error = %why, "an agent socket leads elsewhere than its sandbox; nothing was sent");
+                ApiError::new(StatusCode::BAD_GATEWAY, "agent_mismatch", "the agent's socket does not lead to its own sandbox, so nothing was sent; restart the agent")
+            }
+            ClientError::TooLarge => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "agent_answer_too_large",
+                format!("the agent's answer was larger than {} bytes and was dropped", clawpen_agent::client::MAX_ANSWER_BYTES),
+            ),
             ClientError::Status { status, body } if status.is_client_error() => {
                 let msg = serde_json::from_str::<serde_json::Value>(&body)
                     .ok()

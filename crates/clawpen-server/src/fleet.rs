@@ -33,6 +33,9 @@ impl Actor {
     }
 }
 
+/// Agents brought to their desired state at once during the start-up reconciliation.
+const RECONCILE_CONCURRENCY: usize = 8;
+
 impl App {
     /// The sandbox spec of an agent running as `uid` (see [`uid_of`]), built from its tenant's
     /// plan.
@@ -44,7 +47,7 @@ impl App {
             agent,
             uid,
             image: plan.image.as_deref().unwrap_or(&self.image),
-            workspace_dir: self.layout.workspace_dir(&tenant.id, agent),
+            workspace_dir: self.layout.workspace_dir(agent),
             run_dir: self.layout.run_dir(agent),
             plan,
             limits: self.config.agent,
@@ -67,16 +70,12 @@ impl App {
         let plan = self.config.plan_or_default(&tenant.plan);
         let agent = self.store.create_agent(&tenant.id, name, plan.max_agents).await?;
         self.audit(&tenant.id, Some(&agent.id), actor, "agent.create", "requested", Some(serde_json::json!({"name": name}))).await;
-        let prepared = self
-            .layout
-            .prepare_agent(&tenant.id, &agent.id, tenant.uid as u32)
-            .and_then(|()| self.open_control(&tenant.id, &agent.id, tenant.uid as u32));
-        if let Err(e) = prepared {
+        if let Err(e) = self.prepare_sandbox(tenant, &agent.id, tenant.uid as u32) {
             self.close_control(&agent.id);
             let _ = self.layout.remove_agent(&tenant.id, &agent.id);
             let _ = self.store.delete_agent(&agent.id).await;
-            self.audit(&tenant.id, Some(&agent.id), &Actor::system(), "agent.create-failed", "workspace could not be made", None).await;
-            return Err(ApiError::internal(format!("preparing the workspace of {}: {e}", agent.id)));
+            self.audit(&tenant.id, Some(&agent.id), &Actor::system(), "agent.create-failed", &e.message, None).await;
+            return Err(e);
         }
         info!(tenant = %tenant.id, agent = %agent.id, "agent created");
         Ok(agent)
@@ -133,10 +132,7 @@ impl App {
         }
         let agent = self.store.get_agent(&tenant.id, id).await?;
         let uid = uid_of(tenant, &agent);
-        self.layout
-            .prepare_agent(&tenant.id, id, uid)
-            .and_then(|()| self.open_control(&tenant.id, id, uid))
-            .map_err(|e| ApiError::internal(format!("preparing the dirs and control socket of {id}: {e}")))?;
+        self.prepare_sandbox(tenant, id, uid)?;
         let mut spec = self.spec_for(tenant, id, uid);
         let memory_mib = self.config.plan_or_default(&tenant.plan).memory_mib;
         let cold = || self.metrics.starts_cold.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -210,9 +206,9 @@ impl App {
                 }
             }
         };
-        let socket = self.layout.agent_socket(id);
+        let addr = self.agent_addr(id, &container_id, uid);
         let outcome = tokio::select! {
-            h = client::wait_healthy(&socket, timeout) => Ok(h),
+            h = client::wait_healthy(&addr, timeout) => Ok(h),
             st = exited => Err(st),
         };
         match outcome {
@@ -360,8 +356,12 @@ impl App {
                 }
             }
         }
+        // First every live agent's filesystem is mounted (moved over from the layout before
+        // volumes, once) and its control socket served, so that every meter answers before any
+        // sandbox is waited on; then the agents are brought to their desired state, several at
+        // a time, so that one hanging sandbox holds up no one else.
+        let mut steps = Vec::new();
         for a in agents {
-            let _guard = self.lock_agent(&a.id).await;
             let tenant = match self.store.get_tenant(&a.tenant_id).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -369,6 +369,7 @@ impl App {
                     continue;
                 }
             };
+            let _guard = self.lock_agent(&a.id).await;
             let uid = uid_of(&tenant, &a);
             // The agent's sandbox, by label or (a claimed pool sandbox) by the record's id.
             let is_its = |c: &&clawpen_runtime::SandboxStatus| {
@@ -384,54 +385,75 @@ impl App {
             if let Some(c) = holding {
                 self.commit_found(&a.id, &c.node, self.config.plan_or_default(&tenant.plan).memory_mib);
             }
-            let result = match a.desired_state {
-                DesiredState::Deleted => {
-                    info!(agent = %a.id, "finishing an interrupted delete");
-                    self.audit(&a.tenant_id, Some(&a.id), &sys, "reconcile.delete-finished", "delete was interrupted", None).await;
-                    self.finish_delete(&a.tenant_id, &a.id).await
+            let running = containers.iter().filter(is_its).any(|c| c.state == SandboxState::Running);
+            if a.desired_state != DesiredState::Deleted {
+                if let Err(e) = self.mount_and_serve(&tenant, &a, uid, containers.iter().filter(is_its).map(|c| c.id.clone()).collect()).await {
+                    warn!(agent = %a.id, error = %e.message, "cannot prepare the agent's filesystem");
+                    continue;
                 }
-                DesiredState::Running if a.observed_state == ObservedState::Crashloop || a.hibernation != Tier::Awake => {
-                    // Adopt the sandbox in the state the store asks for: a crash-looping agent
-                    // stays stopped, a hibernating one in its tier (an interrupted step is done
-                    // again).
-                    let prepared = self
-                        .layout
-                        .prepare_agent(&a.tenant_id, &a.id, uid)
-                        .and_then(|()| self.open_control(&a.tenant_id, &a.id, uid));
-                    match prepared {
-                        Ok(()) => self.settle_asleep(&tenant, &a).await,
-                        Err(e) => Err(ApiError::internal(e)),
-                    }
-                }
-                DesiredState::Running => {
-                    info!(agent = %a.id, "desired running: ensuring its sandbox runs");
-                    self.audit(&a.tenant_id, Some(&a.id), &sys, "reconcile.start", "desired state is running", None).await;
-                    self.bring_up(&tenant, &a.id).await
-                }
-                DesiredState::Stopped => {
-                    let running = containers.iter().filter(is_its).any(|c| c.state == SandboxState::Running);
-                    if running {
-                        info!(agent = %a.id, "desired stopped but running: stopping");
-                        self.audit(&a.tenant_id, Some(&a.id), &sys, "reconcile.stop", "desired state is stopped", None).await;
-                    }
-                    let prepared = self
-                        .layout
-                        .prepare_agent(&a.tenant_id, &a.id, uid)
-                        .and_then(|()| self.open_control(&a.tenant_id, &a.id, uid));
-                    match prepared {
-                        Ok(()) => self.halt(&tenant, &a.id).await,
-                        Err(e) => Err(ApiError::internal(e)),
-                    }
-                }
-            };
-            if let Err(e) = result {
-                warn!(agent = %a.id, error = %e.message, "reconciliation step failed");
             }
+            steps.push((tenant, a, running));
         }
+        let app = self.clone();
+        futures_util::stream::iter(steps)
+            .for_each_concurrent(RECONCILE_CONCURRENCY, |(tenant, a, running)| {
+                let app = app.clone();
+                async move {
+                    let _guard = app.lock_agent(&a.id).await;
+                    if let Err(e) = app.reconcile_one(&tenant, &a, running).await {
+                        warn!(agent = %a.id, error = %e.message, "reconciliation step failed");
+                    }
+                }
+            })
+            .await;
         self.mark_reconciled();
         self.pool.refill_soon();
         info!("reconciliation done");
         Ok(())
+    }
+
+    /// The filesystem of an agent found at start-up: moved from the layout before volumes when
+    /// it still lives there (its old sandbox, bound to the old dirs, is removed first so that
+    /// nothing writes to them meanwhile; it is made again from the new spec), then mounted, and
+    /// the agent's control socket served.
+    async fn mount_and_serve(&self, tenant: &Tenant, a: &Agent, uid: u32, sandboxes: Vec<String>) -> Result<(), ApiError> {
+        if self.layout.has_legacy_workspace(&tenant.id, &a.id) {
+            for c in sandboxes {
+                self.runtime.remove(&c).await?;
+            }
+            self.release(&a.id);
+            let disk = clawpen_core::spec::Volume::of(self.config.plan_or_default(&tenant.plan));
+            self.layout.migrate_legacy(&tenant.id, &a.id, uid, disk).map_err(|e| ApiError::internal(format!("moving the workspace of {} into its own filesystem: {e}", a.id)))?;
+            self.audit(&tenant.id, Some(&a.id), &Actor::system(), "reconcile.workspace-moved", "the workspace moved into the agent's own bounded filesystem", None).await;
+        }
+        self.prepare_sandbox(tenant, &a.id, uid)
+    }
+
+    /// Brings one agent found at start-up to its desired state. Callers hold its lock.
+    async fn reconcile_one(&self, tenant: &Tenant, a: &Agent, running: bool) -> Result<(), ApiError> {
+        let sys = Actor::system();
+        match a.desired_state {
+            DesiredState::Deleted => {
+                info!(agent = %a.id, "finishing an interrupted delete");
+                self.audit(&a.tenant_id, Some(&a.id), &sys, "reconcile.delete-finished", "delete was interrupted", None).await;
+                self.finish_delete(&a.tenant_id, &a.id).await
+            }
+            // Adopt the sandbox in the state the store asks for: a crash-looping agent stays
+            // stopped, a hibernating one in its tier (an interrupted step is done again).
+            DesiredState::Running if a.observed_state == ObservedState::Crashloop || a.hibernation != Tier::Awake => self.settle_asleep(tenant, a).await,
+            DesiredState::Running => {
+                info!(agent = %a.id, "desired running: ensuring its sandbox runs");
+                self.audit(&a.tenant_id, Some(&a.id), &sys, "reconcile.start", "desired state is running", None).await;
+                self.bring_up(tenant, &a.id).await
+            }
+            DesiredState::Stopped => {
+                if running {
+                    info!(agent = %a.id, "desired stopped but running: stopping");
+                    self.audit(&a.tenant_id, Some(&a.id), &sys, "reconcile.stop", "desired state is stopped", None).await;
+                }
+                self.halt(tenant, &a.id).await
+            }
+        }
     }
 
     /// Follows the runtime's events for this installation's sandboxes: records OOM kills and

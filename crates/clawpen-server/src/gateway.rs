@@ -57,14 +57,23 @@ pub async fn connect(State(app): State<App>, RawQuery(query): RawQuery, MaybeUpg
     if let Err(wait) = app.message_limits.check(&tenant.id, per_minute) {
         return refuse(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("too many messages and connections; try again in {} s", wait.as_secs() + 1));
     }
+    // Each connection holds two descriptors (the client's and the agent's) for as long as it
+    // lasts: a tenant holds at most its plan's number at once.
+    let Some(slot) = GatewaySlot::take(&app, &tenant) else {
+        let most = app.config.plan_or_default(&tenant.plan).gateway_connections;
+        return refuse(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", format!("this tenant already holds {most} gateway connections, the most its plan allows; close one and try again"));
+    };
     let actor = Actor("gateway".into());
     // The connection keeps the agent awake from here until it closes.
     let activity = app.activity(&agent_id);
     if let Err(e) = app.wake_for(&tenant, &agent_id, &actor, "woken by a connection").await {
         return refuse(e.status, e.code, e.message);
     }
-    let socket = app.layout.agent_socket(&agent_id);
-    let inner = match open_agent(&socket).await {
+    let addr = match app.addr_of(&tenant, &agent_id).await {
+        Ok(a) => a,
+        Err(e) => return refuse(e.status, e.code, e.message),
+    };
+    let inner = match open_agent(&addr).await {
         Ok(ws) => ws,
         Err(e) => {
             warn!(agent = %agent_id, error = %e, "gateway: the agent's socket did not take the connection");
@@ -74,7 +83,7 @@ pub async fn connect(State(app): State<App>, RawQuery(query): RawQuery, MaybeUpg
     debug!(tenant = %tenant_id, agent = %agent_id, "gateway: connection relayed");
     // Small buffers: an idle connection should cost little (they grow for a large frame).
     upgrade.max_message_size(FRAME_MAX).max_frame_size(FRAME_MAX).read_buffer_size(4096).write_buffer_size(0).on_upgrade(move |client| async move {
-        let _activity = activity;
+        let _held = (activity, slot);
         relay(client, inner).await
     })
     .into_response()
@@ -82,8 +91,40 @@ pub async fn connect(State(app): State<App>, RawQuery(query): RawQuery, MaybeUpg
 
 type AgentWs = tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>;
 
-async fn open_agent(socket: &std::path::Path) -> Result<AgentWs, String> {
-    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::UnixStream::connect(socket)).await.map_err(|_| "timed out".to_owned())?.map_err(|e| e.to_string())?;
+/// One of a tenant's gateway connections; given back when dropped.
+struct GatewaySlot {
+    app: App,
+    tenant: TenantId,
+}
+
+impl GatewaySlot {
+    fn take(app: &App, tenant: &clawpen_store::Tenant) -> Option<GatewaySlot> {
+        let most = app.config.plan_or_default(&tenant.plan).gateway_connections;
+        let mut held = app.gateway_conns.lock().expect("gateway connections");
+        let n = held.entry(tenant.id.clone()).or_default();
+        if *n >= most {
+            return None;
+        }
+        *n += 1;
+        Some(GatewaySlot { app: app.clone(), tenant: tenant.id.clone() })
+    }
+}
+
+impl Drop for GatewaySlot {
+    fn drop(&mut self) {
+        let mut held = self.app.gateway_conns.lock().expect("gateway connections");
+        if let Some(n) = held.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// Opens the agent's own WebSocket, on a stream verified to reach its sandbox.
+async fn open_agent(addr: &clawpen_agent::client::AgentAddr) -> Result<AgentWs, String> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), addr.connect()).await.map_err(|_| "timed out".to_owned())?.map_err(|e| e.to_string())?;
     let config = tungstenite::protocol::WebSocketConfig::default().max_message_size(Some(FRAME_MAX)).max_frame_size(Some(FRAME_MAX)).read_buffer_size(4096).write_buffer_size(0);
     let (ws, _) = tokio_tungstenite::client_async_with_config("ws://agent/gateway", stream, Some(config)).await.map_err(|e| e.to_string())?;
     Ok(ws)

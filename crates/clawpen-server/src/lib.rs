@@ -16,6 +16,7 @@ pub mod api;
 pub mod app;
 pub mod channels;
 pub mod config;
+pub mod control;
 pub mod delivery;
 pub mod error;
 pub mod fleet;

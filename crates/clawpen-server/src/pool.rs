@@ -27,11 +27,12 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use clawpen_agent::client;
+use clawpen_agent::client::{self, AgentAddr};
 use clawpen_core::ids::AgentId;
 use clawpen_core::labels;
 use clawpen_core::plan::Plan;
-use clawpen_core::spec::{self, PoolSandbox, SandboxSpec};
+use clawpen_core::spec::{self, PoolSandbox, SandboxSpec, Volume};
+use clawpen_hostfs::Peer;
 use clawpen_runtime::SandboxStatus;
 use clawpen_store::{Agent, ObservedState, Observation, Tenant};
 use tracing::{info, warn};
@@ -133,8 +134,7 @@ impl App {
         if self.config.fleet.warm_pool == 0 || agent.observed_state != ObservedState::Absent || agent.container_id.is_some() {
             return None;
         }
-        let ws = self.layout.workspace_dir(&tenant.id, &agent.id);
-        if !crate::layout::workspace_is_pristine(&ws).unwrap_or(false) {
+        if !self.layout.is_pristine(&agent.id).unwrap_or(false) {
             return None;
         }
         let plan = self.config.plan_or_default(&tenant.plan);
@@ -178,19 +178,16 @@ impl App {
         let n = spec::pool_slot(&self.instance, current_name);
         self.close_control(id);
         if let Some(n) = n {
-            self.layout.claim_slot(n, &tenant.id, id, uid).map_err(|e| ApiError::internal(format!("moving the pool slot's dirs to {id}: {e}")))?;
+            self.layout.claim_slot(n, id, uid).map_err(|e| ApiError::internal(format!("giving the pool slot's filesystem to {id}: {e}")))?;
         }
-        self.layout
-            .prepare_agent(&tenant.id, id, uid)
-            .and_then(|()| self.open_control(&tenant.id, id, uid))
-            .map_err(|e| ApiError::internal(format!("preparing the dirs and control socket of {id}: {e}")))?;
+        self.prepare_sandbox(tenant, id, uid)?;
         let name = spec::container_name(&self.instance, id);
         if current_name != name {
             self.runtime.rename(container_id, &name).await?;
         }
         self.layout.write_identity(&tenant.id, id).map_err(|e| ApiError::internal(format!("writing the identity of {id}: {e}")))?;
         let timeout = Duration::from_millis(self.config.fleet.health_timeout_ms);
-        let h = client::claim(&self.layout.agent_socket(id), timeout).await?;
+        let h = client::claim(&self.agent_addr(id, container_id, uid), timeout).await?;
         if h.agent_id != id.as_str() || h.tenant_id != tenant.id.as_str() {
             return Err(ApiError::internal(format!("the claimed sandbox answered as {:?} of {:?}", h.agent_id, h.tenant_id)));
         }
@@ -207,13 +204,12 @@ impl App {
         self.close_control(id);
         let _ = self.layout.remove_identity(id);
         let uid = self.store.find_agent(id).await.ok().flatten().and_then(|a| a.uid).unwrap_or(tenant.uid) as u32;
-        let remade = self
-            .layout
-            .reset_pristine(&tenant.id, id)
-            .and_then(|_| self.layout.prepare_agent(&tenant.id, id, uid))
-            .and_then(|()| self.open_control(&tenant.id, id, uid));
+        let remade = match self.layout.reset_pristine(id) {
+            Ok(_) => self.prepare_sandbox(tenant, id, uid),
+            Err(e) => Err(ApiError::internal(e)),
+        };
         if let Err(e) = remade {
-            warn!(agent = %id, error = %e, "cannot make the dirs of an undone claim again");
+            warn!(agent = %id, error = %e.message, "cannot make the filesystem of an undone claim again");
         }
         if let Err(e) = self.store.set_observed(id, &Observation { state: ObservedState::Absent, ..Default::default() }).await {
             warn!(agent = %id, error = %e, "cannot record an undone claim");
@@ -233,7 +229,7 @@ impl App {
         if renamed {
             // A claim that went through answers as its agent: nothing to finish.
             let timeout = Duration::from_millis(self.config.fleet.health_timeout_ms);
-            if let Ok(h) = client::health(&self.layout.agent_socket(&a.id), timeout).await {
+            if let Ok(h) = client::health(&self.agent_addr(&a.id, &c.id, uid), timeout).await {
                 if h.agent_id == a.id.as_str() && h.tenant_id == a.tenant_id.as_str() {
                     return;
                 }
@@ -313,12 +309,8 @@ impl App {
             info!(container = %c.name, "removing a stray warm-pool sandbox");
             self.runtime.remove(&c.id).await?;
         }
-        if let Ok(dirs) = std::fs::read_dir(self.layout.pool_root()) {
-            for d in dirs.flatten() {
-                if let Some(n) = d.file_name().to_str().and_then(|n| n.parse().ok()).filter(|n| !self.pool.knows(*n)) {
-                    let _ = self.layout.remove_pool_slot(n);
-                }
-            }
+        for n in self.layout.pool_slots_on_disk().into_iter().filter(|n| !self.pool.knows(*n)) {
+            let _ = self.layout.remove_pool_slot(n);
         }
         Ok(())
     }
@@ -375,11 +367,11 @@ impl App {
         }
         self.pool.slots.lock().expect("pool").push(Slot { n, uid, container_id: String::new(), spec_hash: String::new(), ready: false, claiming: false });
         let made: anyhow::Result<(String, String)> = async {
-            self.layout.prepare_pool_slot(n, uid)?;
+            self.prepare_pool_volume(n, uid, Volume::of(&plan)).map_err(|e| anyhow::anyhow!(e.message))?;
             let spec = self.pool_spec(n, uid, &plan);
             let id = self.runtime.create_and_start(&spec).await?;
-            let socket = self.layout.pool_run_dir(n).join(spec::AGENT_SOCKET);
-            let h = client::wait_healthy(&socket, Duration::from_secs(self.config.sandbox.start_timeout_secs)).await?;
+            let addr = AgentAddr::new(self.layout.pool_run_dir(n), Peer { container_id: id.rsplit('/').next().unwrap_or(&id).to_owned(), uid: Some(uid) });
+            let h = client::wait_healthy(&addr, Duration::from_secs(self.config.sandbox.start_timeout_secs)).await?;
             anyhow::ensure!(h.agent_id.is_empty(), "a pool sandbox answered with an identity");
             Ok((id, spec.spec_hash().to_owned()))
         }

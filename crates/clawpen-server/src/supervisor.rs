@@ -251,7 +251,10 @@ impl App {
             return Ok(());
         }
         let timeout = Duration::from_millis(self.config.fleet.health_timeout_ms);
-        let ok = client::health(&self.layout.agent_socket(id), timeout).await.is_ok();
+        let ok = match agent.container_id.as_deref() {
+            Some(c) => client::health(&self.agent_addr(id, c, crate::fleet::uid_of(tenant, &agent)), timeout).await.is_ok(),
+            None => false,
+        };
         let now = now_ms();
         let guard = self.config.fleet.guard();
         let next = self.with_life(id, |l| l.health(now, ok, &guard));

@@ -226,30 +226,31 @@ async fn coldstart_on(server: &BenchServer, n: usize) -> anyhow::Result<Vec<Case
             anyhow::ensure!(res.status().as_u16() == 201, "create failed: {} {}", res.status(), res.text().await.unwrap_or_default());
             let agent: serde_json::Value = res.json().await?;
             let id = AgentId::parse(agent["id"].as_str().unwrap_or("")).map_err(|e| anyhow::anyhow!("{e}"))?;
-            clawpen_agent::client::wait_healthy(&app.layout.agent_socket(&id), Duration::from_secs(30)).await?;
+            clawpen_agent::client::wait_healthy(&app.addr_of(&tenant, &id).await.map_err(|e| anyhow::anyhow!(e.message))?, Duration::from_secs(30)).await?;
             ours.push(t0.elapsed().as_secs_f64() * 1000.0);
 
             // Baseline: the same spec through `docker run`, then the same health poll.
             let bid = AgentId::new();
-            app.layout.prepare_agent(&tenant.id, &bid, tenant.uid as u32)?;
+            app.layout.prepare_agent(&bid, tenant.uid as u32, clawpen_core::spec::Volume::of(app.config.plan_or_default(&tenant.plan)))?;
             let mut spec = app.spec_for(&tenant, &bid, tenant.uid as u32);
             spec.name = format!("clawpen-bench-{}", bid);
             spec.labels.insert(labels::INSTANCE.into(), baseline_instance.clone());
             let t0 = Instant::now();
             let out = tokio::process::Command::new("docker").args(docker_run_args(&spec)).output().await.context("running `docker run`")?;
             anyhow::ensure!(out.status.success(), "docker run failed: {}", String::from_utf8_lossy(&out.stderr));
-            clawpen_agent::client::wait_healthy(&app.layout.agent_socket(&bid), Duration::from_secs(30)).await?;
+            let container = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            clawpen_agent::client::wait_healthy(&app.agent_addr(&bid, &container, tenant.uid as u32), Duration::from_secs(30)).await?;
             baseline.push(t0.elapsed().as_secs_f64() * 1000.0);
 
             // The floor: the same spec through the Engine API directly (no store, no HTTP).
             let eid = AgentId::new();
-            app.layout.prepare_agent(&tenant.id, &eid, tenant.uid as u32)?;
+            app.layout.prepare_agent(&eid, tenant.uid as u32, clawpen_core::spec::Volume::of(app.config.plan_or_default(&tenant.plan)))?;
             let mut spec = app.spec_for(&tenant, &eid, tenant.uid as u32);
             spec.name = format!("clawpen-bench-{}", eid);
             spec.labels.insert(labels::INSTANCE.into(), baseline_instance.clone());
             let t0 = Instant::now();
-            app.runtime.create_and_start(&spec).await?;
-            clawpen_agent::client::wait_healthy(&app.layout.agent_socket(&eid), Duration::from_secs(30)).await?;
+            let container = app.runtime.create_and_start(&spec).await?;
+            clawpen_agent::client::wait_healthy(&app.agent_addr(&eid, &container, tenant.uid as u32), Duration::from_secs(30)).await?;
             engine.push(t0.elapsed().as_secs_f64() * 1000.0);
         }
         Ok(())

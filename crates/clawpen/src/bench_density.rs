@@ -109,7 +109,10 @@ async fn run_on(server: &BenchServer, n: usize) -> anyhow::Result<Vec<Case>> {
     let mut sandbox_kib = Vec::new();
     let mut shim_kib = Vec::new();
     for id in &agents {
-        if clawpen_agent::client::health(&app.layout.agent_socket(id), Duration::from_secs(5)).await.is_ok() {
+        let a = app.store.find_agent(id).await?.ok_or_else(|| anyhow::anyhow!("agent {id} vanished"))?;
+        let tenant = app.store.get_tenant(&a.tenant_id).await?;
+        let addr = app.addr_of(&tenant, id).await.map_err(|e| anyhow::anyhow!(e.message))?;
+        if clawpen_agent::client::health(&addr, Duration::from_secs(5)).await.is_ok() {
             healthy += 1;
         }
         if let Some(c) = app.store.find_agent(id).await?.and_then(|a| a.container_id).map(|c| c.rsplit('/').next().unwrap_or_default().to_owned()) {

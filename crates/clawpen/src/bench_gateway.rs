@@ -100,13 +100,13 @@ async fn run_on(server: &BenchServer, requests: usize, connections: usize) -> an
     let query = c["url"].as_str().and_then(|u| u.split_once('?')).map(|(_, q)| q.to_owned()).ok_or_else(|| anyhow::anyhow!("no connect URL: {c}"))?;
     let url = format!("{}/gateway/connect?{query}", server.base.replacen("http://", "ws://", 1));
     let agent_id = clawpen_core::ids::AgentId::parse(&id).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let socket = app.layout.agent_socket(&agent_id);
+    let addr = app.addr_of(&app.store.get_tenant(&tenant.id).await?, &agent_id).await.map_err(|e| anyhow::anyhow!(e.message))?;
 
     // roundtrip
     eprintln!("gateway bench: roundtrip, {requests} requests each way");
     let (mut through, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(small()), false).await?;
     handshake(&mut through).await?;
-    let stream = tokio::net::UnixStream::connect(&socket).await?;
+    let stream = addr.connect().await?;
     let (mut direct, _) = tokio_tungstenite::client_async("ws://agent/gateway", stream).await?;
     handshake(&mut direct).await?;
     for i in 0..20 {

@@ -62,7 +62,7 @@ async fn run_on(server: &BenchServer, n: usize) -> anyhow::Result<Vec<Case>> {
         cases.push(Case { name: tier.into(), samples_ms: woken, baseline_ms: Some(awake), extra });
     }
     // Every wake kept the workspace: the session holds both messages of every round.
-    let session = app.layout.workspace_dir(&tenant.id, &clawpen_core::ids::AgentId::parse(&id).map_err(|e| anyhow::anyhow!("{e}"))?).join("sessions/main.jsonl");
+    let session = app.layout.workspace_dir(&clawpen_core::ids::AgentId::parse(&id).map_err(|e| anyhow::anyhow!("{e}"))?).join("sessions/main.jsonl");
     let text = std::fs::read_to_string(&session)?;
     for tier in ["paused", "stopped", "removed"] {
         anyhow::ensure!(text.contains(&format!("wake {tier} {}", n - 1)), "the session lost a message of the {tier} case");

@@ -146,15 +146,15 @@ async fn probe_in_sandbox(rt: &DockerRuntime, layout: &clawpen_server::Layout, c
     let instance = format!("doctor-{}", &AgentId::new().as_str()[3..13]);
     let (tenant, agent) = (TenantId::new(), AgentId::new());
     let uid = config.sandbox.uid_base; // never a tenant's: tenant uids start at uid_base + 1
-    layout.prepare_agent(&tenant, &agent, uid)?;
     let plan = &config.plans[&config.default_plan];
+    layout.prepare_agent(&agent, uid, clawpen_core::spec::Volume::of(plan))?;
     let mut spec = SandboxSpec::for_agent(AgentSandbox {
         instance: &instance,
         tenant: &tenant,
         agent: &agent,
         uid,
         image,
-        workspace_dir: layout.workspace_dir(&tenant, &agent),
+        workspace_dir: layout.workspace_dir(&agent),
         run_dir: layout.run_dir(&agent),
         plan,
         limits: config.agent,

@@ -51,7 +51,7 @@ impl Harness {
     async fn send_in(&self, text: &str, session: Option<&str>) -> Result<MessageOut, ClientError> {
         let msg = MessageIn { text: text.to_owned(), session: session.map(str::to_owned) };
         // Longer than any run may take, also when a test pauses tokio's clock.
-        client::message(&self.run_dir.join("agent.sock"), &msg, Duration::from_secs(600)).await
+        client::message(&client::AgentAddr::unverified(self.run_dir.clone()), &msg, Duration::from_secs(600)).await
     }
 
     fn write(&self, rel: &str, content: &str) {
@@ -391,7 +391,7 @@ async fn a_broken_or_missing_meter_is_a_502() {
 #[tokio::test]
 async fn health_and_input_checks_stay() {
     let h = Harness::start().await;
-    let health = client::health(&h.run_dir.join("agent.sock"), Duration::from_secs(5)).await.expect("health");
+    let health = client::health(&client::AgentAddr::unverified(h.run_dir.clone()), Duration::from_secs(5)).await.expect("health");
     assert!(health.ok && health.agent_id == "agt_test" && health.tenant_id == "ten_test");
     let err = h.send_in("hi", Some("../etc")).await.expect_err("bad session");
     assert!(matches!(err, ClientError::Status { status, .. } if status.as_u16() == 400));
@@ -407,7 +407,7 @@ async fn pool_mode_agent_is_claimed_once() {
         c.tenant_id.clear();
     })
     .await;
-    let sock = h.run_dir.join("agent.sock");
+    let sock = client::AgentAddr::unverified(h.run_dir.clone());
     let health = client::wait_healthy(&sock, Duration::from_secs(5)).await.expect("health in pool mode");
     assert_eq!((health.agent_id.as_str(), health.tenant_id.as_str()), ("", ""));
     assert!(matches!(h.send("hi").await, Err(ClientError::Status { status, .. }) if status == 409), "no message before a claim");

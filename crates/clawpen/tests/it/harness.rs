@@ -329,13 +329,14 @@ impl TestServer {
         a
     }
 
-    /// Host path of an agent's workspace.
-    pub fn workspace(&self, tenant: &str, agent: &str) -> PathBuf {
-        self.data_dir().join("tenants").join(tenant).join("agents").join(agent).join("workspace")
+    /// Host path of an agent's workspace (on the agent's own filesystem; the tenant is not
+    /// part of the path).
+    pub fn workspace(&self, _tenant: &str, agent: &str) -> PathBuf {
+        self.data_dir().join("agents").join(agent).join("workspace")
     }
 
     pub fn run_dir(&self, agent: &str) -> PathBuf {
-        self.data_dir().join("run").join(agent)
+        self.data_dir().join("agents").join(agent).join("run")
     }
 
     /// Container name of an agent's sandbox.
@@ -391,6 +392,25 @@ impl Drop for TestServer {
                 }
             }
         }
+        // The agents' filesystems are mounted under the data dir: unmount them (their loop
+        // devices go with them) before the temp dir is removed.
+        unmount_under(self.data_dir());
+    }
+}
+
+/// Lazily unmounts every mount at or below `dir`, deepest first.
+pub fn unmount_under(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| p.replace("\\040", " "))
+        .filter(|p| p == &prefix || p.starts_with(&format!("{prefix}/")))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = Command::new("umount").args(["-l", &p]).output();
     }
 }
 

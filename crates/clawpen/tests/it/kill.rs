@@ -61,11 +61,18 @@ async fn assert_agreement(s: &TestServer, tenant: &str, key: &str, round: &str) 
         let n = dirs.count();
         assert!(n <= POOL_SIZE, "{round}: {n} pool dirs");
     }
-    // Every run dir belongs to a live agent.
-    for entry in std::fs::read_dir(s.data_dir().join("run")).unwrap() {
+    // Every agent filesystem (mounted dir and image) belongs to a live agent, or to the pool.
+    for entry in std::fs::read_dir(s.data_dir().join("agents")).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
-        assert!(agents.contains_key(&name), "{round}: stray run dir {name}");
+        assert!(agents.contains_key(&name), "{round}: stray agent dir {name}");
     }
+    for entry in std::fs::read_dir(s.data_dir().join("volumes")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let owner = name.trim_end_matches(".img");
+        assert!(agents.contains_key(owner) || owner.starts_with("pool-"), "{round}: stray filesystem image {name}");
+    }
+    let pool_images = std::fs::read_dir(s.data_dir().join("volumes")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("pool-")).count();
+    assert!(pool_images <= POOL_SIZE, "{round}: {pool_images} pool filesystem images");
 }
 
 #[tokio::test(flavor = "multi_thread")]
