@@ -126,11 +126,21 @@ pub(crate) async fn turn(s: &AgentState, session: &str, text: String) -> Result<
     let lines = log_lines(LogLine::User { content: text, ts: asked_at, run: Some(run_id.clone()), error_code: None }, tool_lines, &answer, &run_id);
     // The turn is logged even when the model failed: the question was asked and tools may have run.
     let logged = session::append(&s.workspace, session, &lines).await;
-    let out = answer.map_err(|e| {
+    let mut out = answer.map_err(|e| {
         eprintln!("clawpen agent: run {run_id} failed: {e}");
         (StatusCode::BAD_GATEWAY, format!("the model could not be reached: {e}"))
     })?;
-    logged.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write the session log: {e}")))?;
+    match logged {
+        Ok(()) => {}
+        // The user still gets the answer, and learns that it was not kept.
+        Err(e) if crate::workspace::is_full(&e) => {
+            out.reply.push_str("\n\n(This conversation was not saved: ");
+            out.reply.push_str(crate::workspace::FULL_NOTICE);
+            out.reply.push_str(".)");
+            out.error_code.get_or_insert_with(|| "workspace_full".to_owned());
+        }
+        Err(e) => return Err((StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write the session log: {e}"))),
+    }
     Ok(out)
 }
 

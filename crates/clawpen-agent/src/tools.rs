@@ -19,8 +19,17 @@ pub enum ToolError {
     Unknown(String),
     #[error("bad arguments for `{tool}`: {problem}; expected {expected}")]
     BadArguments { tool: &'static str, problem: String, expected: &'static str },
-    #[error("the workspace could not be written, so nothing was saved")]
+    #[error("{}", io_message(.0))]
     Io(#[source] std::io::Error),
+}
+
+/// A write error in words for the model (which tells the user): a full workspace says so.
+fn io_message(e: &std::io::Error) -> String {
+    if crate::workspace::is_full(e) {
+        crate::workspace::FULL_NOTICE.to_owned()
+    } else {
+        "the workspace could not be written, so nothing was saved".to_owned()
+    }
 }
 
 /// The tools in the chat-completions `tools` format.

@@ -205,6 +205,14 @@ pub fn today_utc() -> time::Date {
     time::OffsetDateTime::now_utc().date()
 }
 
+/// What the agent says when its filesystem is full: the user can act on it.
+pub const FULL_NOTICE: &str = "the workspace is full (its plan's disk space or number of files is used up), so nothing was saved; forget some notes or ask the operator for a bigger plan";
+
+/// True when a write failed because the agent's filesystem is full (space or inodes).
+pub fn is_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,9 +20,9 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 /// How long a caller may take to send its request head.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a caller may take to send its request body.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head read.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
@@ -71,9 +71,26 @@ fn raise_nofile() -> u64 {
     lim.rlim_cur
 }
 
+/// Reads the whole request body (the meter's routes take it whole anyway) within
+/// [`BODY_TIMEOUT`], however it trickles in: 408 past it.
+async fn whole_body_in_time(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = req.into_parts();
+    let limit = clawpen_meter::router::MAX_REQUEST_BYTES + 1;
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Ok(Err(_)) => too(axum::http::StatusCode::PAYLOAD_TOO_LARGE, "the request body is larger than the meter takes").into_response(),
+        Err(_) => too(axum::http::StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time").into_response(),
+    }
+}
+
+fn too(status: axum::http::StatusCode, message: &str) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
+    (status, axum::Json(serde_json::json!({"type": "error", "error": {"type": "clawpen_meter", "code": "bad_request", "message": message}})))
+}
+
 /// Serves `router` on `listener` with the bounds above, until the task is dropped.
 pub async fn serve(listener: UnixListener, router: axum::Router, per_sandbox: u32, fds: SandboxFds) {
-    let router = router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_TIMEOUT));
+    let router = router.layer(axum::middleware::from_fn(whole_body_in_time));
     let own = Arc::new(Semaphore::new(per_sandbox.max(1) as usize));
     loop {
         // Permits first: while this sandbox (or all of them) is at its bound, nothing more is

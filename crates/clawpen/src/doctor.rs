@@ -1,5 +1,5 @@
 //! `clawpen doctor`: checks the machine and says how to fix each problem. The last checks start
-//! throwaway sandboxes with the full spec and run the probe in them, to prove the kernel honours
+//! throwaway sandboxes with the full spec and run `clawpen self-check` in them, to prove the kernel honours
 //! every flag.
 
 use std::time::Duration;
@@ -140,8 +140,8 @@ fn parse_api(v: &str) -> (u32, u32) {
     (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
 
-/// Runs `clawpen probe <args>` in a throwaway sandbox built by `SandboxSpec::for_agent` (only the
-/// arguments differ) and returns the probe's JSON.
+/// Runs `clawpen self-check <args>` in a throwaway sandbox built by `SandboxSpec::for_agent` (only the
+/// arguments differ) and returns the JSON it printed.
 async fn probe_in_sandbox(rt: &DockerRuntime, layout: &clawpen_server::Layout, config: &clawpen_server::Config, image: &str, probe: &[&str]) -> anyhow::Result<Value> {
     let instance = format!("doctor-{}", &AgentId::new().as_str()[3..13]);
     let (tenant, agent) = (TenantId::new(), AgentId::new());
@@ -160,7 +160,7 @@ async fn probe_in_sandbox(rt: &DockerRuntime, layout: &clawpen_server::Layout, c
         limits: config.agent,
         executable: None,
     });
-    spec.args = std::iter::once("probe").chain(probe.iter().copied()).map(str::to_owned).collect();
+    spec.args = std::iter::once("self-check").chain(probe.iter().copied()).map(str::to_owned).collect();
     spec.labels.insert(labels::ROLE.into(), "doctor".into());
     let result = async {
         let id = rt.create_and_start(&spec).await?;
@@ -168,7 +168,7 @@ async fn probe_in_sandbox(rt: &DockerRuntime, layout: &clawpen_server::Layout, c
         let _ = tokio::time::timeout(Duration::from_secs(30), wait.next()).await;
         let lines = rt.logs(&id, 50).await?;
         let line = lines.iter().rev().find(|l| l.trim_start().starts_with('{')).cloned().unwrap_or_default();
-        serde_json::from_str::<Value>(&line).map_err(|e| anyhow::anyhow!("probe printed no JSON ({e}); output: {}", lines.join(" | ")))
+        serde_json::from_str::<Value>(&line).map_err(|e| anyhow::anyhow!("self-check printed no JSON ({e}); output: {}", lines.join(" | ")))
     }
     .await;
     let _ = rt.remove(&spec.name).await;
@@ -195,8 +195,9 @@ async fn sandbox_checks(rt: &DockerRuntime, layout: &clawpen_server::Layout, con
         Ok(v) => {
             let root_ro = v["mounts"]["/"].as_str().is_some_and(|o| o.split(',').any(|x| x == "ro"));
             let tmp_noexec = v["tmp_exec"]["ok"].as_bool() == Some(false);
-            let detail = format!("root {} ; /tmp exec refused: {tmp_noexec}", v["mounts"]["/"]);
-            checks.push(if root_ro && tmp_noexec { pass("sandbox filesystem", detail) } else { fail("sandbox filesystem", detail, fix) });
+            let data_noexec = v["data_exec"]["ok"].as_bool() == Some(false) && v["run_exec"]["ok"].as_bool() == Some(false);
+            let detail = format!("root {} ; exec refused from /tmp: {tmp_noexec}, from /data and /run/clawpen: {data_noexec}", v["mounts"]["/"]);
+            checks.push(if root_ro && tmp_noexec && data_noexec { pass("sandbox filesystem", detail) } else { fail("sandbox filesystem", detail, fix) });
         }
         Err(e) => checks.push(fail("sandbox filesystem", format!("{e:#}"), fix)),
     }

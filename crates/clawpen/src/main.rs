@@ -5,7 +5,6 @@
 //! - `image_cmd`: `clawpen image build` and the image check shared by `up` and `doctor`.
 //! - `doctor`: `clawpen doctor`.
 //! - `bench`: `clawpen bench SCENARIO --json`; `bench_meter`: its `meter` scenario.
-//! - `probe`: `clawpen probe …`, attacks run inside a sandbox by the isolation tests.
 //! - `admin`: offline admin commands on a data dir.
 
 mod admin;
@@ -19,7 +18,6 @@ mod vault_cmd;
 mod doctor;
 mod image_cmd;
 mod node_cmd;
-mod probe;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -77,12 +75,23 @@ enum Command {
         #[command(subcommand)]
         command: vault_cmd::VaultCommand,
     },
-    /// Attacks run inside a sandbox by the isolation tests.
+    /// What this process can see of its confinement, as one JSON line (run by `clawpen doctor`
+    /// inside a throwaway sandbox).
     #[command(hide = true)]
-    Probe {
-        #[command(subcommand)]
-        cmd: probe::ProbeCmd,
+    SelfCheck {
+        #[arg(value_enum)]
+        what: SelfCheck,
+        /// HOST:PORT to try to reach (network).
+        #[arg(long = "tcp", value_name = "HOST:PORT")]
+        tcp: Vec<String>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SelfCheck {
+    Identity,
+    Filesystem,
+    Network,
 }
 
 #[derive(Subcommand)]
@@ -105,7 +114,15 @@ fn main() -> std::process::ExitCode {
                 1
             }
         },
-        Command::Probe { cmd } => probe::run(cmd),
+        Command::SelfCheck { what, tcp } => {
+            let report = match what {
+                SelfCheck::Identity => clawpen_selfcheck::identity(),
+                SelfCheck::Filesystem => clawpen_selfcheck::filesystem(),
+                SelfCheck::Network => clawpen_selfcheck::network(&tcp, &[]),
+            };
+            println!("{report}");
+            0
+        }
         other => {
             init_tracing();
             // The one TLS crypto provider, before anything builds an HTTPS client.
@@ -144,7 +161,7 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Admin(args) => admin::run(args).await.map(|_| 0),
         Command::Node(args) => node_cmd::run(args).await.map(|_| 0),
         Command::Vault { command } => vault_cmd::run(command).await.map(|_| 0),
-        Command::Agent | Command::Probe { .. } => unreachable!("handled before the runtime starts"),
+        Command::Agent | Command::SelfCheck { .. } => unreachable!("handled before the runtime starts"),
     }
 }
 

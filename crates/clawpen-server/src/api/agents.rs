@@ -21,7 +21,7 @@ async fn pause_of(app: &App, caller: &TenantCaller) -> Result<(Option<i64>, Opti
 }
 
 async fn view(app: &App, caller: &TenantCaller, a: clawpen_store::Agent) -> Result<AgentView, ApiError> {
-    Ok(AgentView::from(a).paused(&pause_of(app, caller).await?))
+    Ok(AgentView::from(a).paused(&pause_of(app, caller).await?).with_disk(&app.layout))
 }
 
 fn agent_not_found(e: StoreError) -> ApiError {
@@ -48,7 +48,7 @@ pub async fn create_agent(State(app): State<App>, caller: TenantCaller, ApiJson(
     responses((status = 200, body = AgentList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list_agents(State(app): State<App>, caller: TenantCaller) -> Result<Json<AgentList>, ApiError> {
     let pause = pause_of(&app, &caller).await?;
-    let agents = app.store.list_agents(&caller.tenant.id).await?.into_iter().map(|a| AgentView::from(a).paused(&pause)).collect();
+    let agents = app.store.list_agents(&caller.tenant.id).await?.into_iter().map(|a| AgentView::from(a).paused(&pause).with_disk(&app.layout)).collect();
     Ok(Json(AgentList { agents }))
 }
 

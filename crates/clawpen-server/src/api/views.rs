@@ -130,14 +130,49 @@ pub struct AgentView {
     /// When the tenant's agents are paused (a credit cap): until when (Unix ms) and why.
     pub paused_until: Option<i64>,
     pub paused_reason: Option<String>,
+    /// The agent's own filesystem (its workspace and run dir): what it holds against its
+    /// plan's bounds. `null` while it is not mounted.
+    pub disk: Option<DiskView>,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// Space and files of an agent's filesystem. Writes past either bound fail inside the sandbox
+/// (ENOSPC); the agent tells its user so.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DiskView {
+    pub used_bytes: u64,
+    pub limit_bytes: u64,
+    pub used_files: u64,
+    pub limit_files: u64,
+    /// True when either bound is (nearly) reached: under 1% or 64 KiB of space, or no file left.
+    pub full: bool,
+}
+
+impl DiskView {
+    pub fn of(u: clawpen_hostfs::dir::Usage) -> DiskView {
+        DiskView {
+            used_bytes: u.bytes_total.saturating_sub(u.bytes_free),
+            limit_bytes: u.bytes_total,
+            used_files: u.inodes_total.saturating_sub(u.inodes_free),
+            limit_files: u.inodes_total,
+            full: u.bytes_free < (u.bytes_total / 100).max(64 * 1024) || u.inodes_free == 0,
+        }
+    }
 }
 
 impl AgentView {
     /// Adds the tenant's pause in force, if any.
     pub fn paused(mut self, pause: &(Option<i64>, Option<String>)) -> AgentView {
         (self.paused_until, self.paused_reason) = pause.clone();
+        self
+    }
+
+    /// Adds what the agent's filesystem holds.
+    pub fn with_disk(mut self, layout: &crate::layout::Layout) -> AgentView {
+        if let Ok(id) = clawpen_core::ids::AgentId::parse(&self.id) {
+            self.disk = layout.disk_usage(&id).ok().flatten().map(DiskView::of);
+        }
         self
     }
 }
@@ -159,6 +194,7 @@ impl From<Agent> for AgentView {
             last_error: a.last_error,
             paused_until: None,
             paused_reason: None,
+            disk: None,
             created_at: a.created_at,
             updated_at: a.updated_at,
         }

@@ -29,6 +29,53 @@ pub fn image() -> &'static str {
     })
 }
 
+/// The attack probe (`crates/clawpen-probe`), a test-only program that the production `clawpen`
+/// does not contain: built once per test binary, in a target dir of its own (so this build never
+/// waits on the one running the tests), static like the sandbox's executable.
+pub fn probe_exe() -> &'static Path {
+    static PROBE: OnceLock<PathBuf> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let target = Path::new(EXE).ancestors().nth(3).expect("target dir").join("probe");
+        let out = Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .args(["build", "--quiet", "-p", "clawpen-probe", "--message-format", "json"])
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .expect("run cargo build -p clawpen-probe");
+        assert!(out.status.success(), "building the probe failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|v| (v["target"]["name"] == "clawpen-probe").then(|| v["executable"].as_str().map(PathBuf::from)).flatten())
+            .expect("cargo named the probe's executable")
+    })
+}
+
+/// A copy of the sandbox image with the probe at `/probe`, made for one test and removed when
+/// dropped. A plan that pins it runs a real sandbox (same spec, uid, mounts and limits as any
+/// agent's) in which the probe can be run with `docker exec`.
+pub struct ProbeImage(pub String);
+
+impl ProbeImage {
+    pub fn build() -> ProbeImage {
+        let dir = tempfile::Builder::new().prefix("cpt-probe-").tempdir_in("/tmp").unwrap();
+        std::fs::copy(probe_exe(), dir.path().join("probe")).unwrap();
+        std::fs::write(dir.path().join("Dockerfile"), format!("FROM {}\nCOPY probe /probe\n", image())).unwrap();
+        let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let tag = format!("clawpen-test-probe:{:x}{:x}", n, std::process::id());
+        let out = Command::new("docker").env("DOCKER_BUILDKIT", "0").args(["build", "-q", "-t", &tag]).arg(dir.path()).output().expect("docker build");
+        assert!(out.status.success(), "building the probe image: {}", String::from_utf8_lossy(&out.stderr));
+        ProbeImage(tag)
+    }
+}
+
+impl Drop for ProbeImage {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+    }
+}
+
 pub const OPENAI_KEY_ENV: &str = "CLAWPEN_TEST_OPENAI_KEY";
 pub const ANTHROPIC_KEY_ENV: &str = "CLAWPEN_TEST_ANTHROPIC_KEY";
 
@@ -106,11 +153,62 @@ pub struct TestServer {
     config: Option<PathBuf>,
     /// Extra environment of the server process (upstream keys in meter tests).
     env: Vec<(String, String)>,
+    /// The probe image every sandbox of this server runs, when it was started with one
+    /// (removed after the sandboxes, when the server is dropped).
+    probe_image: Option<ProbeImage>,
 }
 
 impl TestServer {
     pub async fn start() -> TestServer {
         TestServer::start_with("", "", &[]).await
+    }
+
+    /// A server whose sandboxes (agents' and the warm pool's) all run the probe image: the
+    /// sandbox image plus `/probe`, so that [`TestServer::probe`] can attack from inside any of
+    /// them. `plan` and `extra` as for [`TestServer::start_full`].
+    pub async fn start_with_probe(plan: &str, extra: &str) -> TestServer {
+        let img = ProbeImage::build();
+        let extra = format!("{extra}\n[sandbox]\nimage = \"{}\"\n", img.0);
+        let mut s = TestServer::start_full(plan, "", &extra, &[]).await;
+        s.probe_image = Some(img);
+        s
+    }
+
+    /// Runs `/probe ARGS` inside the agent's sandbox with `docker exec` (same uid, cgroup,
+    /// seccomp profile and capabilities as its agent): `(exit code, the JSON it printed)`.
+    pub fn probe(&self, agent: &str, args: &[&str]) -> (i32, Value) {
+        assert!(self.probe_image.is_some(), "start the server with TestServer::start_with_probe");
+        let out = Command::new("docker").args(["exec", &self.container(agent), "/probe"]).args(args).output().unwrap();
+        let code = out.status.code().unwrap_or(-1);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let json = stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null);
+        (code, json)
+    }
+
+    /// [`TestServer::probe`], running in the background; its output is read with
+    /// `wait_with_output`.
+    pub fn probe_async(&self, agent: &str, args: &[&str]) -> tokio::process::Child {
+        assert!(self.probe_image.is_some(), "start the server with TestServer::start_with_probe");
+        tokio::process::Command::new("docker")
+            .args(["exec", &self.container(agent), "/probe"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    /// The server's peak resident memory so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("server running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap()
+    }
+
+    /// The server process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
     }
 
     /// Starts a server with `plan` lines under `[plans.free]`, `meter_extra` lines under
@@ -140,7 +238,7 @@ impl TestServer {
         }
         std::fs::write(&config, format!("{}\n{extra}\n", meter_config(&standin, plan, meter_extra))).unwrap();
         let config = Some(config);
-        let mut s = TestServer { standin, dir, base: String::new(), admin: String::new(), http: reqwest::Client::new(), child: None, config, env };
+        let mut s = TestServer { standin, dir, base: String::new(), admin: String::new(), http: reqwest::Client::new(), child: None, config, env, probe_image: None };
         s.spawn().await;
         s
     }

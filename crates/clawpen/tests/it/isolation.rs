@@ -1,5 +1,5 @@
-//! Attacks from inside tenant A's real, running sandbox. The hidden `clawpen probe` subcommand is
-//! run with `docker exec` in A's container (same uid, cgroup, seccomp profile and capabilities as
+//! Attacks from inside tenant A's real, running sandbox. The test-only `clawpen-probe` program
+//! (at `/probe` in the test's copy of the sandbox image) is run with `docker exec` in A's container (same uid, cgroup, seccomp profile and capabilities as
 //! A's agent) and reports what it could do; every attack must fail while tenant B and the server
 //! keep answering.
 
@@ -26,7 +26,7 @@ struct Tenants {
 }
 
 async fn two_tenants() -> Tenants {
-    let s = TestServer::start().await;
+    let s = TestServer::start_with_probe("", "").await;
     let (ta, key_a) = s.tenant("alpha").await;
     let (tb, key_b) = s.tenant("beta").await;
     let a = s.agent(&key_a, "a", true).await["id"].as_str().unwrap().to_owned();
@@ -50,24 +50,12 @@ async fn two_tenants() -> Tenants {
     }
 }
 
-/// Runs `clawpen probe ARGS` inside the agent's sandbox: `(exit code, JSON printed)`.
 fn probe(s: &TestServer, agent: &str, args: &[&str]) -> (i32, Value) {
-    let out = Command::new("docker").args(["exec", &s.container(agent), "/clawpen", "probe"]).args(args).output().unwrap();
-    let code = out.status.code().unwrap_or(-1);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let json = stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null);
-    (code, json)
+    s.probe(agent, args)
 }
 
 async fn async_probe(s: &TestServer, agent: &str, args: &[&str]) -> tokio::process::Child {
-    tokio::process::Command::new("docker")
-        .args(["exec", &s.container(agent), "/clawpen", "probe"])
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+    s.probe_async(agent, args)
 }
 
 /// B's agent answers a message and the server answers `/healthz`.
@@ -239,6 +227,14 @@ async fn no_privileges_and_a_read_only_root() {
         assert_eq!(w["ok"].as_bool(), Some(should_work), "write to {path}: {w}");
     }
     assert_eq!(fs["tmp_exec"]["ok"], false, "/tmp is noexec: {fs}");
+    assert_eq!(fs["data_exec"]["ok"], false, "/data is noexec: {fs}");
+    assert_eq!(fs["run_exec"]["ok"], false, "/run/clawpen is noexec: {fs}");
+    for point in ["/data", "/run/clawpen"] {
+        let opts = fs["mounts"][point].as_str().unwrap();
+        for o in ["noexec", "nosuid", "nodev"] {
+            assert!(opts.split(',').any(|x| x == o), "{point} lacks {o}: {opts}");
+        }
+    }
     assert!(fs["mounts"]["/"].as_str().unwrap().split(',').any(|o| o == "ro"), "{fs}");
     let tmp = fs["mounts"]["/tmp"].as_str().unwrap();
     for o in ["noexec", "nosuid", "nodev"] {

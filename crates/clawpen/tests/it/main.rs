@@ -7,7 +7,10 @@
 //! - `authz`: the authorization matrix (who may call what, and 404 for foreign ids).
 //! - `bad_input`: malformed, oversized and hostile input is refused and creates nothing.
 //! - `lifecycle`: create, start, message, stop, delete; OpenAPI; doctor.
-//! - `isolation`: attacks from inside a tenant's sandbox.
+//! - `isolation`: attacks from inside a tenant's sandbox on other tenants' files, the network,
+//!   pids, memory, privileges and secrets.
+//! - `hostile`: attacks from inside a sandbox on the server's side of it: its sockets, what the
+//!   server reads from it, its storage and its connections.
 //! - `kill`: SIGKILL of the server mid-operation, then restart and agreement.
 //! - `chat`: messages to running agents answered by the model through the meter; tools, guards, caps.
 //! - `gateway`: a WebSocket client through the gateway to a woken agent (OpenClaw protocol).
@@ -26,6 +29,7 @@ mod bad_input;
 mod chat;
 mod fleet;
 mod gateway;
+mod hostile;
 mod isolation;
 mod kill;
 mod lifecycle;

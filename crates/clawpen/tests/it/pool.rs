@@ -114,7 +114,7 @@ async fn a_new_agent_claims_a_warm_sandbox_and_the_pool_refills() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_tenants_claimed_agents_run_as_different_uids_and_see_only_their_own_data() {
-    let s = TestServer::start_full("", "", POOL, &[]).await;
+    let s = TestServer::start_with_probe("", POOL).await;
     let (ta, key_a) = s.tenant("alpha").await;
     let (tb, key_b) = s.tenant("beta").await;
     s.pool_ready(2).await;
@@ -136,7 +136,7 @@ async fn two_tenants_claimed_agents_run_as_different_uids_and_see_only_their_own
     let marker = format!("B-POOL-{}", std::process::id());
     std::fs::write(ws_b.join("MEMORY.md"), format!("# MEMORY\n{marker}\n")).unwrap();
     let probe = |id: &str, paths: &[String]| -> Value {
-        let mut args = vec!["exec".to_owned(), s.container(id), "/clawpen".into(), "probe".into(), "read-paths".into(), "--marker".into(), marker.clone()];
+        let mut args = vec!["exec".to_owned(), s.container(id), "/probe".into(), "read-paths".into(), "--marker".into(), marker.clone()];
         for p in paths {
             args.extend(["--path".to_owned(), p.clone()]);
         }
@@ -147,7 +147,7 @@ async fn two_tenants_claimed_agents_run_as_different_uids_and_see_only_their_own
     assert_eq!(from_a["any_marker_found"], false, "A found B's marker: {from_a:#}");
     let from_b = probe(&b, &["/data/MEMORY.md".into()]);
     assert_eq!(from_b["any_marker_found"], true, "B reads its own /data: {from_b:#}");
-    let id_a = Command::new("docker").args(["exec", &s.container(&a), "/clawpen", "probe", "identity"]).output().unwrap();
+    let id_a = Command::new("docker").args(["exec", &s.container(&a), "/probe", "identity"]).output().unwrap();
     let id_a: Value = String::from_utf8_lossy(&id_a.stdout).lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap();
     assert_eq!(id_a["uid"].as_u64(), Some(uid_a), "{id_a}");
     for (id, key) in [(&a, &key_a), (&b, &key_b)] {

@@ -1,0 +1,264 @@
+//! A hostile sandbox hurts no one: attacks from inside tenant A's real sandbox on what the root
+//! server does for it (its sockets, what it reads from it, its storage, its connections), each
+//! while tenant B and the server keep answering. The probe is the test-only `clawpen-probe`.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::harness::TestServer;
+
+/// The host pid of a container's first process.
+fn host_pid(container: &str) -> u64 {
+    let out = Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", container]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+async fn message(s: &TestServer, key: &str, agent: &str, text: &str) -> (u16, Value) {
+    s.post(&format!("/api/v1/agents/{agent}/messages"), key, json!({"text": text})).await
+}
+
+/// B's agent answers, the API answers, and the node is up.
+async fn others_answer(s: &TestServer, key_b: &str, b: &str, text: &str) {
+    let (st, r) = message(s, key_b, b, text).await;
+    assert_eq!(st, 200, "B must keep answering: {r}");
+    assert_eq!(r["reply"], format!("stand-in reply to: {text}"), "{r}");
+    let (st, v) = s.get("/api/v1/agents", key_b).await;
+    assert_eq!(st, 200, "the API must keep answering: {v}");
+    let (st, n) = s.get("/api/v1/nodes", &s.admin.clone()).await;
+    assert_eq!(st, 200, "{n}");
+    assert!(n["nodes"].as_array().unwrap().iter().all(|n| n["state"] == "up"), "the node stays up: {n}");
+}
+
+/// Model calls billed to a tenant, all its agents together.
+async fn calls_of(s: &TestServer, key: &str) -> i64 {
+    s.settled_usage(key).await["agents"].as_array().map_or(0, |a| a.iter().map(|x| x["calls"].as_i64().unwrap_or(0)).sum())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_symlinked_agent_sock_reaches_no_other_tenant() {
+    let s = TestServer::start_with_probe("", "").await;
+    let (_, key_a) = s.tenant("alpha").await;
+    let (tb, key_b) = s.tenant("beta").await;
+    let a = s.agent(&key_a, "a", true).await["id"].as_str().unwrap().to_owned();
+    let b = s.agent(&key_b, "b", true).await["id"].as_str().unwrap().to_owned();
+    let (st, _) = message(&s, &key_b, &b, "our safe code is 4711").await;
+    assert_eq!(st, 200);
+    let b_session = s.workspace(tb["id"].as_str().unwrap(), &b).join("sessions/main.jsonl");
+    let session_before = std::fs::read_to_string(&b_session).unwrap();
+    let calls_before = calls_of(&s, &key_b).await;
+    let connect_url = |key: String| {
+        let s = &s;
+        let a = a.clone();
+        async move {
+            let (st, c) = s.post(&format!("/api/v1/agents/{a}/connect-url"), &key, json!({})).await;
+            assert_eq!(st, 200, "{c}");
+            let q = c["url"].as_str().unwrap().split_once('?').unwrap().1.to_owned();
+            format!("{}/gateway/connect?{q}", s.base.replacen("http://", "ws://", 1))
+        }
+    };
+
+    // B's socket by its host path, and through /proc/<pid>/root (which needs no id at all).
+    let targets = [s.run_dir(&b).join("agent.sock").display().to_string(), format!("/proc/{}/root/run/clawpen/agent.sock", host_pid(&s.container(&b)))];
+    for target in &targets {
+        let (code, v) = s.probe(&a, &["relink", "--name", "agent.sock", "--to", target]);
+        assert_eq!((code, &v["ok"]), (0, &json!(true)), "{v}");
+        // A's message reaches nobody: refused before anything is sent.
+        let (st, r) = message(&s, &key_a, &a, "tell me B's safe code").await;
+        assert_eq!((st, r["error"]["code"].as_str()), (502, Some("agent_mismatch")), "via {target}: {r}");
+        // Nor does A's gateway connection.
+        let refused = tokio_tungstenite::connect_async(connect_url(key_a.clone()).await).await;
+        match refused {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 503, "via {target}"),
+            other => panic!("the gateway must refuse a socket that leads elsewhere (via {target}): {:?}", other.map(|_| ())),
+        }
+    }
+    // Health checks and restarts went nowhere else either: B's session and bill are B's alone.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(std::fs::read_to_string(&b_session).unwrap(), session_before, "nothing of A's reached B's session");
+    assert_eq!(calls_of(&s, &key_b).await, calls_before, "nothing was billed to B");
+    others_answer(&s, &key_b, &b, "still mine?").await;
+    assert!(s.log().contains("leads elsewhere than its sandbox"), "the refusal is logged");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn links_renamed_over_control_sock_during_50_restarts_change_no_mode() {
+    let mut s = TestServer::start_with_probe("", "").await;
+    let (_, key_a) = s.tenant("alpha").await;
+    let (_, key_b) = s.tenant("beta").await;
+    let a = s.agent(&key_a, "a", true).await["id"].as_str().unwrap().to_owned();
+    let b = s.agent(&key_b, "b", true).await["id"].as_str().unwrap().to_owned();
+    // A root-owned file every sandbox needs, as the shared agent executable is.
+    let victim = s.data_dir().join("victim-exe");
+    std::fs::write(&victim, b"#!").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o555)).unwrap();
+
+    // The sandbox renames links to it over control.sock as fast as it can, all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let swaps = Arc::new(AtomicU64::new(0));
+    let racer = {
+        let (stop, swaps, container, victim) = (stop.clone(), swaps.clone(), s.container(&a), victim.display().to_string());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let out = Command::new("docker").args(["exec", &container, "/probe", "race-links", "--name", "control.sock", "--to", &victim, "--secs", "2"]).output().unwrap();
+                let v: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap_or(Value::Null);
+                swaps.fetch_add(v["swaps"].as_u64().unwrap_or(0), Ordering::Relaxed);
+            }
+        })
+    };
+    for _ in 0..50 {
+        assert!(s.terminate(), "the server stops cleanly");
+        s.spawn().await;
+        let m = std::fs::metadata(&victim).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.uid()), (0o555, 0), "no restart changed the victim's mode or owner");
+    }
+    stop.store(true, Ordering::Relaxed);
+    racer.join().unwrap();
+    assert!(swaps.load(Ordering::Relaxed) > 1000, "the race really ran: {} swaps", swaps.load(Ordering::Relaxed));
+    let control = s.run_dir(&a).join("control.sock");
+    let m = std::fs::symlink_metadata(&control).unwrap();
+    assert!(m.file_type().is_symlink() || std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+    others_answer(&s, &key_b, &b, "after the race").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gigabyte_answer_and_a_sparse_seed_cost_the_server_no_memory() {
+    let s = TestServer::start_with_probe("", "[fleet]\nwarm_pool = 1\n").await;
+    let (_, key_a) = s.tenant("alpha").await;
+    let (_, key_b) = s.tenant("beta").await;
+    let a = s.agent(&key_a, "a", true).await["id"].as_str().unwrap().to_owned();
+    let b = s.agent(&key_b, "b", true).await["id"].as_str().unwrap().to_owned();
+    others_answer(&s, &key_b, &b, "warming up").await;
+    let before = s.peak_rss_kib();
+
+    // A's sandbox answers every request with a gigabyte, announced or chunked.
+    for chunked in [false, true] {
+        let mut args = vec!["serve-huge", "--bytes", "1073741824", "--secs", "15"];
+        if chunked {
+            args.push("--chunked");
+        }
+        let _server = s.probe_async(&a, &args);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let (st, r) = message(&s, &key_a, &a, "answer me hugely").await;
+        assert_eq!(st, 502, "chunked {chunked}: {r}");
+        assert_eq!(r["error"]["code"], "agent_answer_too_large", "chunked {chunked}: {r}");
+    }
+    others_answer(&s, &key_b, &b, "after the huge answers").await;
+
+    // A grows SOUL.md to a sparse gigabyte, sleeps in the removed tier, and is started again:
+    // the start looks at whether its workspace is the untouched seed.
+    let (_, v) = s.probe(&a, &["sparse", "--path", "/data/SOUL.md", "--bytes", "1073741824"]);
+    assert_eq!(v["ok"], true, "{v}");
+    let (st, h) = s.post(&format!("/api/v1/agents/{a}/hibernate"), &key_a, json!({"tier": "removed"})).await;
+    assert_eq!(st, 200, "{h}");
+    let (st, r) = s.post(&format!("/api/v1/agents/{a}/start"), &key_a, json!({})).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(std::fs::metadata(s.workspace("", &a).join("SOUL.md")).unwrap().len(), 1 << 30, "the tenant's file is kept as it is");
+
+    let grown_mib = (s.peak_rss_kib().saturating_sub(before)) / 1024;
+    assert!(grown_mib < 100, "the server's peak memory grew by {grown_mib} MiB");
+    others_answer(&s, &key_b, &b, "after the sparse seed").await;
+}
+
+/// Open descriptors of a process.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_connections_leaves_others_and_the_node_answering() {
+    let s = TestServer::start_with_probe("gateway_connections = 3", "").await;
+    let (_, key_a) = s.tenant("alpha").await;
+    let (_, key_b) = s.tenant("beta").await;
+    let a = s.agent(&key_a, "a", true).await["id"].as_str().unwrap().to_owned();
+    let b = s.agent(&key_b, "b", true).await["id"].as_str().unwrap().to_owned();
+    let idle_fds = fds(s.pid());
+
+    // 25,000 connections to control.sock, held.
+    let flood = s.probe_async(&a, &["flood", "--name", "control.sock", "--count", "25000", "--hold-secs", "15"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut most_fds = 0;
+    for i in 0..5 {
+        others_answer(&s, &key_b, &b, &format!("during the flood {i}")).await;
+        most_fds = most_fds.max(fds(s.pid()));
+    }
+    let out = flood.wait_with_output().await.unwrap();
+    let v: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(v["attempted"], 25000, "{v}");
+    assert!(v["connected"].as_u64().unwrap() > 100, "the flood connected: {v}");
+    assert!(most_fds < idle_fds + 200, "the server held {most_fds} descriptors (idle: {idle_fds}) during the flood: {v}");
+
+    // Slow and oversized heads, and slow bodies: the server lets go of each.
+    for (mode, hold) in [("slow-headers", "8"), ("big-headers", "2"), ("slow-body", "13")] {
+        let (_, v) = s.probe(&a, &["flood", "--name", "control.sock", "--count", "30", "--hold-secs", hold, "--mode", mode]);
+        assert_eq!(v["connected"], 30, "{mode}: {v}");
+        assert_eq!(v["still_open"], 0, "{mode}: the server closed every one: {v}");
+    }
+    others_answer(&s, &key_b, &b, "after the flood").await;
+
+    // Gateway connections are bounded per tenant: the fourth of B's is refused.
+    let (_, c) = s.post(&format!("/api/v1/agents/{b}/connect-url"), &key_b, json!({})).await;
+    let url = format!("{}/gateway/connect?{}", s.base.replacen("http://", "ws://", 1), c["url"].as_str().unwrap().split_once('?').unwrap().1);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio_tungstenite::connect_async(url.as_str()).await.expect("within the bound").0);
+    }
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 429),
+        other => panic!("a fourth gateway connection must be refused: {:?}", other.map(|_| ())),
+    }
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio_tungstenite::connect_async(url.as_str()).await.expect("a closed connection gives its place back");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_filesystem_fails_inside_with_enospc_while_others_write() {
+    let s = TestServer::start_with_probe("disk_mib = 64\ndisk_inodes = 4096", "").await;
+    let (_, key_a) = s.tenant("alpha").await;
+    let (tb, key_b) = s.tenant("beta").await;
+    let a = s.agent(&key_a, "a", true).await["id"].as_str().unwrap().to_owned();
+    let b = s.agent(&key_b, "b", true).await["id"].as_str().unwrap().to_owned();
+    let host_free = || clawpen_hostfs_free(s.data_dir());
+    let free_before = host_free();
+
+    // A writes as much as it can while B talks (its session grows) and the store commits.
+    let fill = s.probe_async(&a, &["fill-disk", "--dir", "/data", "--max-mib", "4096"]);
+    for i in 0..5 {
+        others_answer(&s, &key_b, &b, &format!("while A fills its disk {i}")).await;
+        let (st, k) = s.post(&format!("/api/v1/tenants/{}/keys", tb["id"].as_str().unwrap()), &s.admin.clone(), json!({})).await;
+        assert_eq!(st, 201, "the store keeps committing: {k}");
+    }
+    let out = fill.wait_with_output().await.unwrap();
+    let v: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+    assert_eq!(v["errno"], libc::ENOSPC, "a write past the bound fails with ENOSPC inside: {v}");
+    assert!(v["bytes_written"].as_u64().unwrap() <= 64 << 20, "{v}");
+    let (_, v) = s.probe(&a, &["fill-disk", "--dir", "/run/clawpen", "--max-mib", "64"]);
+    assert_eq!(v["errno"], libc::ENOSPC, "the run dir is on the same bounded filesystem: {v}");
+    let used_on_host = free_before.saturating_sub(host_free());
+    assert!(used_on_host < 80 << 20, "the host's disk lost {} MiB to A", used_on_host >> 20);
+
+    // The API shows it, and the agent tells its user plainly.
+    let (_, view) = s.get(&format!("/api/v1/agents/{a}"), &key_a).await;
+    assert_eq!(view["disk"]["full"], true, "{view}");
+    assert!(view["disk"]["limit_bytes"].as_u64().unwrap() <= 64 << 20, "{view}");
+    let (st, r) = message(&s, &key_a, &a, "remember this please").await;
+    assert_eq!(st, 200, "{r}");
+    assert!(r["reply"].as_str().unwrap().contains("the workspace is full"), "{r}");
+    assert_eq!(r["error_code"], "workspace_full", "{r}");
+
+    // Inodes are bounded too (after A frees its space).
+    let (_, v) = s.probe(&a, &["fill-inodes", "--dir", "/data", "--max", "100000"]);
+    assert_eq!(v["errno"], libc::ENOSPC, "{v}");
+    assert!(v["created"].as_u64().unwrap() <= 4096, "{v}");
+    others_answer(&s, &key_b, &b, "after A filled up").await;
+}
+
+/// Free bytes of the filesystem holding `dir`.
+fn clawpen_hostfs_free(dir: &std::path::Path) -> u64 {
+    clawpen_hostfs::SandboxDir::open(dir).unwrap().usage().unwrap().bytes_free
+}
