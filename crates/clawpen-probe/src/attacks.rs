@@ -502,16 +502,4 @@ mod tests {
         assert!(!contains(b"abc", b""));
         assert!(!contains(b"ab", b"abc"));
     }
-
-    #[test]
-    fn mount_escapes() {
-        assert_eq!(unescape_mount(r"/a\040b"), "/a b");
-        assert_eq!(unescape_mount("/tmp"), "/tmp");
-    }
-
-    #[test]
-    fn dns_query_shape() {
-        let q = dns_query("example.com");
-        assert_eq!(&q[12..], b"\x07example\x03com\x00\x00\x01\x00\x01");
-    }
 }

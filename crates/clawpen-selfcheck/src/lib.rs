@@ -366,3 +366,20 @@ pub fn filesystem() -> Value {
     json!({ "writes": writes, "tmp_exec": tmp_exec, "data_exec": data_exec, "run_exec": run_exec, "mounts": mounts, "mount_types": fstypes, "mounts_error": mounts_error })
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_escapes() {
+        assert_eq!(unescape_mount(r"/a\040b"), "/a b");
+        assert_eq!(unescape_mount("/tmp"), "/tmp");
+    }
+
+    #[test]
+    fn dns_query_shape() {
+        let q = dns_query("example.com");
+        assert_eq!(&q[12..], b"\x07example\x03com\x00\x00\x01\x00\x01");
+    }
+}
