@@ -126,6 +126,26 @@ pub fn unmount(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Unmounts every mount at or below `dir`, deepest first (tearing down a data dir).
+pub fn unmount_under(dir: &Path) -> std::io::Result<()> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| p.replace("\\040", " "))
+        .filter(|p| *p == prefix || p.starts_with(&format!("{prefix}/")))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        match rustix::mount::unmount(p.as_str(), rustix::mount::UnmountFlags::DETACH) {
+            Ok(()) | Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// The size of an image file, in MiB (what it was made with, or grown to).
 pub fn image_mib(img: &Path) -> std::io::Result<u64> {
     Ok(std::fs::metadata(img)?.len() / (1024 * 1024))

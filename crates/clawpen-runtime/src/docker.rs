@@ -277,8 +277,17 @@ impl Runtime for DockerRuntime {
     async fn logs(&self, id: &str, tail: usize) -> Result<Vec<String>> {
         let opts = LogsOptions::<String> { stdout: true, stderr: true, tail: tail.to_string(), ..Default::default() };
         let chunks: Vec<LogOutput> = self.docker.logs(id, Some(opts)).try_collect().await?;
-        let text: String = chunks.iter().map(|c| String::from_utf8_lossy(&c.clone().into_bytes()).into_owned()).collect();
-        Ok(text.lines().map(str::to_owned).collect())
+        let mut lines = Vec::new();
+        for c in chunks {
+            let stream = match c {
+                LogOutput::StdErr { .. } => "stderr",
+                _ => "stdout",
+            };
+            let text = String::from_utf8_lossy(&c.into_bytes()).into_owned();
+            lines.extend(text.lines().map(|l| crate::sandbox_line(stream, l)));
+        }
+        let skip = lines.len().saturating_sub(tail);
+        Ok(lines.split_off(skip))
     }
 
     fn as_docker(&self) -> Option<&DockerRuntime> {

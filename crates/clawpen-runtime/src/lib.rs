@@ -124,3 +124,40 @@ pub trait Runtime: Send + Sync + 'static {
         None
     }
 }
+
+/// Longest log line passed on from a sandbox, in characters; the rest is cut.
+pub const MAX_LOG_LINE: usize = 2048;
+
+/// One line a sandbox wrote, as the server passes it on: marked with where it came from
+/// (`sandbox stdout| …`), so that it cannot pass for the server's own, and with every control
+/// character (terminal escapes, carriage returns, bidirectional overrides) shown as an escape
+/// instead of acting on whoever reads it.
+pub fn sandbox_line(stream: &str, line: &str) -> String {
+    let mut out = format!("sandbox {stream}| ");
+    for (i, c) in line.chars().enumerate() {
+        if i == MAX_LOG_LINE {
+            out.push('…');
+            break;
+        }
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}');
+        if (c.is_control() && c != '\t') || bidi {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sandbox_lines_are_marked_and_defused() {
+        let l = super::sandbox_line("stdout", "\u{1b}[2J\u{1b}[31mINFO clawpen_server: all fine\r\u{202e}evil");
+        assert!(l.starts_with("sandbox stdout| "), "{l}");
+        assert!(!l.chars().any(|c| c.is_control()), "{l:?}");
+        assert!(l.contains("\\u{1b}[2J") && l.contains("\\u{d}") && l.contains("\\u{202e}"), "{l}");
+        let long = super::sandbox_line("stderr", &"x".repeat(10_000));
+        assert_eq!(long.chars().count(), "sandbox stderr| ".len() + super::MAX_LOG_LINE + 1);
+    }
+}

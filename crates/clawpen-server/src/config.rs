@@ -194,7 +194,9 @@ impl Default for TelegramConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxConfig {
-    /// Tenant uids are `uid_base + n`; keep the range clear of the node's own users.
+    /// Tenant uids are `uid_base + n`; keep the range clear of the node's own users. 0 (the
+    /// default): a range of its own for each installation, chosen once and kept in the store
+    /// (see [`crate::uid_range`]), so that two installations on one host never share a uid.
     pub uid_base: u32,
     /// How long a starting sandbox may take to answer `/health`.
     pub start_timeout_secs: u64,
@@ -208,7 +210,7 @@ pub struct SandboxConfig {
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        SandboxConfig { uid_base: 100_000, start_timeout_secs: 30, stop_grace_secs: 5, message_timeout_secs: 120, image: None }
+        SandboxConfig { uid_base: 0, start_timeout_secs: 30, stop_grace_secs: 5, message_timeout_secs: 120, image: None }
     }
 }
 
@@ -277,7 +279,10 @@ impl Config {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.plans.contains_key(&self.default_plan), "default_plan {:?} is not in [plans]", self.default_plan);
-        anyhow::ensure!(self.sandbox.uid_base >= 10_000, "sandbox.uid_base must be at least 10000, clear of system users");
+        anyhow::ensure!(
+            self.sandbox.uid_base == 0 || self.sandbox.uid_base >= 10_000,
+            "sandbox.uid_base must be 0 (a range of its own per installation) or at least 10000, clear of system users"
+        );
         for (name, p) in &self.plans {
             anyhow::ensure!(p.memory_mib >= 16, "plan {name}: memory_mib must be at least 16");
             anyhow::ensure!(p.messages_per_minute >= 1, "plan {name}: messages_per_minute must be at least 1");

@@ -27,6 +27,7 @@ pub mod nodes;
 pub mod pool;
 pub mod ratelimit;
 pub mod supervisor;
+pub mod uid_range;
 
 use std::future::Future;
 use std::path::Path;
@@ -71,7 +72,7 @@ pub fn ensure_admin_token(path: &Path) -> anyhow::Result<(String, bool)> {
 
 /// Opens everything an `App` needs from a data dir: layout, store (the SQLite file in the data
 /// dir, or `database_url`), admin token, runtime, meter.
-pub async fn open(data_dir: &Path, database_url: Option<&str>, config: Config, image: String) -> anyhow::Result<App> {
+pub async fn open(data_dir: &Path, database_url: Option<&str>, mut config: Config, image: String) -> anyhow::Result<App> {
     let layout = Layout::new(data_dir.to_owned());
     layout.init().with_context(|| format!("preparing the data dir {}", data_dir.display()))?;
     let store = match database_url {
@@ -89,6 +90,7 @@ pub async fn open(data_dir: &Path, database_url: Option<&str>, config: Config, i
         info!(path = %layout.signing_key_path().display(), "created the connect-URL signing key (mode 0600)");
     }
     let instance = store.instance_id().await?;
+    config.sandbox.uid_base = uid_range::resolve(&store, config.sandbox.uid_base).await?;
     let nodes = nodes::connect(&config).await?;
     for n in nodes.0.names() {
         if let Some(node) = nodes.0.node(&n) {

@@ -93,6 +93,15 @@ impl Store {
         Store::connect(&url).await
     }
 
+    /// Opens the SQLite store at `path` if the file exists; `None` when it does not (nothing is
+    /// created).
+    pub async fn open_sqlite_existing(path: &Path) -> Result<Option<Store>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        Store::open_sqlite(path).await.map(Some)
+    }
+
     /// Opens a store by URL (`sqlite://…` or `postgres://…`) and runs the migrations.
     pub async fn connect(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
@@ -163,6 +172,26 @@ impl Store {
         let row = sqlx::query("SELECT value FROM meta WHERE key = 'instance_id'")
             .fetch_one(&self.pool)
             .await?;
+        Ok(row.try_get("value")?)
+    }
+
+    /// The value kept under `key` in the store's own metadata, or `fresh` stored there first
+    /// (once: a racing writer's value wins for both).
+    pub async fn meta_or_insert(&self, key: &str, fresh: &str) -> Result<String> {
+        sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING").bind(key).bind(fresh).execute(&self.writer).await?;
+        let row = sqlx::query("SELECT value FROM meta WHERE key = $1").bind(key).fetch_one(&self.writer).await?;
+        Ok(row.try_get("value")?)
+    }
+
+    /// The value under `key` in the store's metadata, if any.
+    pub async fn meta(&self, key: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT value FROM meta WHERE key = $1").bind(key).fetch_optional(&self.pool).await?;
+        row.map(|r| r.try_get("value")).transpose().map_err(Into::into)
+    }
+
+    /// How many uids the store has handed out (tenants' and warm-pool sandboxes').
+    pub async fn uids_handed_out(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT value FROM counters WHERE name = 'tenant_uid'").fetch_one(&self.pool).await?;
         Ok(row.try_get("value")?)
     }
 

@@ -28,10 +28,11 @@ enum AdminCommand {
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let data_dir = crate::absolute(&args.data_dir)?;
-    let config = clawpen_server::Config::load(&data_dir, None)?;
+    let mut config = clawpen_server::Config::load(&data_dir, None)?;
     let layout = clawpen_server::Layout::new(data_dir);
     layout.init()?;
     let store = clawpen_store::Store::open_sqlite(&layout.db_path()).await?;
+    config.sandbox.uid_base = clawpen_server::uid_range::resolve(&store, config.sandbox.uid_base).await?;
     match args.command {
         AdminCommand::CreateTenant { name, plan } => {
             validate_name(&name).map_err(|e| anyhow::anyhow!("name: {e}"))?;

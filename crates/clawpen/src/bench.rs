@@ -30,6 +30,9 @@ pub enum Scenario {
     /// A new agent's create-and-start to its first answer while a warm-pool sandbox waits,
     /// against the same on a plan the pool never serves (a cold create).
     Claim,
+    /// Tenant B's message round trip while tenant A's sandbox holds as many connections to its
+    /// control socket as it can open, against B's round trip on the quiet server.
+    Hostile,
 }
 
 #[derive(Args)]
@@ -49,9 +52,10 @@ pub struct BenchArgs {
     /// Wakes measured per tier (wake).
     #[arg(long, default_value_t = 30)]
     wakes: usize,
-    /// Idle connections to open (gateway).
-    #[arg(long, default_value_t = 5000)]
-    connections: usize,
+    /// Idle connections to open (gateway: through it; hostile: from the attacker's sandbox,
+    /// 25,000 unless given).
+    #[arg(long)]
+    connections: Option<usize>,
     /// Print only the JSON object (progress still goes to stderr).
     #[arg(long)]
     json: bool,
@@ -104,10 +108,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (scenario, cases) = match args.scenario {
         Scenario::Coldstart => ("coldstart", coldstart(args.agents).await?),
         Scenario::Meter => ("meter", crate::bench_meter::run(args.requests, args.upstream_ms).await?),
-        Scenario::Gateway => ("gateway", crate::bench_gateway::run(args.requests, args.connections).await?),
+        Scenario::Gateway => ("gateway", crate::bench_gateway::run(args.requests, args.connections.unwrap_or(5000)).await?),
         Scenario::Wake => ("wake", crate::bench_wake::run(args.wakes).await?),
         Scenario::Density => ("density", crate::bench_density::run(args.agents).await?),
         Scenario::Claim => ("claim", crate::bench_claim::run(args.agents).await?),
+        Scenario::Hostile => ("hostile", crate::bench_hostile::run(args.requests, args.connections.unwrap_or(25_000)).await?),
     };
     let out = json!({"scenario": scenario, "cases": cases.iter().map(Case::to_json).collect::<Vec<_>>()});
     if args.json {
@@ -190,6 +195,8 @@ impl BenchServer {
                 }
             }
         }
+        // The agents' filesystems are mounted under the data dir.
+        let _ = clawpen_hostfs::volume::unmount_under(self.dir.path());
         drop(self.dir);
     }
 }

@@ -78,7 +78,7 @@ async fn collect(args: &DoctorArgs) -> Vec<Check> {
     } else {
         fail("privileges", "not running as root: cannot chown tenant dirs to per-tenant uids", "run the server as root (or with CAP_CHOWN and CAP_FOWNER)")
     });
-    let config = match crate::load_config(&args.server) {
+    let mut config = match crate::load_config(&args.server) {
         Ok(c) => {
             checks.push(pass("config", format!("{} plans, default {}", c.plans.len(), c.default_plan)));
             c
@@ -131,8 +131,52 @@ async fn collect(args: &DoctorArgs) -> Vec<Check> {
             return checks;
         }
     };
+    // This installation's uid range (chosen at its first start) and its id, from its store.
+    let (own_instance, base) = match clawpen_store::Store::open_sqlite_existing(&layout.db_path()).await {
+        Ok(Some(store)) => (store.meta("instance_id").await.ok().flatten(), clawpen_server::uid_range::resolve(&store, config.sandbox.uid_base).await.ok()),
+        _ => (None, (config.sandbox.uid_base != 0).then_some(config.sandbox.uid_base)),
+    };
+    checks.push(match base {
+        Some(base) => uid_overlap(&rt, own_instance.as_deref(), base).await,
+        None => pass("uid range", "chosen at the first start; none of another installation is checked yet"),
+    });
+    // The throwaway sandbox runs as the range's base, which is never a tenant's (they start at
+    // base + 1), or below every range when there is none yet.
+    config.sandbox.uid_base = base.unwrap_or(clawpen_server::uid_range::RANGE - 1);
+    checks.push(match clawpen_hostfs::volume::self_check(&layout.data_dir) {
+        Ok(()) => pass("sandbox filesystems", "an ext4 image is made and loop-mounted nosuid,nodev,noexec"),
+        Err(e) => fail("sandbox filesystems", e, "install e2fsprogs and mount (util-linux) and run as root with loop devices available (modprobe loop)"),
+    });
     checks.extend(sandbox_checks(&rt, &layout, &config, &tag).await);
     checks
+}
+
+/// Fails when a sandbox of another installation on this engine runs as a uid in this
+/// installation's range: its tenants and ours would share uids.
+async fn uid_overlap(rt: &DockerRuntime, own: Option<&str>, base: u32) -> Check {
+    let range = format!("{base}..{}", base as u64 + clawpen_server::uid_range::RANGE as u64);
+    let opts = bollard::container::ListContainersOptions::<String> { all: true, filters: std::collections::HashMap::from([("label".to_owned(), vec![clawpen_core::labels::INSTANCE.to_owned()])]), ..Default::default() };
+    let list = match rt.client().list_containers(Some(opts)).await {
+        Ok(l) => l,
+        Err(e) => return fail("uid range", e.to_string(), "check that Docker answers"),
+    };
+    for c in list {
+        let instance = c.labels.as_ref().and_then(|l| l.get(clawpen_core::labels::INSTANCE)).cloned().unwrap_or_default();
+        if Some(instance.as_str()) == own {
+            continue;
+        }
+        let Some(id) = c.id else { continue };
+        let Ok(inspect) = rt.client().inspect_container(&id, None).await else { continue };
+        let uid = inspect.config.and_then(|c| c.user).and_then(|u| u.split(':').next().and_then(|u| u.parse::<u32>().ok()));
+        if let Some(uid) = uid.filter(|u| clawpen_server::uid_range::contains(base, *u)) {
+            return fail(
+                "uid range",
+                format!("installation {instance} runs a sandbox as uid {uid}, inside this installation's range {range}"),
+                "give one of the two installations another `sandbox.uid_base` in clawpen.toml (before its first tenant), so that no two share a uid",
+            );
+        }
+    }
+    pass("uid range", format!("{range}, shared with no other installation on this engine"))
 }
 
 fn parse_api(v: &str) -> (u32, u32) {
@@ -167,7 +211,8 @@ async fn probe_in_sandbox(rt: &DockerRuntime, layout: &clawpen_server::Layout, c
         let mut wait = rt.client().wait_container::<String>(&id, None);
         let _ = tokio::time::timeout(Duration::from_secs(30), wait.next()).await;
         let lines = rt.logs(&id, 50).await?;
-        let line = lines.iter().rev().find(|l| l.trim_start().starts_with('{')).cloned().unwrap_or_default();
+        // Each line comes marked as the sandbox's (`sandbox stdout| …`).
+        let line = lines.iter().rev().map(|l| l.split_once("| ").map_or(l.as_str(), |(_, text)| text)).find(|l| l.trim_start().starts_with('{')).unwrap_or_default().to_owned();
         serde_json::from_str::<Value>(&line).map_err(|e| anyhow::anyhow!("self-check printed no JSON ({e}); output: {}", lines.join(" | ")))
     }
     .await;

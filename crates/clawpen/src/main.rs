@@ -12,6 +12,7 @@ mod bench;
 mod bench_claim;
 mod bench_density;
 mod bench_gateway;
+mod bench_hostile;
 mod bench_wake;
 mod bench_meter;
 mod vault_cmd;
@@ -85,6 +86,19 @@ enum Command {
         #[arg(long = "tcp", value_name = "HOST:PORT")]
         tcp: Vec<String>,
     },
+    /// Holds many connections to a socket (run inside a sandbox by `clawpen bench hostile`).
+    #[command(hide = true)]
+    BenchFlood {
+        #[arg(long, default_value = "/run/clawpen/control.sock")]
+        socket: String,
+        #[arg(long, default_value_t = 25_000)]
+        count: usize,
+        #[arg(long, default_value_t = 60)]
+        hold_secs: u64,
+        /// End the flood running in this sandbox.
+        #[arg(long)]
+        stop: bool,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -114,6 +128,7 @@ fn main() -> std::process::ExitCode {
                 1
             }
         },
+        Command::BenchFlood { socket, count, hold_secs, stop } => bench_hostile::flood(&socket, count, hold_secs, stop),
         Command::SelfCheck { what, tcp } => {
             let report = match what {
                 SelfCheck::Identity => clawpen_selfcheck::identity(),
@@ -161,7 +176,7 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Admin(args) => admin::run(args).await.map(|_| 0),
         Command::Node(args) => node_cmd::run(args).await.map(|_| 0),
         Command::Vault { command } => vault_cmd::run(command).await.map(|_| 0),
-        Command::Agent | Command::SelfCheck { .. } => unreachable!("handled before the runtime starts"),
+        Command::Agent | Command::SelfCheck { .. } | Command::BenchFlood { .. } => unreachable!("handled before the runtime starts"),
     }
 }
 

@@ -260,6 +260,9 @@ pub struct LogsQuery {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Logs {
+    /// What the sandbox wrote, oldest first. Every line is marked `sandbox stdout| ` or
+    /// `sandbox stderr| ` (it is the tenant's agent talking, never the server), control
+    /// characters are shown as `\u{..}` escapes, and lines are cut at 2048 characters.
     pub lines: Vec<String>,
 }
 

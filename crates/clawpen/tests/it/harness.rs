@@ -498,18 +498,7 @@ impl Drop for TestServer {
 
 /// Lazily unmounts every mount at or below `dir`, deepest first.
 pub fn unmount_under(dir: &Path) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
-    let prefix = dir.to_string_lossy().into_owned();
-    let mut points: Vec<String> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| p.replace("\\040", " "))
-        .filter(|p| p == &prefix || p.starts_with(&format!("{prefix}/")))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for p in points {
-        let _ = Command::new("umount").args(["-l", &p]).output();
-    }
+    let _ = clawpen_hostfs::volume::unmount_under(dir);
 }
 
 /// One HTTP/1.1 request over a Unix socket (an agent's `control.sock`): `(status, body)`.

@@ -30,6 +30,7 @@ async fn create_start_message_stop_delete() {
     let (st, logs) = s.get(&format!("/api/v1/agents/{id}/logs?tail=10"), &key).await;
     assert_eq!(st, 200);
     assert!(logs["lines"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("listening")), "{logs}");
+    assert!(logs["lines"].as_array().unwrap().iter().all(|l| l.as_str().unwrap().starts_with("sandbox ")), "every line is marked as the sandbox's: {logs}");
 
     let (st, a) = s.post(&format!("/api/v1/agents/{id}/stop"), &key, json!({})).await;
     assert_eq!((st, a["observed_state"].as_str(), a["desired_state"].as_str()), (200, Some("stopped"), Some("stopped")));
