@@ -198,6 +198,11 @@ impl App {
     /// Refuses a new filesystem of `mib` when the filesystems on disk and it would pass the disk
     /// budget. Images are sparse, so this bounds what tenants can write all together, not what
     /// they have written.
+    pub fn check_disk(&self, mib: u64) -> Result<(), ApiError> {
+        let _one_at_a_time = self.disk_lock.lock().expect("disk lock");
+        self.admit_disk(mib)
+    }
+
     fn admit_disk(&self, mib: u64) -> Result<(), ApiError> {
         let committed: u64 = self.layout.volumes_on_disk().iter().map(|(_, m)| m).sum();
         let budget = self.disk_budget_mib();

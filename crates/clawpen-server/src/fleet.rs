@@ -63,13 +63,20 @@ impl App {
         }
     }
 
-    /// Creates an agent: its row, then its dirs. A failure in between removes the row again, so
-    /// nothing half-made is left.
-    pub async fn create_agent(&self, tenant: &Tenant, name: &str, actor: &Actor) -> Result<Agent, ApiError> {
+    /// Creates an agent: its row, then (unless `start_follows`) its filesystem and control
+    /// socket. A failure in between removes the row again, so nothing half-made is left. When a
+    /// start follows, the filesystem is left to it: a warm-pool claim brings its own, so making
+    /// one here would only be thrown away. Either way the disk budget is checked first.
+    pub async fn create_agent(&self, tenant: &Tenant, name: &str, actor: &Actor, start_follows: bool) -> Result<Agent, ApiError> {
         validate_name(name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
         let plan = self.config.plan_or_default(&tenant.plan);
+        self.check_disk(plan.disk_mib)?;
         let agent = self.store.create_agent(&tenant.id, name, plan.max_agents).await?;
         self.audit(&tenant.id, Some(&agent.id), actor, "agent.create", "requested", Some(serde_json::json!({"name": name}))).await;
+        if start_follows {
+            info!(tenant = %tenant.id, agent = %agent.id, "agent created");
+            return Ok(agent);
+        }
         if let Err(e) = self.prepare_sandbox(tenant, &agent.id, tenant.uid as u32) {
             self.close_control(&agent.id);
             let _ = self.layout.remove_agent(&tenant.id, &agent.id);

@@ -35,7 +35,7 @@ fn agent_not_found(e: StoreError) -> ApiError {
     responses((status = 201, body = AgentView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn create_agent(State(app): State<App>, caller: TenantCaller, ApiJson(body): ApiJson<CreateAgent>) -> Result<(StatusCode, Json<AgentView>), ApiError> {
-    let agent = app.create_agent(&caller.tenant, &body.name, &caller.actor()).await?;
+    let agent = app.create_agent(&caller.tenant, &body.name, &caller.actor(), body.start).await?;
     let agent = if body.start {
         app.start_agent(&caller.tenant, &agent.id, &caller.actor(), "created with start=true").await?
     } else {
