@@ -181,10 +181,22 @@ pub async fn set_plan(State(app): State<App>, _: Admin, TenantPath(id): TenantPa
 #[serde(deny_unknown_fields)]
 pub struct AddCredits {
     /// Micro-credits to add (negative to take away); 1 credit = 1,000,000.
+    #[serde(deserialize_with = "integer")]
     pub amount: i64,
     /// Why, for the record.
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+/// An integer as JSON Schema counts one: `5` or `5.0` (a number without a fraction), which
+/// serde's `i64` alone refuses.
+fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    // Below 2^53 a float holds every integer exactly.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    n.as_i64()
+        .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < EXACT).map(|f| f as i64))
+        .ok_or_else(|| serde::de::Error::custom(format!("invalid value: {n}, expected an integer")))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -211,7 +223,10 @@ pub async fn add_credits(State(app): State<App>, _: Admin, TenantPath(id): Tenan
     if reason.chars().count() > 200 || reason.chars().any(char::is_control) {
         return Err(ApiError::invalid("reason: at most 200 characters, no control characters"));
     }
-    account_of(&app, &t).await?;
+    // SQLite turns an integer sum that overflows into a float, which no longer reads back.
+    if account_of(&app, &t).await?.balance.checked_add(body.amount).is_none() {
+        return Err(ApiError::invalid("amount: the balance would leave the 64-bit range"));
+    }
     let (period, _, _) = clawpen_meter::meter::period_at(clawpen_store::now_ms());
     let a = app.store.add_credits(&id, body.amount, &reason, &period).await?;
     let detail = serde_json::json!({"amount": body.amount});
@@ -220,3 +235,19 @@ pub async fn add_credits(State(app): State<App>, _: Admin, TenantPath(id): Tenan
     Ok(Json(AccountView { balance: a.balance, reserved: a.reserved, paused_until, paused_reason }))
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::AddCredits;
+
+    #[test]
+    fn an_amount_is_an_integer_as_json_schema_counts_one() {
+        let amount = |body: &str| serde_json::from_str::<AddCredits>(body).map(|b| b.amount).map_err(|e| e.to_string());
+        assert_eq!(amount(r#"{"amount": 5}"#), Ok(5));
+        assert_eq!(amount(r#"{"amount": -1043.0}"#), Ok(-1043));
+        assert_eq!(amount(r#"{"amount": 1e15}"#), Ok(1_000_000_000_000_000));
+        for bad in [r#"{"amount": 1.5}"#, r#"{"amount": 1e300}"#, r#"{"amount": "5"}"#, r#"{"amount": null}"#] {
+            assert!(amount(bad).is_err(), "{bad}");
+        }
+    }
+}
