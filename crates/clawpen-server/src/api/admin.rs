@@ -6,7 +6,7 @@ use axum::Json;
 use clawpen_core::ids::TenantId;
 use clawpen_core::names::validate_name;
 
-use super::extract::{Admin, ApiJson, ApiQuery, TenantKeyPath, TenantMemberPath, TenantPath};
+use super::extract::{bounded, Admin, ApiJson, ApiQuery, TenantKeyPath, TenantMemberPath, TenantPath};
 use super::views::*;
 use crate::app::App;
 use crate::error::{ApiError, ErrorBody};
@@ -147,7 +147,7 @@ pub async fn audit(State(app): State<App>, _: Admin, ApiQuery(q): ApiQuery<Audit
         Some(t) => Some(TenantId::parse(&t).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "tenant: not a tenant id"))?),
         None => None,
     };
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = bounded("limit", q.limit, 100, 1000)?;
     let entries = app.store.list_audit(tenant.as_ref(), None, limit).await?.into_iter().map(Into::into).collect();
     Ok(Json(AuditList { entries }))
 }

@@ -7,7 +7,7 @@ use axum::Json;
 use clawpen_agent::protocol::MessageIn;
 use clawpen_store::StoreError;
 
-use super::extract::{AgentPath, ApiJson, ApiQuery, TenantCaller};
+use super::extract::{bounded, AgentPath, ApiJson, ApiQuery, TenantCaller};
 use super::views::*;
 use crate::app::App;
 use crate::error::{ApiError, ErrorBody};
@@ -119,10 +119,7 @@ pub async fn hibernate(State(app): State<App>, caller: TenantCaller, AgentPath(i
     responses((status = 200, body = Logs), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn logs(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath, ApiQuery(q): ApiQuery<LogsQuery>) -> Result<Json<Logs>, ApiError> {
     app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
-    let tail = q.tail.unwrap_or(100);
-    if !(1..=1000).contains(&tail) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "tail: must be between 1 and 1000"));
-    }
+    let tail = bounded("tail", q.tail, 100, 1000)? as usize;
     let name = clawpen_core::spec::container_name(&app.instance, &id);
     let lines = match app.runtime.logs(&name, tail).await {
         Ok(lines) => lines,
@@ -137,7 +134,7 @@ pub async fn logs(State(app): State<App>, caller: TenantCaller, AgentPath(id): A
     responses((status = 200, body = AuditList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn events(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath, ApiQuery(q): ApiQuery<LimitQuery>) -> Result<Json<AuditList>, ApiError> {
     app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = bounded("limit", q.limit, 100, 1000)?;
     let entries = app.store.list_audit(Some(&caller.tenant.id), Some(&id), limit).await?.into_iter().map(Into::into).collect();
     Ok(Json(AuditList { entries }))
 }

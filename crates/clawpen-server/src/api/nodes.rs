@@ -1,12 +1,12 @@
 //! Admin routes over the fleet's nodes: list them, drain one (its agents move elsewhere and no new
 //! sandbox goes there), end a drain.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::api::extract::Admin;
+use crate::api::extract::{Admin, NodePath};
 use crate::app::App;
 use crate::error::{ApiError, ErrorBody};
 use crate::nodes::NodeView;
@@ -38,7 +38,7 @@ pub async fn list(State(app): State<App>, _: Admin) -> Result<Json<NodeList>, Ap
 
 #[utoipa::path(post, path = "/api/v1/nodes/{name}/drain", tag = "admin", security(("admin" = [])), params(("name" = String, Path)),
     responses((status = 200, body = DrainReport), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn drain(State(app): State<App>, _: Admin, Path(name): Path<String>) -> Result<Json<DrainReport>, ApiError> {
+pub async fn drain(State(app): State<App>, _: Admin, NodePath(name): NodePath) -> Result<Json<DrainReport>, ApiError> {
     known(&app, &name)?;
     app.store.set_drain(&name, true).await?;
     let moved = app.move_agents_off(&name, &format!("node {name} is drained")).await;
@@ -48,7 +48,7 @@ pub async fn drain(State(app): State<App>, _: Admin, Path(name): Path<String>) -
 
 #[utoipa::path(delete, path = "/api/v1/nodes/{name}/drain", tag = "admin", security(("admin" = [])), params(("name" = String, Path)),
     responses((status = 200, body = NodeList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn undrain(State(app): State<App>, _: Admin, Path(name): Path<String>) -> Result<Json<NodeList>, ApiError> {
+pub async fn undrain(State(app): State<App>, _: Admin, NodePath(name): NodePath) -> Result<Json<NodeList>, ApiError> {
     known(&app, &name)?;
     app.store.set_drain(&name, false).await?;
     Ok(Json(NodeList { nodes: app.node_views().await? }))

@@ -219,7 +219,7 @@ pub struct MessageReply {
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     /// Lines from the end, 1–1000 (default 100).
-    pub tail: Option<usize>,
+    pub tail: Option<i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
