@@ -142,14 +142,22 @@ pub async fn events(State(app): State<App>, caller: TenantCaller, AgentPath(id):
 #[utoipa::path(post, path = "/api/v1/agents/{agent_id}/messages", tag = "agents", security(("tenant_key" = [])),
     params(("agent_id" = String, Path)), request_body = SendMessage,
     responses((status = 200, body = MessageReply), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody), (status = 504, body = ErrorBody)))]
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody), (status = 504, body = ErrorBody)))]
 pub async fn send_message(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath, ApiJson(body): ApiJson<SendMessage>) -> Result<Json<MessageReply>, ApiError> {
     let agent = app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
     if body.text.is_empty() || body.text.chars().count() > MAX_MESSAGE_CHARS {
         return Err(ApiError::invalid(format!("text: must be 1 to {MAX_MESSAGE_CHARS} characters")));
     }
+    // The agent refuses a bad session too, but only after it was woken for it.
+    if body.session.as_deref().is_some_and(|s| s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')) {
+        return Err(ApiError::invalid("session: must be 1 to 64 of [A-Za-z0-9_-]"));
+    }
     let msg = MessageIn { text: body.text, session: body.session };
-    let out = app.deliver_message(&caller.tenant, &agent, msg, &caller.actor()).await?;
+    let out = match app.deliver_message(&caller.tenant, &agent, msg, &caller.actor()).await {
+        Ok(out) => out,
+        Err(e) if e.code == "agent_error" => return Err(interrupted(&app, &caller, &id, e).await),
+        Err(e) => return Err(e),
+    };
     Ok(Json(MessageReply {
         reply: out.reply,
         session: out.session,
@@ -160,6 +168,23 @@ pub async fn send_message(State(app): State<App>, caller: TenantCaller, AgentPat
         error_code: out.error_code,
         paused_until: out.paused_until,
     }))
+}
+
+/// A message whose connection broke: when a stop, hibernation or delete (another request's,
+/// which holds the agent's lock meanwhile) took the sandbox away under it, that is a 409 the
+/// caller can act on, not a failure of the agent's (502).
+async fn interrupted(app: &App, caller: &TenantCaller, id: &clawpen_core::ids::AgentId, e: ApiError) -> ApiError {
+    let _guard = app.lock_agent(id).await;
+    let taken_away = match app.store.get_agent(&caller.tenant.id, id).await {
+        Ok(a) => a.desired_state != clawpen_store::DesiredState::Running || a.hibernation != clawpen_core::lifecycle::Tier::Awake,
+        Err(StoreError::NotFound) => true,
+        Err(other) => return other.into(),
+    };
+    if taken_away {
+        ApiError::new(StatusCode::CONFLICT, "agent_interrupted", "the agent was stopped, put to sleep or deleted while it answered; send the message again")
+    } else {
+        e
+    }
 }
 
 /// How long a connect URL stays valid.
