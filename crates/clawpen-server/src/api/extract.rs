@@ -73,7 +73,8 @@ impl FromRequestParts<App> for TenantCaller {
 
 /// A JSON body whose every failure is a JSON error naming the problem: 415 without a JSON
 /// content type, 400 when it is not JSON, 422 when it is JSON of the wrong shape (type, missing
-/// or unknown field), 413 when too large.
+/// or unknown field), 413 when too large. The OpenAPI document declares these on every route
+/// with a body (see `doc.rs`).
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
@@ -191,7 +192,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 }
 
 /// A count from the query (`limit`, `tail`): `default` when absent, a 400 `invalid_query` outside
-/// `1..=max`, never silently clamped.
+/// `1..=max` (the bounds the OpenAPI document declares), never silently clamped.
 pub fn bounded(name: &str, value: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
     match value {
         None => Ok(default),

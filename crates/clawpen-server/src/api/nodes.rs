@@ -30,14 +30,16 @@ fn known(app: &App, name: &str) -> Result<(), ApiError> {
     app.nodes.node(name).map(|_| ()).ok_or_else(|| ApiError::not_found("node"))
 }
 
-#[utoipa::path(get, path = "/api/v1/nodes", tag = "admin", security(("admin" = [])),
-    responses((status = 200, body = NodeList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+/// The fleet's Docker Engines, with their state and committed memory.
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "admin", security(("admin" = [])), operation_id = "list_nodes",
+    responses((status = 200, description = "The nodes.", body = NodeList)))]
 pub async fn list(State(app): State<App>, _: Admin) -> Result<Json<NodeList>, ApiError> {
     Ok(Json(NodeList { nodes: app.node_views().await? }))
 }
 
-#[utoipa::path(post, path = "/api/v1/nodes/{name}/drain", tag = "admin", security(("admin" = [])), params(("name" = String, Path)),
-    responses((status = 200, body = DrainReport), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+/// Drains a node: no new sandbox goes there, and its agents move to other nodes.
+#[utoipa::path(post, path = "/api/v1/nodes/{name}/drain", tag = "admin", security(("admin" = [])), operation_id = "drain_node", params(("name" = String, Path)),
+    responses((status = 200, description = "What moved and what is left.", body = DrainReport), (status = 404, description = "No such node (`not_found`).", body = ErrorBody)))]
 pub async fn drain(State(app): State<App>, _: Admin, NodePath(name): NodePath) -> Result<Json<DrainReport>, ApiError> {
     known(&app, &name)?;
     app.store.set_drain(&name, true).await?;
@@ -46,8 +48,9 @@ pub async fn drain(State(app): State<App>, _: Admin, NodePath(name): NodePath) -
     Ok(Json(DrainReport { node: name, moved: moved.into_iter().map(|a| a.to_string()).collect(), remaining }))
 }
 
-#[utoipa::path(delete, path = "/api/v1/nodes/{name}/drain", tag = "admin", security(("admin" = [])), params(("name" = String, Path)),
-    responses((status = 200, body = NodeList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+/// Ends a drain: the node takes new sandboxes again.
+#[utoipa::path(delete, path = "/api/v1/nodes/{name}/drain", tag = "admin", security(("admin" = [])), operation_id = "undrain_node", params(("name" = String, Path)),
+    responses((status = 200, description = "The nodes.", body = NodeList), (status = 404, description = "No such node (`not_found`).", body = ErrorBody)))]
 pub async fn undrain(State(app): State<App>, _: Admin, NodePath(name): NodePath) -> Result<Json<NodeList>, ApiError> {
     known(&app, &name)?;
     app.store.set_drain(&name, false).await?;
