@@ -34,6 +34,8 @@ macro_rules! id_type {
 
         impl $name {
             pub const PREFIX: &'static str = $prefix;
+            /// The ids of this kind, as a regular expression (for the OpenAPI document).
+            pub const PATTERN: &'static str = concat!("^", $prefix, "_[a-z2-7]{26}$");
 
             pub fn new() -> Self {
                 Self(format!("{}_{}", $prefix, random_body()))
@@ -103,5 +105,13 @@ mod tests {
             assert!(TenantId::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(AgentId::parse(&AgentId::new().to_string()).is_ok());
+    }
+
+    #[test]
+    fn the_pattern_spells_the_alphabet_and_length() {
+        let alphabet = std::str::from_utf8(ALPHABET).unwrap();
+        assert!(alphabet.starts_with("abcdefghijklmnopqrstuvwxyz") && alphabet.ends_with("234567"));
+        assert_eq!(TenantId::PATTERN, format!("^tn_[a-z2-7]{{{BODY_LEN}}}$"));
+        assert_eq!(TelegramBotId::PATTERN, "^tgb_[a-z2-7]{26}$");
     }
 }

@@ -14,6 +14,11 @@ pub enum InvalidName {
 
 pub const MAX_NAME_LEN: usize = 64;
 
+/// [`validate_name`]'s rule as a regular expression without look-arounds (so that ECMA-262,
+/// Python and Rust read it alike), for the OpenAPI document; the length is `maxLength` there.
+/// A dot is always followed by another character or the end, which is "never `..`".
+pub const NAME_PATTERN: &str = r"^[A-Za-z0-9](\.?[A-Za-z0-9_-])*\.?$";
+
 /// Checks a tenant or agent name: 1–64 of `[A-Za-z0-9._-]`, starting with a letter or digit,
 /// never `..`.
 pub fn validate_name(name: &str) -> Result<(), InvalidName> {

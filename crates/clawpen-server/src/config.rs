@@ -34,8 +34,8 @@ pub struct Config {
     pub telegram: TelegramConfig,
 }
 
-/// How a Telegram bot receives its updates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How a Telegram bot receives its updates: `webhook` or `polling`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TelegramMode {
     /// Telegram POSTs each update to this server (needs a URL Telegram can reach).

@@ -4,6 +4,9 @@
 //! At the HTTP edge everything becomes an [`ApiError`], which renders as
 //! `{"error": {"code": "...", "message": "..."}}` with a 4xx or 5xx status. A message never holds a
 //! secret, a host path or a foreign tenant's id; 5xx details go to the log, not to the caller.
+//! Input the caller got wrong is always a 4xx (see `api::extract` for bodies, queries and ids);
+//! a 5xx is ours or a dependency's. The OpenAPI document declares every status a route can
+//! answer (`api::doc`).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -202,20 +202,31 @@ impl App {
             return Ok(());
         }
         let name = clawpen_core::spec::container_name(&self.instance, id);
+        // A sandbox that is gone or not running (it exited, or a start failed) is the agent's
+        // state, not a failure of ours: a 409 the owner can act on.
+        let not_running = |state: &str| {
+            ApiError::new(axum::http::StatusCode::CONFLICT, "not_running", format!("the agent's sandbox is {state}; start the agent before putting it to sleep"))
+        };
+        let inspect = || async {
+            match self.runtime.inspect(&name).await {
+                Err(clawpen_runtime::RuntimeError::NotFound) => Err(not_running("gone")),
+                other => other.map_err(ApiError::from),
+            }
+        };
         // Intent first: the sandbox's exit that follows is then not taken for a crash.
         self.store.set_hibernation(id, tier).await?;
         let done: Result<Observation, ApiError> = async {
             match tier {
                 Tier::Paused => {
-                    let st = self.runtime.inspect(&name).await?;
+                    let st = inspect().await?;
                     if st.state != SandboxState::Running {
-                        return Err(ApiError::internal(format!("the sandbox is {:?}, not running; nothing to pause", st.state)));
+                        return Err(not_running(&format!("{:?}", st.state).to_lowercase()));
                     }
                     self.runtime.pause(&st.id).await?;
                     Ok(Observation { state: ObservedState::Paused, container_id: Some(st.id), spec_hash: agent.spec_hash.clone(), exit_code: None, last_error: None })
                 }
                 Tier::Stopped => {
-                    let st = self.runtime.inspect(&name).await?;
+                    let st = inspect().await?;
                     self.runtime.stop(&st.id, self.config.sandbox.stop_grace_secs).await?;
                     self.release(id);
                     Ok(Observation { state: ObservedState::Stopped, container_id: Some(st.id), spec_hash: agent.spec_hash.clone(), exit_code: None, last_error: None })

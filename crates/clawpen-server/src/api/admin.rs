@@ -6,7 +6,7 @@ use axum::Json;
 use clawpen_core::ids::TenantId;
 use clawpen_core::names::validate_name;
 
-use super::extract::{Admin, ApiJson, ApiQuery, TenantKeyPath, TenantMemberPath, TenantPath};
+use super::extract::{bounded, Admin, ApiJson, ApiQuery, TenantKeyPath, TenantMemberPath, TenantPath};
 use super::views::*;
 use crate::app::App;
 use crate::error::{ApiError, ErrorBody};
@@ -23,9 +23,11 @@ async fn tenant_exists(app: &App, id: &TenantId) -> Result<clawpen_store::Tenant
     })
 }
 
+/// Makes a tenant (an account or a family), with its own uid, on a plan.
 #[utoipa::path(post, path = "/api/v1/tenants", tag = "admin", security(("admin" = [])), request_body = CreateTenant,
-    responses((status = 201, body = TenantView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, description = "The tenant.", body = TenantView),
+        (status = 409, description = "A tenant of that name exists (`conflict`).", body = ErrorBody),
+        (status = 422, description = "The name is not one, or the plan is unknown (`invalid_input`).", body = ErrorBody)))]
 pub async fn create_tenant(State(app): State<App>, _: Admin, ApiJson(body): ApiJson<CreateTenant>) -> Result<(StatusCode, Json<TenantView>), ApiError> {
     validate_name(&body.name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
     let plan = body.plan.unwrap_or_else(|| app.config.default_plan.clone());
@@ -40,7 +42,7 @@ pub async fn create_tenant(State(app): State<App>, _: Admin, ApiJson(body): ApiJ
 }
 
 #[utoipa::path(get, path = "/api/v1/tenants", tag = "admin", security(("admin" = [])),
-    responses((status = 200, body = TenantList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "Every tenant.", body = TenantList)))]
 pub async fn list_tenants(State(app): State<App>, _: Admin) -> Result<Json<TenantList>, ApiError> {
     let tenants = app.store.list_tenants().await?.into_iter().map(Into::into).collect();
     Ok(Json(TenantList { tenants }))
@@ -48,23 +50,26 @@ pub async fn list_tenants(State(app): State<App>, _: Admin) -> Result<Json<Tenan
 
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant_id}", tag = "admin", security(("admin" = [])),
     params(("tenant_id" = String, Path)),
-    responses((status = 200, body = TenantView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The tenant.", body = TenantView), (status = 404, description = "No such tenant (`not_found`).", body = ErrorBody)))]
 pub async fn get_tenant(State(app): State<App>, _: Admin, TenantPath(id): TenantPath) -> Result<Json<TenantView>, ApiError> {
     Ok(Json(tenant_exists(&app, &id).await?.into()))
 }
 
+/// Deletes a tenant with its agents, their sandboxes and dirs; its audit lines stay.
 #[utoipa::path(delete, path = "/api/v1/tenants/{tenant_id}", tag = "admin", security(("admin" = [])),
     params(("tenant_id" = String, Path)),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted."), (status = 404, description = "No such tenant (`not_found`).", body = ErrorBody),
+        (status = 503, description = "The container runtime is unreachable (`runtime_unavailable`); the tenant stays, with the agents not deleted yet: try again.", body = ErrorBody)))]
 pub async fn delete_tenant(State(app): State<App>, _: Admin, TenantPath(id): TenantPath) -> Result<StatusCode, ApiError> {
     app.delete_tenant(&id, &admin()).await?;
     app.meter.plan_changed(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Gives the tenant a new API key; its token is in this answer only.
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant_id}/keys", tag = "admin", security(("admin" = [])),
     params(("tenant_id" = String, Path)),
-    responses((status = 201, body = NewApiKey), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 201, description = "The key and its token.", body = NewApiKey), (status = 404, description = "No such tenant (`not_found`).", body = ErrorBody)))]
 pub async fn create_key(State(app): State<App>, _: Admin, TenantPath(id): TenantPath) -> Result<(StatusCode, Json<NewApiKey>), ApiError> {
     tenant_exists(&app, &id).await?;
     let (key, token) = app.store.create_api_key(&id).await?;
@@ -75,7 +80,8 @@ pub async fn create_key(State(app): State<App>, _: Admin, TenantPath(id): Tenant
 
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant_id}/keys", tag = "admin", security(("admin" = [])),
     params(("tenant_id" = String, Path)),
-    responses((status = 200, body = ApiKeyList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The tenant's keys, revoked ones too (never their tokens).", body = ApiKeyList),
+        (status = 404, description = "No such tenant (`not_found`).", body = ErrorBody)))]
 pub async fn list_keys(State(app): State<App>, _: Admin, TenantPath(id): TenantPath) -> Result<Json<ApiKeyList>, ApiError> {
     tenant_exists(&app, &id).await?;
     let keys = app.store.list_api_keys(&id).await?.into_iter().map(Into::into).collect();
@@ -84,7 +90,7 @@ pub async fn list_keys(State(app): State<App>, _: Admin, TenantPath(id): TenantP
 
 #[utoipa::path(delete, path = "/api/v1/tenants/{tenant_id}/keys/{key_id}", tag = "admin", security(("admin" = [])),
     params(("tenant_id" = String, Path), ("key_id" = String, Path)),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Revoked."), (status = 404, description = "No such live key of that tenant (`not_found`).", body = ErrorBody)))]
 pub async fn revoke_key(State(app): State<App>, _: Admin, TenantKeyPath(t, k): TenantKeyPath) -> Result<StatusCode, ApiError> {
     app.store.revoke_api_key(&t, &k).await.map_err(|e| match e {
         clawpen_store::StoreError::NotFound => ApiError::not_found("api key"),
@@ -95,15 +101,12 @@ pub async fn revoke_key(State(app): State<App>, _: Admin, TenantKeyPath(t, k): T
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/api/v1/tenants/{tenant_id}/members", tag = "admin", security(("admin" = [])),
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant_id}/members", tag = "admin", security(("admin" = [])), operation_id = "add_tenant_member",
     params(("tenant_id" = String, Path)), request_body = CreateMember,
-    responses((status = 201, body = MemberView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, description = "The member.", body = MemberView), (status = 404, description = "No such tenant (`not_found`).", body = ErrorBody),
+        (status = 409, description = "That kind and external id is a member already, of this tenant or another (`conflict`).", body = ErrorBody)))]
 pub async fn add_member(State(app): State<App>, _: Admin, TenantPath(id): TenantPath, ApiJson(body): ApiJson<CreateMember>) -> Result<(StatusCode, Json<MemberView>), ApiError> {
     tenant_exists(&app, &id).await?;
-    if !matches!(body.kind.as_str(), "web" | "telegram") {
-        return Err(ApiError::invalid("kind: must be `web` or `telegram`"));
-    }
     let ext_ok = !body.external_id.is_empty() && body.external_id.len() <= 128 && body.external_id.chars().all(|c| c.is_ascii_graphic());
     if !ext_ok {
         return Err(ApiError::invalid("external_id: 1-128 printable ASCII characters without spaces"));
@@ -112,24 +115,24 @@ pub async fn add_member(State(app): State<App>, _: Admin, TenantPath(id): Tenant
     if !name_ok {
         return Err(ApiError::invalid("display_name: 1-128 characters, no control characters"));
     }
-    let m = app.store.add_member(&id, &body.kind, &body.external_id, &body.display_name).await?;
+    let m = app.store.add_member(&id, body.kind.as_str(), &body.external_id, &body.display_name).await?;
     let detail = serde_json::json!({"member_id": m.id.to_string(), "kind": m.kind});
     let _ = app.store.audit(clawpen_store::NewAudit { tenant: Some(&id), agent: None, actor: "admin", action: "member.add", reason: "requested", detail: Some(&detail) }).await;
     Ok((StatusCode::CREATED, Json(m.into())))
 }
 
-#[utoipa::path(get, path = "/api/v1/tenants/{tenant_id}/members", tag = "admin", security(("admin" = [])),
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant_id}/members", tag = "admin", security(("admin" = [])), operation_id = "list_tenant_members",
     params(("tenant_id" = String, Path)),
-    responses((status = 200, body = MemberList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The tenant's members.", body = MemberList), (status = 404, description = "No such tenant (`not_found`).", body = ErrorBody)))]
 pub async fn list_members(State(app): State<App>, _: Admin, TenantPath(id): TenantPath) -> Result<Json<MemberList>, ApiError> {
     tenant_exists(&app, &id).await?;
     let members = app.store.list_members(&id).await?.into_iter().map(Into::into).collect();
     Ok(Json(MemberList { members }))
 }
 
-#[utoipa::path(delete, path = "/api/v1/tenants/{tenant_id}/members/{member_id}", tag = "admin", security(("admin" = [])),
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant_id}/members/{member_id}", tag = "admin", security(("admin" = [])), operation_id = "remove_tenant_member",
     params(("tenant_id" = String, Path), ("member_id" = String, Path)),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Removed."), (status = 404, description = "No such member of that tenant (`not_found`).", body = ErrorBody)))]
 pub async fn remove_member(State(app): State<App>, _: Admin, TenantMemberPath(t, m): TenantMemberPath) -> Result<StatusCode, ApiError> {
     app.store.remove_member(&t, &m).await.map_err(|e| match e {
         clawpen_store::StoreError::NotFound => ApiError::not_found("member"),
@@ -140,14 +143,15 @@ pub async fn remove_member(State(app): State<App>, _: Admin, TenantMemberPath(t,
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The audit log, newest first.
 #[utoipa::path(get, path = "/api/v1/audit", tag = "admin", security(("admin" = [])), params(AuditQuery),
-    responses((status = 200, body = AuditList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "The latest lines.", body = AuditList)))]
 pub async fn audit(State(app): State<App>, _: Admin, ApiQuery(q): ApiQuery<AuditQuery>) -> Result<Json<AuditList>, ApiError> {
     let tenant = match q.tenant {
         Some(t) => Some(TenantId::parse(&t).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "tenant: not a tenant id"))?),
         None => None,
     };
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = bounded("limit", q.limit, 100, 1000)?;
     let entries = app.store.list_audit(tenant.as_ref(), None, limit).await?.into_iter().map(Into::into).collect();
     Ok(Json(AuditList { entries }))
 }

@@ -7,7 +7,7 @@ use axum::Json;
 use clawpen_agent::protocol::MessageIn;
 use clawpen_store::StoreError;
 
-use super::extract::{AgentPath, ApiJson, ApiQuery, TenantCaller};
+use super::extract::{bounded, AgentPath, ApiJson, ApiQuery, TenantCaller};
 use super::views::*;
 use crate::app::App;
 use crate::error::{ApiError, ErrorBody};
@@ -31,9 +31,12 @@ fn agent_not_found(e: StoreError) -> ApiError {
     }
 }
 
+/// Makes an agent (its workspace, no sandbox yet), and starts it with `start: true`.
 #[utoipa::path(post, path = "/api/v1/agents", tag = "agents", security(("tenant_key" = [])), request_body = CreateAgent,
-    responses((status = 201, body = AgentView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)))]
+    responses((status = 201, description = "The agent (running, with `start: true`).", body = AgentView),
+        (status = 409, description = "The tenant has an agent of that name, or as many agents as its plan allows (`conflict`).", body = ErrorBody),
+        (status = 502, description = "The sandbox exited or did not become healthy while starting (`agent_exited`, `agent_unhealthy`); the agent is kept, see its logs.", body = ErrorBody),
+        (status = 503, description = "No node has room (`node_full`), or the container runtime is unreachable or the image missing (`runtime_unavailable`, `image_missing`).", body = ErrorBody)))]
 pub async fn create_agent(State(app): State<App>, caller: TenantCaller, ApiJson(body): ApiJson<CreateAgent>) -> Result<(StatusCode, Json<AgentView>), ApiError> {
     let agent = app.create_agent(&caller.tenant, &body.name, &caller.actor(), body.start).await?;
     let agent = if body.start {
@@ -45,7 +48,7 @@ pub async fn create_agent(State(app): State<App>, caller: TenantCaller, ApiJson(
 }
 
 #[utoipa::path(get, path = "/api/v1/agents", tag = "agents", security(("tenant_key" = [])),
-    responses((status = 200, body = AgentList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "The tenant's agents.", body = AgentList)))]
 pub async fn list_agents(State(app): State<App>, caller: TenantCaller) -> Result<Json<AgentList>, ApiError> {
     let pause = pause_of(&app, &caller).await?;
     let agents = app.store.list_agents(&caller.tenant.id).await?.into_iter().map(|a| AgentView::from(a).paused(&pause).with_disk(&app.layout)).collect();
@@ -54,15 +57,16 @@ pub async fn list_agents(State(app): State<App>, caller: TenantCaller) -> Result
 
 #[utoipa::path(get, path = "/api/v1/agents/{agent_id}", tag = "agents", security(("tenant_key" = [])),
     params(("agent_id" = String, Path)),
-    responses((status = 200, body = AgentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The agent.", body = AgentView), (status = 404, description = "No such agent of the caller's tenant (`not_found`).", body = ErrorBody)))]
 pub async fn get_agent(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath) -> Result<Json<AgentView>, ApiError> {
     let a = app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
     Ok(Json(view(&app, &caller, a).await?))
 }
 
+/// Deletes the agent: its sandbox, its workspace, its record.
 #[utoipa::path(delete, path = "/api/v1/agents/{agent_id}", tag = "agents", security(("tenant_key" = [])),
     params(("agent_id" = String, Path)),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted."), (status = 404, description = "No such agent of the caller's tenant (`not_found`).", body = ErrorBody), (status = 503, description = "The container runtime is unreachable (`runtime_unavailable`).", body = ErrorBody)))]
 pub async fn delete_agent(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath) -> Result<StatusCode, ApiError> {
     app.delete_agent(&caller.tenant, &id, &caller.actor(), "requested").await.map_err(not_found_as_agent)?;
     Ok(StatusCode::NO_CONTENT)
@@ -76,17 +80,21 @@ fn not_found_as_agent(e: ApiError) -> ApiError {
     }
 }
 
+/// Starts the agent and returns once it answers; clears a crash loop.
 #[utoipa::path(post, path = "/api/v1/agents/{agent_id}/start", tag = "agents", security(("tenant_key" = [])),
     params(("agent_id" = String, Path)),
-    responses((status = 200, body = AgentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
+    responses((status = 200, description = "The running agent.", body = AgentView), (status = 404, description = "No such agent of the caller's tenant (`not_found`).", body = ErrorBody),
+        (status = 502, description = "The sandbox exited or did not become healthy while starting (`agent_exited`, `agent_unhealthy`); the agent is kept, see its logs.", body = ErrorBody),
+        (status = 503, description = "No node has room (`node_full`), or the container runtime is unreachable or the image missing (`runtime_unavailable`, `image_missing`).", body = ErrorBody)))]
 pub async fn start_agent(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath) -> Result<Json<AgentView>, ApiError> {
     let a = app.start_agent(&caller.tenant, &id, &caller.actor(), "requested").await.map_err(not_found_as_agent)?;
     Ok(Json(view(&app, &caller, a).await?))
 }
 
+/// Stops the agent; its container and workspace are kept.
 #[utoipa::path(post, path = "/api/v1/agents/{agent_id}/stop", tag = "agents", security(("tenant_key" = [])),
     params(("agent_id" = String, Path)),
-    responses((status = 200, body = AgentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The stopped agent.", body = AgentView), (status = 404, description = "No such agent of the caller's tenant (`not_found`).", body = ErrorBody), (status = 503, description = "The container runtime is unreachable (`runtime_unavailable`).", body = ErrorBody)))]
 pub async fn stop_agent(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath) -> Result<Json<AgentView>, ApiError> {
     let a = app.stop_agent(&caller.tenant, &id, &caller.actor(), "requested").await.map_err(not_found_as_agent)?;
     Ok(Json(view(&app, &caller, a).await?))
@@ -94,14 +102,11 @@ pub async fn stop_agent(State(app): State<App>, caller: TenantCaller, AgentPath(
 
 #[utoipa::path(post, path = "/api/v1/agents/{agent_id}/hibernate", tag = "agents", security(("tenant_key" = [])),
     params(("agent_id" = String, Path)), request_body = Hibernate,
-    responses((status = 200, body = AgentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, description = "The agent, asleep in that tier (or a deeper one it was in).", body = AgentView), (status = 404, description = "No such agent of the caller's tenant (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The agent is not running, or its sandbox is not (`not_running`).", body = ErrorBody), (status = 503, description = "The container runtime is unreachable (`runtime_unavailable`).", body = ErrorBody)))]
 /// Puts a running agent to sleep now, in the tier given; the next message or connection wakes it.
 pub async fn hibernate(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath, ApiJson(body): ApiJson<Hibernate>) -> Result<Json<AgentView>, ApiError> {
-    let tier = match clawpen_core::lifecycle::Tier::parse(&body.tier) {
-        Some(t) if t != clawpen_core::lifecycle::Tier::Awake => t,
-        _ => return Err(ApiError::invalid("tier: must be paused, stopped or removed")),
-    };
+    let tier = clawpen_core::lifecycle::Tier::from(body.tier);
     let _guard = app.lock_agent(&id).await;
     let a = app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
     if a.desired_state != clawpen_store::DesiredState::Running || a.observed_state == clawpen_store::ObservedState::Crashloop {
@@ -114,15 +119,13 @@ pub async fn hibernate(State(app): State<App>, caller: TenantCaller, AgentPath(i
     Ok(Json(view(&app, &caller, a).await?))
 }
 
+/// The last lines its sandbox wrote (none before its first start).
 #[utoipa::path(get, path = "/api/v1/agents/{agent_id}/logs", tag = "agents", security(("tenant_key" = [])),
     params(("agent_id" = String, Path), LogsQuery),
-    responses((status = 200, body = Logs), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The lines, oldest first.", body = Logs), (status = 404, description = "No such agent of the caller's tenant (`not_found`).", body = ErrorBody), (status = 503, description = "The container runtime is unreachable (`runtime_unavailable`).", body = ErrorBody)))]
 pub async fn logs(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath, ApiQuery(q): ApiQuery<LogsQuery>) -> Result<Json<Logs>, ApiError> {
     app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
-    let tail = q.tail.unwrap_or(100);
-    if !(1..=1000).contains(&tail) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "tail: must be between 1 and 1000"));
-    }
+    let tail = bounded("tail", q.tail, 100, 1000)? as usize;
     let name = clawpen_core::spec::container_name(&app.instance, &id);
     let lines = match app.runtime.logs(&name, tail).await {
         Ok(lines) => lines,
@@ -132,27 +135,43 @@ pub async fn logs(State(app): State<App>, caller: TenantCaller, AgentPath(id): A
     Ok(Json(Logs { lines }))
 }
 
+/// The agent's audit lines (starts, stops, hibernation, restarts), newest first.
 #[utoipa::path(get, path = "/api/v1/agents/{agent_id}/events", tag = "agents", security(("tenant_key" = [])),
     params(("agent_id" = String, Path), LimitQuery),
-    responses((status = 200, body = AuditList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The latest lines.", body = AuditList), (status = 404, description = "No such agent of the caller's tenant (`not_found`).", body = ErrorBody)))]
 pub async fn events(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath, ApiQuery(q): ApiQuery<LimitQuery>) -> Result<Json<AuditList>, ApiError> {
     app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = bounded("limit", q.limit, 100, 1000)?;
     let entries = app.store.list_audit(Some(&caller.tenant.id), Some(&id), limit).await?.into_iter().map(Into::into).collect();
     Ok(Json(AuditList { entries }))
 }
 
+/// Sends a message and waits for the reply, waking the agent first from whichever tier it sleeps in.
 #[utoipa::path(post, path = "/api/v1/agents/{agent_id}/messages", tag = "agents", security(("tenant_key" = [])),
     params(("agent_id" = String, Path)), request_body = SendMessage,
-    responses((status = 200, body = MessageReply), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody), (status = 504, body = ErrorBody)))]
+    responses((status = 200, description = "The reply (or why the run stopped or was refused, with `paused` or `error_code`).", body = MessageReply),
+        (status = 400, description = "The body is not JSON (`invalid_json`), or the agent refused the message (`agent_refused`).", body = ErrorBody),
+        (status = 404, description = "No such agent of the caller's tenant (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The agent is crash-looping (`agent_crashloop`), or was stopped, put to sleep or deleted while it answered (`agent_interrupted`, `conflict`).", body = ErrorBody),
+        (status = 429, description = "The tenant sent more messages this minute than its plan allows (`rate_limited`); the message says when to try again.", body = ErrorBody),
+        (status = 502, description = "The agent failed to answer, or answered as another agent (`agent_error`, `agent_mismatch`).", body = ErrorBody),
+        (status = 503, description = "The agent could not be woken (`wake_failed`, `node_full`, `runtime_unavailable`).", body = ErrorBody),
+        (status = 504, description = "The agent did not answer in time (`agent_timeout`).", body = ErrorBody)))]
 pub async fn send_message(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath, ApiJson(body): ApiJson<SendMessage>) -> Result<Json<MessageReply>, ApiError> {
     let agent = app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
     if body.text.is_empty() || body.text.chars().count() > MAX_MESSAGE_CHARS {
         return Err(ApiError::invalid(format!("text: must be 1 to {MAX_MESSAGE_CHARS} characters")));
     }
+    // The agent refuses a bad session too, but only after it was woken for it.
+    if body.session.as_deref().is_some_and(|s| s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')) {
+        return Err(ApiError::invalid("session: must be 1 to 64 of [A-Za-z0-9_-]"));
+    }
     let msg = MessageIn { text: body.text, session: body.session };
-    let out = app.deliver_message(&caller.tenant, &agent, msg, &caller.actor()).await?;
+    let out = match app.deliver_message(&caller.tenant, &agent, msg, &caller.actor()).await {
+        Ok(out) => out,
+        Err(e) if e.code == "agent_error" => return Err(interrupted(&app, &caller, &id, e).await),
+        Err(e) => return Err(e),
+    };
     Ok(Json(MessageReply {
         reply: out.reply,
         session: out.session,
@@ -165,12 +184,30 @@ pub async fn send_message(State(app): State<App>, caller: TenantCaller, AgentPat
     }))
 }
 
+/// A message whose connection broke: when a stop, hibernation or delete (another request's,
+/// which holds the agent's lock meanwhile) took the sandbox away under it, that is a 409 the
+/// caller can act on, not a failure of the agent's (502).
+async fn interrupted(app: &App, caller: &TenantCaller, id: &clawpen_core::ids::AgentId, e: ApiError) -> ApiError {
+    let _guard = app.lock_agent(id).await;
+    let taken_away = match app.store.get_agent(&caller.tenant.id, id).await {
+        Ok(a) => a.desired_state != clawpen_store::DesiredState::Running || a.hibernation != clawpen_core::lifecycle::Tier::Awake,
+        Err(StoreError::NotFound) => true,
+        Err(other) => return other.into(),
+    };
+    if taken_away {
+        ApiError::new(StatusCode::CONFLICT, "agent_interrupted", "the agent was stopped, put to sleep or deleted while it answered; send the message again")
+    } else {
+        e
+    }
+}
+
 /// How long a connect URL stays valid.
 pub const CONNECT_URL_TTL_SECS: i64 = 300;
 
+/// A signed URL that opens a WebSocket to the agent through the gateway, valid for five minutes.
 #[utoipa::path(post, path = "/api/v1/agents/{agent_id}/connect-url", tag = "agents", security(("tenant_key" = [])),
     params(("agent_id" = String, Path)),
-    responses((status = 200, body = ConnectUrl), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The URL.", body = ConnectUrl), (status = 404, description = "No such agent of the caller's tenant (`not_found`).", body = ErrorBody)))]
 pub async fn connect_url(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath) -> Result<Json<ConnectUrl>, ApiError> {
     app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
     let expires_at = clawpen_store::now_ms() / 1000 + CONNECT_URL_TTL_SECS;

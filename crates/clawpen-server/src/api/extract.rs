@@ -71,8 +71,10 @@ impl FromRequestParts<App> for TenantCaller {
     }
 }
 
-/// A JSON body whose every failure (syntax, type, unknown field, size, content type) is a JSON
-/// error naming the problem.
+/// A JSON body whose every failure is a JSON error naming the problem: 415 without a JSON
+/// content type, 400 when it is not JSON, 422 when it is JSON of the wrong shape (type, missing
+/// or unknown field), 413 when too large. The OpenAPI document declares these on every route
+/// with a body (see `doc.rs`).
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
@@ -164,7 +166,19 @@ impl FromRequestParts<App> for TenantMemberPath {
     }
 }
 
-/// Query parameters that fail as a JSON error.
+/// A node name from the path; anything that is not a known node (even bytes that are not UTF-8)
+/// is a 404, like a missing node.
+pub struct NodePath(pub String);
+
+impl FromRequestParts<App> for NodePath {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
+        let v = path_segments(parts, app).await.map_err(|_| ApiError::not_found("node"))?;
+        v.into_iter().next().map(NodePath).ok_or_else(|| ApiError::not_found("node"))
+    }
+}
+
+/// Query parameters that fail as a JSON error (400 `invalid_query`).
 pub struct ApiQuery<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
@@ -174,5 +188,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             .await
             .map(|q| ApiQuery(q.0))
             .map_err(|e: QueryRejection| ApiError::new(axum::http::StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+    }
+}
+
+/// A count from the query (`limit`, `tail`): `default` when absent, a 400 `invalid_query` outside
+/// `1..=max` (the bounds the OpenAPI document declares), never silently clamped.
+pub fn bounded(name: &str, value: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(v) if (1..=max).contains(&v) => Ok(v),
+        Some(_) => Err(ApiError::new(axum::http::StatusCode::BAD_REQUEST, "invalid_query", format!("{name}: must be between 1 and {max}"))),
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod doc;
 pub mod extract;
 pub mod nodes;
 pub mod telegram;
@@ -13,11 +14,10 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
 
+pub use doc::ApiDoc;
 use crate::app::App;
-use crate::error::{ApiError, ErrorBody, ErrorDetail};
+use crate::error::ApiError;
 use views::*;
 
 /// Largest request body the API reads.
@@ -27,37 +27,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// the 413 instead of a reset connection. Past this the connection is closed.
 const DRAIN_BYTES: usize = 16 * 1024 * 1024;
 
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "clawpen", description = "Hosts personal AI agents, one hardened sandbox per tenant."),
-    paths(
-        admin::create_tenant, admin::list_tenants, admin::get_tenant, admin::delete_tenant,
-        admin::create_key, admin::list_keys, admin::revoke_key, admin::add_member, admin::list_members, admin::remove_member, admin::audit,
-        agents::create_agent, agents::list_agents, agents::get_agent, agents::delete_agent,
-        agents::start_agent, agents::stop_agent, agents::hibernate, agents::logs, agents::events, agents::send_message, agents::connect_url,
-        usage::usage, usage::tenant_usage, usage::set_plan, usage::add_credits,
-        telegram::put_bot, telegram::get_bot, telegram::delete_bot, telegram::create_pairing_code,
-        telegram::list_members, telegram::remove_member, telegram::webhook,
-        nodes::list, nodes::drain, nodes::undrain,
-        healthz, readyz, metrics,
-    ),
-    components(schemas(ErrorBody, ErrorDetail)),
-    modifiers(&Security),
-)]
-pub struct ApiDoc;
-
-struct Security;
-
-impl Modify for Security {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        let bearer = || SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build());
-        components.add_security_scheme("admin", bearer());
-        components.add_security_scheme("tenant_key", bearer());
-    }
-}
-
 pub fn router(app: App) -> Router {
+    let document = std::sync::Arc::new(doc::document(&app.config));
     let api = Router::new()
         .route("/tenants", post(admin::create_tenant).get(admin::list_tenants))
         .route("/tenants/{tenant_id}", get(admin::get_tenant).delete(admin::delete_tenant))
@@ -87,7 +58,7 @@ pub fn router(app: App) -> Router {
         .route("/members/{member_id}", axum::routing::delete(telegram::remove_member));
     Router::new()
         .nest("/api/v1", api)
-        .route("/api/openapi.json", get(openapi))
+        .route("/api/openapi.json", get(move || std::future::ready(Json(document.clone()))))
         .route("/gateway/connect", get(crate::gateway::connect))
         .route("/telegram/webhook/{bot}", post(telegram::webhook))
         .route("/healthz", get(healthz))
@@ -132,10 +103,6 @@ async fn whole_body(req: axum::extract::Request, next: axum::middleware::Next) -
     next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(buf.freeze()))).await
 }
 
-async fn openapi() -> impl IntoResponse {
-    Json(ApiDoc::openapi())
-}
-
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; the API is described at /api/openapi.json")
 }
@@ -145,7 +112,7 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Status)))]
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "Up.", body = Status)))]
 pub async fn healthz() -> Json<Status> {
     Json(Status { ok: true, problems: vec![] })
 }
@@ -153,13 +120,13 @@ pub async fn healthz() -> Json<Status> {
 /// The fleet's counters in the Prometheus text format: agent starts by kind (`warm`: claimed
 /// from the warm pool, `cold`: a container created), the pool's ready sandboxes, committed
 /// memory. Aggregates only, no tenant data; like the probes it takes no token.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "The counters.", content_type = "text/plain; version=0.0.4", body = String)))]
 pub async fn metrics(State(app): State<App>) -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render(&app))
 }
 
 /// The store and the container runtime answer, and the start-up reconciliation is done.
-#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, body = Status), (status = 503, body = Status)))]
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "Ready.", body = Status), (status = 503, description = "Not ready; `problems` says why.", body = Status)))]
 pub async fn readyz(State(app): State<App>) -> (StatusCode, Json<Status>) {
     let mut problems = Vec::new();
     if let Err(e) = app.store.ping().await {

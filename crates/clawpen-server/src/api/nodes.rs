@@ -1,12 +1,12 @@
 //! Admin routes over the fleet's nodes: list them, drain one (its agents move elsewhere and no new
 //! sandbox goes there), end a drain.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::api::extract::Admin;
+use crate::api::extract::{Admin, NodePath};
 use crate::app::App;
 use crate::error::{ApiError, ErrorBody};
 use crate::nodes::NodeView;
@@ -30,15 +30,17 @@ fn known(app: &App, name: &str) -> Result<(), ApiError> {
     app.nodes.node(name).map(|_| ()).ok_or_else(|| ApiError::not_found("node"))
 }
 
-#[utoipa::path(get, path = "/api/v1/nodes", tag = "admin", security(("admin" = [])),
-    responses((status = 200, body = NodeList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+/// The fleet's Docker Engines, with their state and committed memory.
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "admin", security(("admin" = [])), operation_id = "list_nodes",
+    responses((status = 200, description = "The nodes.", body = NodeList)))]
 pub async fn list(State(app): State<App>, _: Admin) -> Result<Json<NodeList>, ApiError> {
     Ok(Json(NodeList { nodes: app.node_views().await? }))
 }
 
-#[utoipa::path(post, path = "/api/v1/nodes/{name}/drain", tag = "admin", security(("admin" = [])), params(("name" = String, Path)),
-    responses((status = 200, body = DrainReport), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn drain(State(app): State<App>, _: Admin, Path(name): Path<String>) -> Result<Json<DrainReport>, ApiError> {
+/// Drains a node: no new sandbox goes there, and its agents move to other nodes.
+#[utoipa::path(post, path = "/api/v1/nodes/{name}/drain", tag = "admin", security(("admin" = [])), operation_id = "drain_node", params(("name" = String, Path)),
+    responses((status = 200, description = "What moved and what is left.", body = DrainReport), (status = 404, description = "No such node (`not_found`).", body = ErrorBody)))]
+pub async fn drain(State(app): State<App>, _: Admin, NodePath(name): NodePath) -> Result<Json<DrainReport>, ApiError> {
     known(&app, &name)?;
     app.store.set_drain(&name, true).await?;
     let moved = app.move_agents_off(&name, &format!("node {name} is drained")).await;
@@ -46,9 +48,10 @@ pub async fn drain(State(app): State<App>, _: Admin, Path(name): Path<String>) -
     Ok(Json(DrainReport { node: name, moved: moved.into_iter().map(|a| a.to_string()).collect(), remaining }))
 }
 
-#[utoipa::path(delete, path = "/api/v1/nodes/{name}/drain", tag = "admin", security(("admin" = [])), params(("name" = String, Path)),
-    responses((status = 200, body = NodeList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn undrain(State(app): State<App>, _: Admin, Path(name): Path<String>) -> Result<Json<NodeList>, ApiError> {
+/// Ends a drain: the node takes new sandboxes again.
+#[utoipa::path(delete, path = "/api/v1/nodes/{name}/drain", tag = "admin", security(("admin" = [])), operation_id = "undrain_node", params(("name" = String, Path)),
+    responses((status = 200, description = "The nodes.", body = NodeList), (status = 404, description = "No such node (`not_found`).", body = ErrorBody)))]
+pub async fn undrain(State(app): State<App>, _: Admin, NodePath(name): NodePath) -> Result<Json<NodeList>, ApiError> {
     known(&app, &name)?;
     app.store.set_drain(&name, false).await?;
     Ok(Json(NodeList { nodes: app.node_views().await? }))

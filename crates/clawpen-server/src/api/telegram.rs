@@ -90,8 +90,11 @@ async fn remove_bot(app: &App, caller: &TenantCaller) -> Result<bool, ApiError> 
 }
 
 #[utoipa::path(put, path = "/api/v1/telegram/bot", tag = "telegram", security(("tenant_key" = [])), request_body = PutTelegramBot,
-    responses((status = 200, body = TelegramBotView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)))]
+    responses((status = 200, description = "The connected bot.", body = TelegramBotView),
+        (status = 404, description = "No such agent of the caller's tenant (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The bot is the platform's shared bot, or another tenant's (`conflict`).", body = ErrorBody),
+        (status = 422, description = "The body is not of this shape, or Telegram does not know the token (`invalid_input`).", body = ErrorBody),
+        (status = 502, description = "The Telegram Bot API could not be reached or refused the setup (`telegram_unavailable`); nothing was connected.", body = ErrorBody)))]
 /// Connects (or replaces) the tenant's own bot: the token is checked with `getMe`, sealed in the
 /// vault, and the webhook set or the poller started.
 pub async fn put_bot(State(app): State<App>, caller: TenantCaller, ApiJson(body): ApiJson<PutTelegramBot>) -> Result<Json<TelegramBotView>, ApiError> {
@@ -100,16 +103,8 @@ pub async fn put_bot(State(app): State<App>, caller: TenantCaller, ApiJson(body)
     }
     let token = Secret::new(body.token.trim().to_owned());
     let agent = body_agent(&app, &caller, &body.agent_id).await?;
-    let mode = match body.mode.as_deref() {
-        None => app.telegram.config().mode,
-        Some("webhook") => TelegramMode::Webhook,
-        Some("polling") => TelegramMode::Polling,
-        Some(_) => return Err(ApiError::invalid("mode: must be `webhook` or `polling`")),
-    };
-    let access = body.access.unwrap_or_else(|| "members".to_owned());
-    if !matches!(access.as_str(), "members" | "open") {
-        return Err(ApiError::invalid("access: must be `members` or `open`"));
-    }
+    let mode = body.mode.unwrap_or(app.telegram.config().mode);
+    let access = body.access.unwrap_or(BotAccess::Members).as_str().to_owned();
     let api = app.telegram.api(token.clone());
     let me = api.get_me().await.map_err(|e| telegram_error(&e))?;
     if app.telegram.shared_identity().is_some_and(|s| s.id == me.id) {
@@ -160,7 +155,7 @@ pub async fn put_bot(State(app): State<App>, caller: TenantCaller, ApiJson(body)
 }
 
 #[utoipa::path(get, path = "/api/v1/telegram/bot", tag = "telegram", security(("tenant_key" = [])),
-    responses((status = 200, body = TelegramBotView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The bot.", body = TelegramBotView), (status = 404, description = "The tenant has no bot (`not_found`).", body = ErrorBody)))]
 /// The tenant's own bot (never its token).
 pub async fn get_bot(State(app): State<App>, caller: TenantCaller) -> Result<Json<TelegramBotView>, ApiError> {
     let bot = app.store.get_telegram_bot(&caller.tenant.id).await?.ok_or_else(no_bot)?;
@@ -168,7 +163,7 @@ pub async fn get_bot(State(app): State<App>, caller: TenantCaller) -> Result<Jso
 }
 
 #[utoipa::path(delete, path = "/api/v1/telegram/bot", tag = "telegram", security(("tenant_key" = [])),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Disconnected."), (status = 404, description = "The tenant has no bot (`not_found`).", body = ErrorBody)))]
 /// Disconnects the tenant's own bot: its webhook is deleted at Telegram, its sealed token removed.
 pub async fn delete_bot(State(app): State<App>, caller: TenantCaller) -> Result<StatusCode, ApiError> {
     if remove_bot(&app, &caller).await? {
@@ -179,7 +174,8 @@ pub async fn delete_bot(State(app): State<App>, caller: TenantCaller) -> Result<
 }
 
 #[utoipa::path(post, path = "/api/v1/telegram/pairing-codes", tag = "telegram", security(("tenant_key" = [])), request_body = CreatePairingCode,
-    responses((status = 201, body = PairingCodeView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, description = "The code; it is in this answer only.", body = PairingCodeView),
+        (status = 404, description = "No such agent of the caller's tenant (`not_found`).", body = ErrorBody)))]
 /// A single-use code that makes the Telegram user who sends `/pair CODE` a member of this tenant,
 /// talking to the agent named here. It expires after `telegram.pairing_code_ttl_secs`.
 pub async fn create_pairing_code(State(app): State<App>, caller: TenantCaller, ApiJson(body): ApiJson<CreatePairingCode>) -> Result<(StatusCode, Json<PairingCodeView>), ApiError> {
@@ -193,7 +189,7 @@ pub async fn create_pairing_code(State(app): State<App>, caller: TenantCaller, A
 }
 
 #[utoipa::path(get, path = "/api/v1/members", tag = "telegram", security(("tenant_key" = [])),
-    responses((status = 200, body = MemberList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "The members.", body = MemberList)))]
 /// The tenant's members (its Telegram users among them).
 pub async fn list_members(State(app): State<App>, caller: TenantCaller) -> Result<Json<MemberList>, ApiError> {
     let members = app.store.list_members(&caller.tenant.id).await?.into_iter().map(Into::into).collect();
@@ -202,7 +198,7 @@ pub async fn list_members(State(app): State<App>, caller: TenantCaller) -> Resul
 
 #[utoipa::path(delete, path = "/api/v1/members/{member_id}", tag = "telegram", security(("tenant_key" = [])),
     params(("member_id" = String, Path)),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Removed."), (status = 404, description = "No such member of the caller's tenant (`not_found`).", body = ErrorBody)))]
 /// Removes a member of the tenant; a Telegram member reaches no agent from then on.
 pub async fn remove_member(State(app): State<App>, caller: TenantCaller, MemberPath(id): MemberPath) -> Result<StatusCode, ApiError> {
     app.store.remove_member(&caller.tenant.id, &id).await.map_err(|e| match e {
@@ -217,14 +213,20 @@ pub async fn remove_member(State(app): State<App>, caller: TenantCaller, MemberP
 #[derive(Serialize, ToSchema)]
 pub struct TelegramUpdate {
     pub update_id: i64,
-    #[schema(value_type = Object)]
+    /// Other fields of Telegram's `Update` may be present; those the server does not read are
+    /// ignored.
+    #[schema(value_type = Option<Object>)]
     pub message: Option<serde_json::Value>,
 }
 
 #[utoipa::path(post, path = "/telegram/webhook/{bot}", tag = "telegram", request_body = TelegramUpdate,
-    params(("bot" = String, Path, description = "`shared`, or the id of a tenant's bot"),
-        ("X-Telegram-Bot-Api-Secret-Token" = String, Header, description = "the secret set with setWebhook")),
-    responses((status = 200, body = WebhookAck), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    params(("bot" = String, Path, description = "`shared`, or the id (`tgb_…`) of a tenant's bot."),
+        ("X-Telegram-Bot-Api-Secret-Token" = String, Header, description = "The secret set with setWebhook.")),
+    responses((status = 200, description = "The update was taken (or seen before).", body = WebhookAck),
+        (status = 400, description = "The body is not JSON (`invalid_json`).", body = ErrorBody),
+        (status = 401, description = "The secret header is missing or wrong (`bad_webhook_secret`).", body = ErrorBody),
+        (status = 404, description = "No such bot, or not in webhook mode (`not_found`).", body = ErrorBody),
+        (status = 422, description = "The update has no integer `update_id` (`invalid_input`).", body = ErrorBody)))]
 /// Where Telegram posts a bot's updates. The secret header is compared in constant time; the
 /// update is taken once (by its id) and answered in the background, so this returns at once.
 pub async fn webhook(State(app): State<App>, path: Result<Path<String>, PathRejection>, headers: HeaderMap, body: Bytes) -> Response {

@@ -133,8 +133,9 @@ fn month_start_ms(month: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// The caller's tenant's balance, spending against its caps, per agent, and latest model calls.
 #[utoipa::path(get, path = "/api/v1/usage", tag = "usage", security(("tenant_key" = [])),
-    responses((status = 200, body = UsageView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "The usage.", body = UsageView)))]
 pub async fn usage(State(app): State<App>, caller: TenantCaller) -> Result<Json<UsageView>, ApiError> {
     Ok(Json(usage_of(&app, &caller.tenant).await?))
 }
@@ -146,9 +147,10 @@ async fn tenant_or_404(app: &App, id: &TenantId) -> Result<Tenant, ApiError> {
     })
 }
 
+/// A tenant's usage, as the tenant sees it at `GET /api/v1/usage`.
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant_id}/usage", tag = "admin", security(("admin" = [])),
     params(("tenant_id" = String, Path)),
-    responses((status = 200, body = UsageView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The usage.", body = UsageView), (status = 404, description = "No such tenant (`not_found`).", body = ErrorBody)))]
 pub async fn tenant_usage(State(app): State<App>, _: Admin, TenantPath(id): TenantPath) -> Result<Json<UsageView>, ApiError> {
     let t = tenant_or_404(&app, &id).await?;
     Ok(Json(usage_of(&app, &t).await?))
@@ -157,13 +159,15 @@ pub async fn tenant_usage(State(app): State<App>, _: Admin, TenantPath(id): Tena
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetPlan {
+    /// A plan from the server's config (the served document lists them).
     pub plan: String,
 }
 
+/// Moves a tenant to another plan; its caps and limits change at once.
 #[utoipa::path(put, path = "/api/v1/tenants/{tenant_id}/plan", tag = "admin", security(("admin" = [])),
     params(("tenant_id" = String, Path)), request_body = SetPlan,
-    responses((status = 200, body = TenantView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, description = "The tenant on its new plan.", body = TenantView), (status = 404, description = "No such tenant (`not_found`).", body = ErrorBody),
+        (status = 422, description = "The body is not of this shape, or the plan is unknown (`invalid_input`).", body = ErrorBody)))]
 pub async fn set_plan(State(app): State<App>, _: Admin, TenantPath(id): TenantPath, ApiJson(body): ApiJson<SetPlan>) -> Result<Json<TenantView>, ApiError> {
     tenant_or_404(&app, &id).await?;
     if app.config.plan(&body.plan).is_none() {
@@ -180,11 +184,24 @@ pub async fn set_plan(State(app): State<App>, _: Admin, TenantPath(id): TenantPa
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddCredits {
-    /// Micro-credits to add (negative to take away); 1 credit = 1,000,000.
+    #[schema(schema_with = super::doc::amount_schema)]
+    #[serde(deserialize_with = "integer")]
     pub amount: i64,
-    /// Why, for the record.
+    /// Why, for the record: at most 200 characters, no control characters.
     #[serde(default)]
+    #[schema(max_length = 200, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub reason: Option<String>,
+}
+
+/// An integer as JSON Schema counts one: `5` or `5.0` (a number without a fraction), which
+/// serde's `i64` alone refuses.
+fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    // Below 2^53 a float holds every integer exactly.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    n.as_i64()
+        .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < EXACT).map(|f| f as i64))
+        .ok_or_else(|| serde::de::Error::custom(format!("invalid value: {n}, expected an integer")))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -196,12 +213,13 @@ pub struct AccountView {
 }
 
 /// Most micro-credits one grant may move (a billion credits).
-const MAX_GRANT: i64 = 1_000_000_000_000_000;
+pub const MAX_GRANT: i64 = 1_000_000_000_000_000;
 
+/// Adds credits to a tenant's balance (or takes them away) and ends a pause for credits.
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant_id}/credits", tag = "admin", security(("admin" = [])),
     params(("tenant_id" = String, Path)), request_body = AddCredits,
-    responses((status = 200, body = AccountView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, description = "The tenant's account after the grant.", body = AccountView), (status = 404, description = "No such tenant (`not_found`).", body = ErrorBody),
+        (status = 422, description = "The body is not of this shape, or the balance would leave the 64-bit range (`invalid_input`).", body = ErrorBody)))]
 pub async fn add_credits(State(app): State<App>, _: Admin, TenantPath(id): TenantPath, ApiJson(body): ApiJson<AddCredits>) -> Result<Json<AccountView>, ApiError> {
     let t = tenant_or_404(&app, &id).await?;
     if body.amount == 0 || body.amount.abs() > MAX_GRANT {
@@ -211,7 +229,10 @@ pub async fn add_credits(State(app): State<App>, _: Admin, TenantPath(id): Tenan
     if reason.chars().count() > 200 || reason.chars().any(char::is_control) {
         return Err(ApiError::invalid("reason: at most 200 characters, no control characters"));
     }
-    account_of(&app, &t).await?;
+    // SQLite turns an integer sum that overflows into a float, which no longer reads back.
+    if account_of(&app, &t).await?.balance.checked_add(body.amount).is_none() {
+        return Err(ApiError::invalid("amount: the balance would leave the 64-bit range"));
+    }
     let (period, _, _) = clawpen_meter::meter::period_at(clawpen_store::now_ms());
     let a = app.store.add_credits(&id, body.amount, &reason, &period).await?;
     let detail = serde_json::json!({"amount": body.amount});
@@ -220,3 +241,19 @@ pub async fn add_credits(State(app): State<App>, _: Admin, TenantPath(id): Tenan
     Ok(Json(AccountView { balance: a.balance, reserved: a.reserved, paused_until, paused_reason }))
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::AddCredits;
+
+    #[test]
+    fn an_amount_is_an_integer_as_json_schema_counts_one() {
+        let amount = |body: &str| serde_json::from_str::<AddCredits>(body).map(|b| b.amount).map_err(|e| e.to_string());
+        assert_eq!(amount(r#"{"amount": 5}"#), Ok(5));
+        assert_eq!(amount(r#"{"amount": -1043.0}"#), Ok(-1043));
+        assert_eq!(amount(r#"{"amount": 1e15}"#), Ok(1_000_000_000_000_000));
+        for bad in [r#"{"amount": 1.5}"#, r#"{"amount": 1e300}"#, r#"{"amount": "5"}"#, r#"{"amount": null}"#] {
+            assert!(amount(bad).is_err(), "{bad}");
+        }
+    }
+}

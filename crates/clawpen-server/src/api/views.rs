@@ -4,12 +4,16 @@ use clawpen_store::{Agent, ApiKey, AuditEntry, Member, Tenant};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::doc::{agent_id_schema, name_schema, tenant_id_query_schema};
+use crate::config::TelegramMode;
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
-    /// 1–64 of `[A-Za-z0-9._-]`, starting with a letter or digit.
+    #[schema(schema_with = name_schema)]
     pub name: String,
-    /// A plan from the server's config; the default plan when absent.
+    /// A plan from the server's config (the served document lists them); the default plan when
+    /// absent.
     #[serde(default)]
     pub plan: Option<String>,
 }
@@ -66,11 +70,34 @@ pub struct ApiKeyList {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMember {
-    /// `web` or `telegram`.
-    pub kind: String,
-    /// The login or Telegram user id.
+    pub kind: MemberKind,
+    /// The login or Telegram user id: 1–128 printable ASCII characters, no spaces.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
     pub external_id: String,
+    /// 1–128 characters, not only white space, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub display_name: String,
+}
+
+/// How a member reaches the tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberKind {
+    Web,
+    Telegram,
+}
+
+impl MemberKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberKind::Web => "web",
+            MemberKind::Telegram => "telegram",
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -96,7 +123,8 @@ pub struct MemberList {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAgent {
-    /// 1–64 of `[A-Za-z0-9._-]`, unique within the tenant.
+    /// Unique within the tenant.
+    #[schema(schema_with = name_schema)]
     pub name: String,
     /// Start the agent right away; the call returns once it answers.
     #[serde(default)]
@@ -209,17 +237,38 @@ pub struct AgentList {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Hibernate {
-    /// `paused` (frozen, memory kept), `stopped` (container kept) or `removed` (workspace kept).
-    pub tier: String,
+    pub tier: SleepTier,
+}
+
+/// How deep to put an agent to sleep: `paused` (frozen, memory kept), `stopped` (container
+/// kept) or `removed` (workspace kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SleepTier {
+    Paused,
+    Stopped,
+    Removed,
+}
+
+impl From<SleepTier> for clawpen_core::lifecycle::Tier {
+    fn from(t: SleepTier) -> Self {
+        match t {
+            SleepTier::Paused => clawpen_core::lifecycle::Tier::Paused,
+            SleepTier::Stopped => clawpen_core::lifecycle::Tier::Stopped,
+            SleepTier::Removed => clawpen_core::lifecycle::Tier::Removed,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
-    /// The message, at most 32,000 characters.
+    /// The message, 1 to 32,000 characters.
+    #[schema(min_length = 1, max_length = 32000)]
     pub text: String,
-    /// Session id, 1–64 of `[A-Za-z0-9_-]`; `main` when absent.
+    /// Session id; `main` when absent.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")]
     pub session: Option<String>,
 }
 
@@ -253,9 +302,11 @@ pub struct MessageReply {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
-    /// Lines from the end, 1–1000 (default 100).
-    pub tail: Option<usize>,
+    /// Lines from the end (default 100).
+    #[param(minimum = 1, maximum = 1000, nullable = false)]
+    pub tail: Option<i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -268,17 +319,22 @@ pub struct Logs {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only this tenant's lines.
+    #[param(schema_with = tenant_id_query_schema, required = false)]
     pub tenant: Option<String>,
-    /// At most this many lines, newest first (default 100, at most 1000).
+    /// At most this many lines, newest first (default 100).
+    #[param(minimum = 1, maximum = 1000, nullable = false)]
     pub limit: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LimitQuery {
-    /// At most this many lines, newest first (default 100, at most 1000).
+    /// At most this many lines, newest first (default 100).
+    #[param(minimum = 1, maximum = 1000, nullable = false)]
     pub limit: Option<i64>,
 }
 
@@ -292,7 +348,8 @@ pub struct AuditView {
     pub actor: String,
     pub action: String,
     pub reason: String,
-    #[schema(value_type = Object)]
+    /// What the action was about (names, ids, amounts); `null` when nothing more.
+    #[schema(value_type = Option<Object>)]
     pub detail: Option<serde_json::Value>,
 }
 
@@ -320,16 +377,35 @@ pub struct Status {
 #[serde(deny_unknown_fields)]
 pub struct PutTelegramBot {
     /// The bot's token from @BotFather (`123456789:AA…`). Stored sealed; never shown again.
+    #[schema(write_only, pattern = "^[0-9]{1,20}:[A-Za-z0-9_-]{20,100}$")]
     pub token: String,
     /// The agent the bot's users talk to.
+    #[schema(schema_with = agent_id_schema)]
     pub agent_id: String,
-    /// `webhook` or `polling`; the server's `telegram.mode` when absent.
+    /// The server's `telegram.mode` when absent.
     #[serde(default)]
-    pub mode: Option<String>,
-    /// `members` (default: only this tenant's Telegram members, paired with a code) or `open`
-    /// (anyone who writes to the bot).
+    pub mode: Option<TelegramMode>,
+    /// `members` by default.
     #[serde(default)]
-    pub access: Option<String>,
+    pub access: Option<BotAccess>,
+}
+
+/// Who may talk to a tenant's bot: `members` (only this tenant's Telegram members, paired with a
+/// code) or `open` (anyone who writes to the bot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BotAccess {
+    Members,
+    Open,
+}
+
+impl BotAccess {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BotAccess::Members => "members",
+            BotAccess::Open => "open",
+        }
+    }
 }
 
 impl std::fmt::Debug for PutTelegramBot {
@@ -361,6 +437,7 @@ pub struct TelegramBotView {
 #[serde(deny_unknown_fields)]
 pub struct CreatePairingCode {
     /// The agent the paired Telegram user will talk to.
+    #[schema(schema_with = agent_id_schema)]
     pub agent_id: String,
 }
 

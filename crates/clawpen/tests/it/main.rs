@@ -19,6 +19,8 @@
 //! - `pool`: the warm pool: warm claims, per-agent uids, cold starts for other plans or without
 //!   a pool, a claimed agent stopped and started again (kills during claims are in `kill`).
 //! - `meter`: model calls through the meter against a stand-in upstream; caps, aborts, crashes.
+//! - `openapi`: schemathesis with a tenant key and with the admin token: every answer is one the
+//!   OpenAPI document declares, and none is a 5xx.
 //! - `telegram`: tenants' own bots (webhook, polling) and the shared bot with pairing, against the
 //!   stand-in's Bot API; cross-tenant isolation and secrets.
 
@@ -35,5 +37,6 @@ mod kill;
 mod lifecycle;
 mod meter;
 mod nodes;
+mod openapi;
 mod pool;
 mod telegram;
