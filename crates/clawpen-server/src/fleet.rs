@@ -339,6 +339,7 @@ impl App {
     pub async fn reconcile(&self) -> anyhow::Result<()> {
         let containers = self.runtime.list(labels::INSTANCE, &self.instance).await?;
         let agents = self.store.all_agents().await?;
+        self.layout.remove_unfinished_images()?;
         let sys = Actor::system();
         // Pool sandboxes no record names are removed, with every pool dir; claimed ones are
         // settled with their agents below.

@@ -139,6 +139,17 @@ impl Layout {
         Ok(())
     }
 
+    /// Removes images a crash left half-made (formatted under a temporary name, never renamed
+    /// into place). Only at start-up, before anything makes a new one.
+    pub fn remove_unfinished_images(&self) -> std::io::Result<()> {
+        for f in std::fs::read_dir(self.volumes_dir()).into_iter().flatten().flatten() {
+            if f.file_name().to_string_lossy().ends_with(".img.tmp") {
+                remove_file_if_present(&f.path())?;
+            }
+        }
+        Ok(())
+    }
+
     /// The slot numbers with pool dirs or images on disk.
     pub fn pool_slots_on_disk(&self) -> Vec<u64> {
         let mut slots: Vec<u64> = std::fs::read_dir(self.pool_root()).into_iter().flatten().flatten().filter_map(|d| d.file_name().to_str()?.parse().ok()).collect();
