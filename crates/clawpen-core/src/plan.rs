@@ -28,6 +28,9 @@ pub struct Plan {
     pub max_tokens: u32,
     /// Most runs (user messages handled by an agent) per agent per hour.
     pub runs_per_hour: u32,
+    /// Most model calls one run may make (the agent's loop: a call, tools, a call, …); past it
+    /// the meter refuses the run's calls with 429.
+    pub max_calls_per_run: u32,
     /// Messages a tenant may send to its agents per minute, all doors together (a burst of this
     /// many, refilled evenly over the minute); past it a message is refused with 429.
     pub messages_per_minute: u32,
@@ -59,6 +62,7 @@ impl Default for Plan {
             initial_credits: CREDIT / 5,
             max_tokens: 1024,
             runs_per_hour: 30,
+            max_calls_per_run: 24,
             messages_per_minute: 20,
             idle_pause_secs: 300,
             idle_stop_secs: 3600,
