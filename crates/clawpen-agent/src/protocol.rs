@@ -21,6 +21,11 @@ pub struct MessageIn {
     /// Session the message belongs to; `main` when absent.
     #[serde(default)]
     pub session: Option<String>,
+    /// The run the server opened with the meter for this message: its model calls carry it as
+    /// `x-clawpen-run`, and the meter refuses calls outside a run it opened. Absent, the agent
+    /// makes up an id (which only a fake meter accepts: tests of the agent alone).
+    #[serde(default)]
+    pub run_id: Option<String>,
 }
 
 /// `POST /messages` response. Sent with status 200 whenever the user gets an answer: the model's,
@@ -32,7 +37,8 @@ pub struct MessageOut {
     pub agent_id: String,
     pub tenant_id: String,
     pub session: String,
-    /// The run's id, sent to the meter as `x-clawpen-run` on each of its model calls.
+    /// The run's id, sent to the meter as `x-clawpen-run` on each of its model calls: the one the
+    /// message came with, echoed.
     #[serde(default)]
     pub run_id: String,
     /// Tool calls the run made.

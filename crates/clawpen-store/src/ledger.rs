@@ -331,11 +331,6 @@ impl Store {
         Ok(true)
     }
 
-    /// Records a call that was refused before any hold (cost 0).
-    pub async fn record_call(&self, call: &CallRecord) -> Result<()> {
-        self.record_calls(std::slice::from_ref(call)).await
-    }
-
     /// Records calls that were refused before any hold (cost 0), in one transaction.
     pub async fn record_calls(&self, calls: &[CallRecord]) -> Result<()> {
         let mut tx = self.writer.begin().await?;
