@@ -151,7 +151,7 @@ pub async fn send_message(State(app): State<App>, caller: TenantCaller, AgentPat
     if body.text.is_empty() || body.text.chars().count() > MAX_MESSAGE_CHARS {
         return Err(ApiError::invalid(format!("text: must be 1 to {MAX_MESSAGE_CHARS} characters")));
     }
-    let msg = MessageIn { text: body.text, session: body.session };
+    let msg = MessageIn { text: body.text, session: body.session, run_id: None };
     let out = app.deliver_message(&caller.tenant, &agent, msg, &caller.actor()).await?;
     Ok(Json(MessageReply {
         reply: out.reply,
