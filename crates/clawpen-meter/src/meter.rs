@@ -170,6 +170,8 @@ struct Prepared {
     /// The model generates output a stream does not show (see [`request::Checked::hidden_output`] and
     /// [`ModelConfig::reasoning`]).
     hidden_output: bool,
+    /// Sent upstream as `anthropic-version` (Anthropic only).
+    anthropic_version: String,
     held: i64,
 }
 
@@ -401,6 +403,7 @@ impl Meter {
             max_tokens: checked.max_tokens,
             input_tokens_max,
             hidden_output,
+            anthropic_version: checked.anthropic_version,
             held,
         })
     }
@@ -476,10 +479,10 @@ impl Meter {
         }))
         .header("host", base.authority())
         .header("content-type", "application/json");
-        // No header of the caller's goes upstream (no `anthropic-beta`: see `request`).
+        // No header of the caller's goes upstream but a checked `anthropic-version` (see `request`).
         let req = match endpoint {
             Endpoint::ChatCompletions => req.header("authorization", format!("Bearer {key}")),
-            Endpoint::Messages => req.header("x-api-key", key).header("anthropic-version", "2023-06-01"),
+            Endpoint::Messages => req.header("x-api-key", key).header("anthropic-version", &p.anthropic_version),
         };
         // The error names neither the key nor the value that failed (only that one did).
         req.body(http_body_util::Full::new(p.body.clone())).map_err(|_| "a header for the provider is not valid".to_owned())

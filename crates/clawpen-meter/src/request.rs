@@ -37,7 +37,7 @@ pub const TOOLS_TOKENS: i64 = 1024;
 /// Tokens around each tool definition.
 pub const PER_TOOL_TOKENS: i64 = 64;
 
-/// The only `anthropic-version` there is; sent upstream whatever the caller sent.
+/// The `anthropic-version` sent when the caller sends none (or not a date).
 const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// A request the meter will forward, and its bound.
@@ -58,6 +58,10 @@ pub struct Checked {
     /// The request makes the model generate output a stream does not show in full (Anthropic's
     /// extended thinking is summarized): a call whose caller hangs up is charged its max tokens.
     pub hidden_output: bool,
+    /// The `anthropic-version` to send upstream (Anthropic only): the caller's when it is a date
+    /// (SDKs send their own), else the first. It selects response formats; the fields it may
+    /// govern are the allow-listed ones either way.
+    pub anthropic_version: String,
 }
 
 /// Why a request is refused: the field and what is wrong, in a sentence for the caller.
@@ -86,10 +90,11 @@ struct Tally {
 /// `upstream_model` as its model and max tokens clamped to `plan_max_tokens`.
 pub fn check(endpoint: Endpoint, headers: &HeaderMap, request: &Map<String, Value>, upstream_model: &str, plan_max_tokens: i64) -> Checking<Checked> {
     let mut tally = Tally::default();
+    let mut anthropic_version = String::new();
     let (mut out, max_tokens, hidden_output) = match endpoint {
         Endpoint::ChatCompletions => (openai(request, &mut tally)?, openai_max_tokens(request, plan_max_tokens)?, false),
         Endpoint::Messages => {
-            anthropic_headers(headers)?;
+            anthropic_version = anthropic_headers(headers)?;
             let (out, hidden) = anthropic(request, &mut tally)?;
             (out, positive(request, "max_tokens")?.unwrap_or(plan_max_tokens).min(plan_max_tokens), hidden)
         }
@@ -116,7 +121,7 @@ pub fn check(endpoint: Endpoint, headers: &HeaderMap, request: &Map<String, Valu
     if tally.structured || tally.tools > 0 {
         text_tokens_max += TOOLS_TOKENS + tally.tools * PER_TOOL_TOKENS;
     }
-    Ok(Checked { body, stream, caller_wants_usage, max_tokens, text_tokens_max, images: tally.images, hidden_output })
+    Ok(Checked { body, stream, caller_wants_usage, max_tokens, text_tokens_max, images: tally.images, hidden_output, anthropic_version })
 }
 
 /// A field that, when given (and not `null`), is an integer of at least 1.
@@ -414,15 +419,13 @@ fn is_image_data_url(url: &str) -> bool {
 }
 
 /// Anthropic's headers: no beta features (none is needed, and several fetch URLs or bill past the
-/// bound); the one API version.
-fn anthropic_headers(headers: &HeaderMap) -> Checking<()> {
+/// bound); the API version to send.
+fn anthropic_headers(headers: &HeaderMap) -> Checking<String> {
     if headers.contains_key("anthropic-beta") {
         return bad("anthropic-beta", "beta features are not offered through the meter; send the request without that header");
     }
-    match headers.get("anthropic-version").map(|v| v.to_str()) {
-        None | Some(Ok(ANTHROPIC_VERSION)) => Ok(()),
-        Some(_) => bad("anthropic-version", format!("only {ANTHROPIC_VERSION} is passed on")),
-    }
+    let is_date = |v: &&str| v.len() == 10 && v.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+    Ok(headers.get("anthropic-version").and_then(|v| v.to_str().ok()).filter(is_date).unwrap_or(ANTHROPIC_VERSION).to_owned())
 }
 
 fn anthropic_refusal(field: &str) -> Option<&'static str> {
@@ -705,6 +708,13 @@ mod tests {
         beta.insert("anthropic-beta", "mcp-client-2025-04-04".parse().unwrap());
         let e = check(Endpoint::Messages, &beta, json!({"model": "x", "messages": hello}).as_object().unwrap(), "up", 100).unwrap_err().0;
         assert!(e.starts_with("anthropic-beta: beta features"), "{e}");
+        // The SDK's own API version goes on when it is a date; anything else is replaced.
+        for (sent, want) in [("2026-10-21", "2026-10-21"), ("latest; beta=mcp", ANTHROPIC_VERSION)] {
+            let mut h = HeaderMap::new();
+            h.insert("anthropic-version", sent.parse().unwrap());
+            let c = check(Endpoint::Messages, &h, json!({"model": "x", "messages": hello}).as_object().unwrap(), "up", 100).unwrap();
+            assert_eq!(c.anthropic_version, want);
+        }
         let e = anthropic_err(json!({"model": "x", "messages": [{"role": "user", "content": [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}]}));
         assert!(e.starts_with("messages[0].content[0].cache_control.ttl"), "{e}");
     }
