@@ -47,11 +47,12 @@ pub struct MessageOut {
     /// The guardrail that stopped the run: `max_tool_calls` or `max_run_time`.
     #[serde(default)]
     pub stopped_by: Option<String>,
-    /// The meter refused because the agent is paused or out of credits (a 402 refusal).
+    /// The meter refused because the agent is paused or out of credits (a 402 refusal other than
+    /// `cap_headroom`, which refuses one call too large for what is left of the monthly cap).
     #[serde(default)]
     pub paused: bool,
-    /// The meter's refusal code (`cap_reached`, `daily_cap_reached`, `rate_limited`,
-    /// `max_tokens`, `agent_paused`, …) when the reply is its refusal.
+    /// The meter's refusal code (`agent_paused`, `cap_headroom`, `insufficient_credits`,
+    /// `no_run`, `run_exhausted`, `rate_limited`, …) when the reply is its refusal.
     #[serde(default)]
     pub error_code: Option<String>,
     /// When a paused agent resumes (Unix ms), if the meter said.

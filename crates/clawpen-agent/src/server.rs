@@ -165,7 +165,9 @@ fn answer(config: &AgentConfig, session: &str, run_id: &str, tool_calls: u32, en
         }
         Ending::Refused(r) => {
             out.reply = r.message;
-            out.paused = r.status == StatusCode::PAYMENT_REQUIRED.as_u16();
+            // A 402 pauses the agent, except `cap_headroom`: that one call did not fit in what is
+            // left of the monthly cap (a smaller one may), and nothing is paused.
+            out.paused = r.status == StatusCode::PAYMENT_REQUIRED.as_u16() && r.code != "cap_headroom";
             out.error_code = Some(r.code);
             out.paused_until = r.paused_until;
         }

@@ -339,6 +339,15 @@ async fn a_refusal_after_a_tool_call_keeps_the_work_done() {
 }
 
 #[tokio::test]
+async fn a_call_too_large_for_the_cap_left_is_not_a_pause() {
+    let h = Harness::start().await;
+    let msg = "This call could cost up to 900 micro-credits and this month's cap has 100 of 1000 left.";
+    h.meter.push(Canned::Error(402, refusal("cap_headroom", msg, None)));
+    let out = h.send("a big question").await.expect("reply");
+    assert_eq!((out.reply.as_str(), out.paused, out.error_code.as_deref()), (msg, false, Some("cap_headroom")));
+}
+
+#[tokio::test]
 async fn a_run_has_one_id_and_runs_differ() {
     let h = Harness::start().await;
     h.meter.push(tool_calls(&[("a", "remember", r#"{"fact": "x"}"#)]));
