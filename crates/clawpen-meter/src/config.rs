@@ -76,8 +76,8 @@ pub struct ModelConfig {
     #[serde(default)]
     pub cache_write_per_mtok: i64,
     /// The most input tokens one image can count for this model (the provider's figure for its
-    /// largest image, e.g. about 1,600 for Claude, 1,105 for GPT-4o in high detail); each image
-    /// is held at this. A model without it refuses images.
+    /// largest image: about 1,600 for Claude; 1,445 for GPT-4o in high detail, a 2048×768
+    /// image); each image is held at this. A model without it refuses images.
     #[serde(default)]
     pub image_tokens_max: Option<i64>,
     /// The model reasons before it answers, in tokens it bills as output but does not stream (an
