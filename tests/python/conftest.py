@@ -3,8 +3,9 @@
 The stand-in: CLAWPEN_STANDIN_URL when a running one is given (the Rust test that runs this suite
 passes its in-process stand-in), else one process started from the command line in
 CLAWPEN_STANDIN_CMD. The meter: CLAWPEN_CONTROL_SOCK (an agent's control socket on a running
-server whose meter reaches that stand-in), CLAWPEN_URL and CLAWPEN_TENANT_KEY (that agent's
-tenant, for the usage API). Missing settings fail the tests: they never skip.
+server whose meter reaches that stand-in), CLAWPEN_RUN_ID (a run the server opened for that
+agent: the meter takes model calls only inside one), CLAWPEN_URL and CLAWPEN_TENANT_KEY (that
+agent's tenant, for the usage API). Missing settings fail the tests: they never skip.
 """
 
 import os
@@ -62,6 +63,11 @@ def _required(name):
 @pytest.fixture(scope="session")
 def control_sock():
     return _required("CLAWPEN_CONTROL_SOCK")
+
+
+@pytest.fixture(scope="session")
+def run_id():
+    return _required("CLAWPEN_RUN_ID")
 
 
 @pytest.fixture(scope="session")

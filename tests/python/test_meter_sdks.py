@@ -1,7 +1,8 @@
 """The meter driven by the real OpenAI and Anthropic Python SDKs, as code inside a sandbox would
 drive it: over the agent's control socket, with no provider key (whatever key the client sends is
-dropped; the meter adds the platform's). Each call must come back in the SDK's own types and show
-up in the usage API at the exact price of the usage the provider reported.
+dropped; the meter adds the platform's), in a run the server opened (`x-clawpen-run`). Each call
+must come back in the SDK's own types and show up in the usage API at the exact price of the usage
+the provider reported.
 
 Prices of the test models (micro-credits per million tokens): 1 per input token, 2 per output
 token, 0.5 per cache read, 1.25 per cache write, each part rounded up.
@@ -33,15 +34,15 @@ def cost(input_tokens, output_tokens, cache_read=0, cache_write=0):
 
 
 @pytest.fixture
-def oai(control_sock):
+def oai(control_sock, run_id):
     http = httpx.Client(transport=httpx.HTTPTransport(uds=control_sock))
-    return openai.OpenAI(api_key=INSIDE_KEY, base_url="http://meter/v1", http_client=http, max_retries=0)
+    return openai.OpenAI(api_key=INSIDE_KEY, base_url="http://meter/v1", http_client=http, max_retries=0, default_headers={"x-clawpen-run": run_id})
 
 
 @pytest.fixture
-def ant(control_sock):
+def ant(control_sock, run_id):
     http = httpx.Client(transport=httpx.HTTPTransport(uds=control_sock))
-    return anthropic.Anthropic(api_key=INSIDE_KEY, base_url="http://meter", http_client=http, max_retries=0)
+    return anthropic.Anthropic(api_key=INSIDE_KEY, base_url="http://meter", http_client=http, max_retries=0, default_headers={"x-clawpen-run": run_id})
 
 
 def usage(clawpen_api):
@@ -144,6 +145,14 @@ def test_anthropic_stream_is_charged_from_message_start_and_the_last_delta(ant, 
     c = last_call(clawpen_api)
     assert (c["stream"], c["input_tokens"], c["output_tokens"]) == (True, final.usage.input_tokens, final.usage.output_tokens)
     assert c["cost"] == cost(final.usage.input_tokens, final.usage.output_tokens)
+
+
+def test_a_call_outside_the_run_is_refused(control_sock):
+    http = httpx.Client(transport=httpx.HTTPTransport(uds=control_sock))
+    rogue = openai.OpenAI(api_key=INSIDE_KEY, base_url="http://meter/v1", http_client=http, max_retries=0, default_headers={"x-clawpen-run": "run-of-my-own"})
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        rogue.chat.completions.create(model="gpt-test", messages=HELLO)
+    assert "a run the server started" in str(e.value)
 
 
 def test_anthropic_max_tokens_over_the_plan_is_clamped(ant, clawpen_api):

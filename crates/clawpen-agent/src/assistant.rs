@@ -77,7 +77,8 @@ pub struct Turn {
     pub tool_lines: Vec<LogLine>,
 }
 
-/// A fresh run id: `run_` and 24 hex digits, within the meter's `[A-Za-z0-9_-]{1,64}`.
+/// A fresh run id: `run_` and 24 hex digits, within the meter's `[A-Za-z0-9_-]{1,64}`. The meter
+/// accepts only runs the server opened, so this is for runs without one (tests with a fake meter).
 pub fn new_run_id() -> String {
     let mut b = [0u8; 12];
     rand::thread_rng().fill_bytes(&mut b);
@@ -85,11 +86,12 @@ pub fn new_run_id() -> String {
     format!("run_{hex}")
 }
 
-/// Runs the loop for the user's `text` in `session`.
-pub async fn run(config: &AgentConfig, ws: &Workspace, session: &str, text: &str) -> Turn {
+/// Runs the loop for the user's `text` in `session`, in the run `run_id` the server opened (a
+/// made-up id when it gave none).
+pub async fn run(config: &AgentConfig, ws: &Workspace, session: &str, text: &str, run_id: Option<String>) -> Turn {
     let deadline = Instant::now() + config.max_run;
     let today = today_utc();
-    let run_id = new_run_id();
+    let run_id = run_id.unwrap_or_else(new_run_id);
     let messages = prompt::build(ws, session, text, today).await;
     let mut run = Run { config, ws, today, deadline, run_id: &run_id, messages, tool_lines: Vec::new() };
     let ending = run.steps().await;

@@ -7,6 +7,8 @@
 //! from the agent. The agent opens with `connect.challenge`; the first request must be
 //! `connect` (answered `hello-ok`), within [`CONNECT_WITHIN`] and at most [`PRE_CONNECT_MAX`]
 //! bytes. Then: `chat.send` (with `idempotencyKey`), `chat.history`, `chat.abort`, `health`.
+//! The server relaying a `chat.send` opens a run with the meter and puts its id in the params as
+//! `clawpenRunId`: that is the run's `runId`, and its model calls carry it to the meter.
 //! A run's reply comes as `chat` events: `delta`, then `final`, or `aborted` / `error`.
 
 use std::collections::HashMap;
@@ -19,7 +21,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::server::{turn, AgentState};
+use crate::server::{turn, valid_run_id, AgentState};
 use crate::session;
 
 /// The first request must come this soon.
@@ -175,7 +177,16 @@ async fn serve(s: Arc<AgentState>, mut socket: WebSocket) {
                     out.send(res_ok(&id, json!({"runId": run_id, "status": status}))).await;
                     continue;
                 }
-                let run_id = format!("run_{}", nonce());
+                // The server opened the run with the meter and injected its id; without one
+                // (a gateway used alone) the id is made up.
+                let run_id = match &params["clawpenRunId"] {
+                    Value::Null => format!("run_{}", nonce()),
+                    Value::String(r) if valid_run_id(r) => r.clone(),
+                    _ => {
+                        out.send(res_err(&id, "INVALID_REQUEST", "clawpenRunId must be 1-64 of [A-Za-z0-9_-]")).await;
+                        continue;
+                    }
+                };
                 if let Some(k) = key {
                     by_key.insert(k, run_id.clone());
                 }
@@ -185,7 +196,7 @@ async fn serve(s: Arc<AgentState>, mut socket: WebSocket) {
                     run_id,
                     tokio::spawn(async move {
                         let base = json!({"runId": rid, "sessionKey": session_key});
-                        match turn(&s, &session, message).await {
+                        match turn(&s, &session, message, Some(rid.clone())).await {
                             Ok(reply) => {
                                 let msg = json!({"role": "assistant", "content": [{"type": "text", "text": reply.reply}]});
                                 out.event("chat", merge(&base, json!({"state": "delta", "message": msg}))).await;

@@ -21,6 +21,11 @@ pub struct MessageIn {
     /// Session the message belongs to; `main` when absent.
     #[serde(default)]
     pub session: Option<String>,
+    /// The run the server opened with the meter for this message: its model calls carry it as
+    /// `x-clawpen-run`, and the meter refuses calls outside a run it opened. Absent, the agent
+    /// makes up an id (which only a fake meter accepts: tests of the agent alone).
+    #[serde(default)]
+    pub run_id: Option<String>,
 }
 
 /// `POST /messages` response. Sent with status 200 whenever the user gets an answer: the model's,
@@ -32,7 +37,8 @@ pub struct MessageOut {
     pub agent_id: String,
     pub tenant_id: String,
     pub session: String,
-    /// The run's id, sent to the meter as `x-clawpen-run` on each of its model calls.
+    /// The run's id, sent to the meter as `x-clawpen-run` on each of its model calls: the one the
+    /// message came with, echoed.
     #[serde(default)]
     pub run_id: String,
     /// Tool calls the run made.
@@ -41,11 +47,12 @@ pub struct MessageOut {
     /// The guardrail that stopped the run: `max_tool_calls` or `max_run_time`.
     #[serde(default)]
     pub stopped_by: Option<String>,
-    /// The meter refused because the agent is paused or out of credits (a 402 refusal).
+    /// The meter refused because the agent is paused or out of credits (a 402 refusal other than
+    /// `cap_headroom`, which refuses one call too large for what is left of the monthly cap).
     #[serde(default)]
     pub paused: bool,
-    /// The meter's refusal code (`cap_reached`, `daily_cap_reached`, `rate_limited`,
-    /// `max_tokens`, `agent_paused`, …) when the reply is its refusal.
+    /// The meter's refusal code (`agent_paused`, `cap_headroom`, `insufficient_credits`,
+    /// `no_run`, `run_exhausted`, `rate_limited`, …) when the reply is its refusal.
     #[serde(default)]
     pub error_code: Option<String>,
     /// When a paused agent resumes (Unix ms), if the meter said.

@@ -97,6 +97,11 @@ fn own_uid() -> u32 {
         .unwrap_or(u32::MAX)
 }
 
+/// A run id as the meter takes it.
+pub(crate) fn valid_run_id(s: &str) -> bool {
+    valid_session(s)
+}
+
 fn valid_session(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
@@ -109,18 +114,21 @@ async fn message(State(s): State<Arc<AgentState>>, Json(m): Json<MessageIn>) -> 
     if m.text.trim().is_empty() {
         return Err(reject(StatusCode::BAD_REQUEST, "text must not be empty"));
     }
-    turn(&s, &session, m.text).await.map(Json).map_err(|(status, e)| reject(status, e))
+    if m.run_id.as_deref().is_some_and(|r| !valid_run_id(r)) {
+        return Err(reject(StatusCode::BAD_REQUEST, "run_id must be 1-64 of [A-Za-z0-9_-]"));
+    }
+    turn(&s, &session, m.text, m.run_id).await.map(Json).map_err(|(status, e)| reject(status, e))
 }
 
-/// One user message, whichever door it came through: the assistant loop, then the turn in the
-/// session log. `Err` is the status and what to tell the user.
-pub(crate) async fn turn(s: &AgentState, session: &str, text: String) -> Result<MessageOut, (StatusCode, String)> {
+/// One user message, whichever door it came through: the assistant loop in the run the server
+/// opened for it, then the turn in the session log. `Err` is the status and what to tell the user.
+pub(crate) async fn turn(s: &AgentState, session: &str, text: String, run_id: Option<String>) -> Result<MessageOut, (StatusCode, String)> {
     let asked_at = now_ts();
     let config = s.config();
     if !config.is_claimed() {
         return Err((StatusCode::CONFLICT, "this sandbox is in the warm pool and has no agent yet".to_owned()));
     }
-    let Turn { run_id, ending, tool_lines } = assistant::run(&config, &s.workspace, session, &text).await;
+    let Turn { run_id, ending, tool_lines } = assistant::run(&config, &s.workspace, session, &text, run_id).await;
     let tool_calls = tool_lines.len() as u32;
     let answer = answer(&config, session, &run_id, tool_calls, ending);
     let lines = log_lines(LogLine::User { content: text, ts: asked_at, run: Some(run_id.clone()), error_code: None }, tool_lines, &answer, &run_id);
@@ -167,7 +175,9 @@ fn answer(config: &AgentConfig, session: &str, run_id: &str, tool_calls: u32, en
         }
         Ending::Refused(r) => {
             out.reply = r.message;
-            out.paused = r.status == StatusCode::PAYMENT_REQUIRED.as_u16();
+            // A 402 pauses the agent, except `cap_headroom`: that one call did not fit in what is
+            // left of the monthly cap (a smaller one may), and nothing is paused.
+            out.paused = r.status == StatusCode::PAYMENT_REQUIRED.as_u16() && r.code != "cap_headroom";
             out.error_code = Some(r.code);
             out.paused_until = r.paused_until;
         }

@@ -17,7 +17,8 @@ pub struct Plan {
     /// Most agents a tenant on this plan may have.
     pub max_agents: u32,
     /// Hard monthly spending cap of the tenant, in micro-credits: a call that could pass it is
-    /// refused and the tenant's agents pause until the next month.
+    /// refused (that call alone); when the settled spending reaches it the tenant's agents pause
+    /// until the next month.
     pub monthly_cap: i64,
     /// Soft daily cap, in micro-credits: checked after each call settles; past it the agents
     /// pause until the next day (UTC).
@@ -26,8 +27,12 @@ pub struct Plan {
     pub initial_credits: i64,
     /// Most output tokens one model request may ask for; larger requests are clamped.
     pub max_tokens: u32,
-    /// Most runs (user messages handled by an agent) per agent per hour.
+    /// Most runs (user messages handled by an agent, each opened by the server) per agent per
+    /// hour.
     pub runs_per_hour: u32,
+    /// Most model calls one run may make (the agent's loop: a call, tools, a call, …); past it
+    /// the meter refuses the run's calls with 429.
+    pub max_calls_per_run: u32,
     /// Messages a tenant may send to its agents per minute, all doors together (a burst of this
     /// many, refilled evenly over the minute); past it a message is refused with 429.
     pub messages_per_minute: u32,
@@ -69,6 +74,7 @@ impl Default for Plan {
             initial_credits: CREDIT / 5,
             max_tokens: 1024,
             runs_per_hour: 30,
+            max_calls_per_run: 24,
             messages_per_minute: 20,
             idle_pause_secs: 300,
             idle_stop_secs: 3600,

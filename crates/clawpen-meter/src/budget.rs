@@ -8,7 +8,8 @@
 //! the headroom, at least two seconds of the tenant's recent spending, then for exactly what is
 //! missing), and below half the headroom it is grown in the background before it runs short.
 //! Settled calls are charged against the lease in batches: one transaction records them all and
-//! moves their total from held to spent.
+//! moves their total from held to spent. A call that cost more than was carved for it (a
+//! provider billed past the bound) is charged in full: the excess comes from the balance alone.
 //! An idle lease is released. A crash leaves the lease to expire and the sweeper voids it, like
 //! any hold; what a crash can lose is the charge of calls settled in the last moments before it,
 //! never credit.
@@ -52,6 +53,9 @@ struct Budget {
     /// Carved in the current second, and carved per second over the last whole one.
     window: (Option<Instant>, i64),
     per_second: i64,
+    /// The tenant was paused: calls must ask the store (which refuses while the pause lasts)
+    /// instead of carving from what the lease still holds. Cleared when the store grants again.
+    ask_store: bool,
 }
 
 impl Budget {
@@ -60,6 +64,9 @@ impl Budget {
     }
 
     fn available(&self) -> i64 {
+        if self.ask_store {
+            return 0;
+        }
         self.held - self.in_use()
     }
 
@@ -98,6 +105,7 @@ async fn grow_lease(store: &Store, t: &Tenant, grow: &Reserve<'_>, p: &Period) -
         let mut b = t.state();
         if b.lease.as_deref() == Some(grow.hold_id) {
             b.held += grow.amount;
+            b.ask_store = false;
         }
     }
     Ok(grown)
@@ -109,6 +117,8 @@ struct Tenant {
     state: Mutex<Budget>,
     /// Held while the lease is opened, grown or released in the store: one step at a time.
     store_step: tokio::sync::Mutex<()>,
+    /// Woken when a call of the tenant settles (what it held returns to the lease).
+    settled: Notify,
 }
 
 impl Tenant {
@@ -170,9 +180,10 @@ impl Budgets {
             // (No release can come between: it takes the store step this call holds.) Ask for
             // the headroom, so that the lease grows in a few steps; then for exactly what is
             // missing.
+            // (Never a negative growth: a paused tenant's lease may hold more than the call needs.)
             let (lease, missing, chunk) = {
                 let b = t.state();
-                (b.lease.clone(), r.amount - b.available(), b.headroom(r.amount))
+                (b.lease.clone(), (r.amount - b.available()).max(0), b.headroom(r.amount))
             };
             let asks = if missing < chunk { vec![chunk, missing] } else { vec![missing] };
             let mut refusal = None;
@@ -242,9 +253,44 @@ impl Budgets {
             self.leases.lock().expect("leases").insert(id.clone());
             let mut b = t.state();
             b.lease = Some(id);
+            b.ask_store = false;
             b.held = b.in_use() + ask;
         }
         Ok(outcome)
+    }
+
+    /// After a refusal by the monthly cap: waits until `until` for the tenant's calls in flight
+    /// to settle and give back what they held beyond their cost, and carves from that (in memory:
+    /// no store round trip per wake-up). False when nothing is in flight any more (waiting cannot
+    /// help) or the time is up.
+    pub async fn wait_for_headroom(&self, r: &Reserve<'_>, p: &Period, until: tokio::time::Instant) -> bool {
+        let t = self.tenant(r.tenant);
+        loop {
+            // Registered before looking, so that a settle in between is not missed.
+            let settled = t.settled.notified();
+            let mut settled = std::pin::pin!(settled);
+            settled.as_mut().enable();
+            if self.try_carve(&t, r, p) {
+                return true;
+            }
+            if t.state().carved == 0 {
+                return false;
+            }
+            if tokio::time::timeout_at(until, settled).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Whether calls of `tenant` are in flight in this process.
+    pub fn in_flight(&self, tenant: &TenantId) -> bool {
+        self.tenant(tenant).state().carved > 0
+    }
+
+    /// The tenant was paused in the store: from now on its calls ask the store, which refuses
+    /// them while the pause lasts, instead of carving from what its lease still holds.
+    pub fn ask_store(&self, tenant: &TenantId) {
+        self.tenant(tenant).state().ask_store = true;
     }
 
     /// When less than half the usual headroom is left, grows the lease in the background, so
@@ -270,19 +316,21 @@ impl Budgets {
         });
     }
 
-    /// A call is over: `held` goes back to the lease and `call` (its cost at most `held`) waits
-    /// for the next flush.
+    /// A call is over: `held` goes back to the lease and `call` waits for the next flush. Its
+    /// cost is charged in full; what passes `held` is taken from the balance alone (see
+    /// [`Store::charge_hold`]), so the lease in memory counts only the part within the carve.
     pub async fn settle(&self, tenant: &TenantId, held: i64, call: CallRecord) {
         let t = self.tenant(tenant);
         {
             let mut b = t.state();
             b.carved -= held;
-            b.unflushed_cost += call.cost;
+            b.unflushed_cost += call.cost.clamp(0, held);
             b.unflushed.push(call);
             if b.carved == 0 {
                 b.idle_since = Some(Instant::now());
             }
         }
+        t.settled.notify_waiters();
         self.dirty.notify_one();
     }
 
@@ -298,6 +346,7 @@ impl Budgets {
                     None
                 } else {
                     let calls = std::mem::take(&mut b.unflushed);
+                    // What of their cost comes from the lease (each call's, up to its carve).
                     let cost = std::mem::take(&mut b.unflushed_cost);
                     b.flushing_cost += cost;
                     Some((b.lease.clone().unwrap_or_default(), calls, cost))

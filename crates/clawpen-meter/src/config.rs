@@ -75,6 +75,16 @@ pub struct ModelConfig {
     pub cache_read_per_mtok: i64,
     #[serde(default)]
     pub cache_write_per_mtok: i64,
+    /// The most input tokens one image can count for this model (the provider's figure for its
+    /// largest image: about 1,600 for Claude; 1,445 for GPT-4o in high detail, a 2048×768
+    /// image); each image is held at this. A model without it refuses images.
+    #[serde(default)]
+    pub image_tokens_max: Option<i64>,
+    /// The model reasons before it answers, in tokens it bills as output but does not stream (an
+    /// OpenAI o-series or GPT-5 model): a call whose caller hangs up mid-stream is then charged
+    /// its whole max tokens of output, since what it generated cannot be seen.
+    #[serde(default)]
+    pub reasoning: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,8 +96,13 @@ pub struct MeterConfig {
     pub models: BTreeMap<String, ModelConfig>,
     /// How long a hold may stay open before the sweeper voids it.
     pub hold_ttl_secs: u64,
-    /// How long the meter keeps reading a stream whose client went away, to learn its usage.
+    /// No longer used: a stream whose client went away is closed at once (see the meter's
+    /// docs). Accepted so that older config files still load.
+    #[serde(skip_serializing)]
     pub drain_secs: u64,
+    /// How long a run the server opened ([`crate::Meter::open_run`]) stays open for model calls,
+    /// unless closed sooner. A little longer than the agent's longest run.
+    pub run_ttl_secs: u64,
     /// How often the sweeper looks for expired holds.
     pub sweep_secs: u64,
     /// How long an upstream call may take in all.
@@ -104,7 +119,8 @@ impl Default for MeterConfig {
             upstreams: BTreeMap::new(),
             models: BTreeMap::new(),
             hold_ttl_secs: 600,
-            drain_secs: 120,
+            drain_secs: 0,
+            run_ttl_secs: 660,
             sweep_secs: 5,
             upstream_timeout_secs: 300,
             ca_file: None,
@@ -143,6 +159,9 @@ impl MeterConfig {
             }
             if m.input_per_mtok < 0 || m.output_per_mtok < 0 || m.cache_read_per_mtok < 0 || m.cache_write_per_mtok < 0 {
                 return Err(format!("model {model}: prices cannot be negative"));
+            }
+            if m.image_tokens_max.is_some_and(|n| n < 1) {
+                return Err(format!("model {model}: image_tokens_max must be at least 1 (leave it out to refuse images)"));
             }
         }
         if let Some(d) = &self.default_model {

@@ -12,6 +12,7 @@ use clawpen_core::ids::{AgentId, TenantId};
 use clawpen_core::plan::Plan;
 use clawpen_store::ledger::{CallRecord, Period, Refusal, Reserve};
 use clawpen_store::{NewAudit, Store};
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use rand::RngCore;
 use serde_json::{json, Value};
@@ -20,6 +21,9 @@ use tracing::{info, warn};
 use crate::budget::Budgets;
 use crate::client::{Conn, UpstreamClient};
 use crate::config::{MeterConfig, ModelConfig, Provider, Upstream};
+use crate::refusals::{Refusals, Refused, ToWrite};
+use crate::request;
+use crate::runs::{CallRefusal, Runs};
 use crate::price;
 use crate::usage::{self, event_data, SseSplitter, StreamUsage, Usage};
 
@@ -40,7 +44,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    fn provider(self) -> Provider {
+    pub fn provider(self) -> Provider {
         match self {
             Endpoint::ChatCompletions => Provider::Openai,
             Endpoint::Messages => Provider::Anthropic,
@@ -59,20 +63,14 @@ pub struct Meter {
     budgets: Budgets,
     /// Tenants whose account is known to exist (saves a write per call).
     accounts_open: Mutex<HashSet<TenantId>>,
-    /// Each agent's runs of the last hour, read from the store on its first call here; new
-    /// ones are written by the flusher with the settled calls.
-    runs: Mutex<HashMap<AgentId, AgentRuns>>,
+    /// Runs the server opened, per agent: a model call is accepted only inside one. New runs are
+    /// written by the flusher with the settled calls.
+    runs: Runs,
+    /// Refused calls, counted in memory; the flusher writes at most a row and a line per agent,
+    /// code and minute.
+    refusals: Refusals,
     /// Each tenant's plan name, read once; [`Meter::plan_changed`] drops an entry.
     plan_names: Mutex<HashMap<TenantId, String>>,
-}
-
-/// An agent's runs of the last hour (run id → start), and those not yet in the store.
-#[derive(Default)]
-struct AgentRuns {
-    started: HashMap<String, i64>,
-    unwritten: Vec<(String, i64)>,
-    /// When runs older than an hour were last dropped.
-    pruned_at: i64,
 }
 
 /// A refusal or failure, in a body both the agent and the OpenAI/Anthropic SDKs can read.
@@ -87,6 +85,27 @@ pub struct MeterError {
 impl MeterError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> MeterError {
         MeterError { status, code, message: message.into(), paused_until: None }
+    }
+
+    /// The HTTP status to answer with (429 `rate_limited` for a run past the hourly limit).
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The machine-readable code (`rate_limited`, `no_run`, `cap_headroom`, …).
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// What to tell the user, in a sentence that says what to do.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for MeterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
     }
 }
 
@@ -115,7 +134,7 @@ pub fn period_at(now_ms: i64) -> (Period, i64, i64) {
     (period, ms(next_day), ms(next_month))
 }
 
-fn format_utc(ms: i64) -> String {
+pub(crate) fn format_utc(ms: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     format!("{:04}-{:02}-{:02} {:02}:{:02} UTC", t.year(), t.month() as u8, t.day(), t.hour(), t.minute())
 }
@@ -138,17 +157,44 @@ struct Prepared {
     model_name: String,
     model: ModelConfig,
     upstream: Arc<Upstream>,
-    body: Value,
+    /// The body sent upstream: the allowed fields only (see [`crate::request`]).
+    body: Bytes,
     stream: bool,
     /// Whether the caller asked for usage in its stream (OpenAI); if not, the meter's own usage
     /// chunk is stripped before the caller sees it.
     caller_wants_usage: bool,
+    /// The max tokens sent upstream.
+    max_tokens: i64,
+    /// The most input tokens the call can be billed for, images included.
+    input_tokens_max: i64,
+    /// The model generates output a stream does not show (see [`request::Checked::hidden_output`] and
+    /// [`ModelConfig::reasoning`]).
+    hidden_output: bool,
+    /// Sent upstream as `anthropic-version` (Anthropic only).
+    anthropic_version: String,
     held: i64,
 }
 
 /// How long the flusher waits after the first settled call, so the calls settling meanwhile
 /// share its store transaction.
 const FLUSH_COALESCE: Duration = Duration::from_millis(20);
+
+/// How long a call whose hold does not fit under the monthly cap waits for the tenant's calls in
+/// flight to settle and give back what they held beyond their cost.
+const CAP_WAIT: Duration = Duration::from_secs(3);
+
+/// Output tokens a stream cut short may have generated beyond what the meter saw: those on their
+/// way (in the provider's buffers and the network) when the meter closed the connection.
+pub const IN_FLIGHT_TOKENS: i64 = 64;
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// What a refused call was, for its count: the model it asked for and whether it streamed.
+#[derive(Default)]
+struct Asked {
+    model: String,
+    stream: bool,
+}
 
 impl Meter {
     pub fn new(store: Store, config: MeterConfig, plans: BTreeMap<String, Plan>, default_plan: String) -> Result<Meter, String> {
@@ -171,13 +217,18 @@ impl Meter {
             http,
             budgets: Budgets::new(store.clone(), ttl),
             accounts_open: Mutex::new(HashSet::new()),
-            runs: Mutex::new(HashMap::new()),
+            runs: Runs::default(),
+            refusals: Refusals::default(),
             plan_names: Mutex::new(HashMap::new()),
         })
     }
 
     fn now_ms() -> i64 {
         clawpen_store::now_ms()
+    }
+
+    fn run_ttl_ms(&self) -> i64 {
+        (self.config.run_ttl_secs as i64).saturating_mul(1000)
     }
 
     async fn plan_of(&self, tenant: &TenantId) -> Result<Plan, MeterError> {
@@ -208,45 +259,99 @@ impl Meter {
         }
     }
 
-    async fn refuse(&self, caller: &MeterCaller, model: &str, provider: Provider, stream: bool, err: MeterError) -> Response {
-        let call = CallRecord {
-            id: new_request_id(),
-            tenant_id: caller.tenant.to_string(),
-            agent_id: caller.agent.to_string(),
-            at: Self::now_ms(),
-            model: model.to_owned(),
-            provider: provider.as_str().to_owned(),
-            stream,
-            outcome: format!("refused:{}", err.code),
-            ..Default::default()
-        };
-        if let Err(e) = self.store.record_call(&call).await {
-            warn!(error = %e, "meter: cannot record a refused call");
+    /// Pauses the tenant's agents in the store until `until`, makes its calls ask the store from
+    /// now on (so none is carved from what its lease still holds), and audits why.
+    async fn pause(&self, caller: &MeterCaller, until: i64, reason: &str, detail: &str) {
+        if let Err(e) = self.store.pause_account(&caller.tenant, Some(until), reason).await {
+            warn!(error = %e, "meter: cannot record a pause");
         }
-        err.into_response()
+        self.budgets.ask_store(&caller.tenant);
+        self.audit(caller, "tenant.paused", &format!("{detail}; until {}", format_utc(until))).await;
+        info!(tenant = %caller.tenant, reason, "meter: tenant paused");
+    }
+
+    /// Opens a run for `caller`'s agent: one piece of work the server started (a user's message),
+    /// inside which the agent's model calls are accepted (`x-clawpen-run: <id>`), at most the
+    /// plan's `max_calls_per_run` of them, until `run_ttl_secs` pass or [`Meter::close_run`].
+    /// Refused with 429 `rate_limited` past the plan's runs per hour. The run is written to the
+    /// store with the flusher's next batch.
+    pub async fn open_run(&self, caller: &MeterCaller) -> Result<String, MeterError> {
+        let plan = self.plan_of(&caller.tenant).await?;
+        let now = Self::now_ms();
+        self.load_runs(&caller.agent, now).await?;
+        self.runs.open(&caller.agent, plan.runs_per_hour, now, self.run_ttl_ms()).ok_or_else(|| {
+            MeterError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("This agent already handled {} requests in the last hour, the most its plan allows; try again later.", plan.runs_per_hour),
+            )
+        })
+    }
+
+    /// Closes `agent`'s run `run`: its model calls are refused from now on. (It still counts for
+    /// the hour.) Closing a run that is not open changes nothing.
+    pub fn close_run(&self, agent: &AgentId, run: &str) {
+        self.runs.close(agent, run);
+    }
+
+    /// Reads `agent`'s runs of the last hour from the store, the first time it is seen here.
+    async fn load_runs(&self, agent: &AgentId, now: i64) -> Result<(), MeterError> {
+        if self.runs.known(agent) {
+            return Ok(());
+        }
+        let seen = self.store.runs_since(agent, now - HOUR_MS).await.map_err(store_down)?;
+        self.runs.load(agent, seen, now, self.run_ttl_ms());
+        Ok(())
+    }
+
+    /// Admits one model call in the run its `x-clawpen-run` header names.
+    async fn admit_call(&self, caller: &MeterCaller, run: &str, plan: &Plan, now: i64) -> Result<(), MeterError> {
+        let no_run = || {
+            MeterError::new(
+                StatusCode::FORBIDDEN,
+                "no_run",
+                "Model calls are made only during a run the server started: a user's message. This call's x-clawpen-run names no open run of this agent.",
+            )
+        };
+        if !valid_run_id(run) {
+            return Err(no_run());
+        }
+        self.load_runs(&caller.agent, now).await?;
+        self.runs.admit_call(&caller.agent, run, plan.max_calls_per_run, now).map_err(|r| match r {
+            CallRefusal::NoRun => no_run(),
+            CallRefusal::Exhausted => MeterError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "run_exhausted",
+                format!("This run already made {} model calls, the most its plan allows for one message; the next message starts a new run.", plan.max_calls_per_run),
+            ),
+        })
     }
 
     /// Handles one call from `caller` on `endpoint`.
     pub async fn handle(self: &Arc<Self>, caller: MeterCaller, endpoint: Endpoint, headers: HeaderMap, body: Bytes) -> Response {
-        let parsed: Value = match serde_json::from_slice(&body) {
-            Ok(v @ Value::Object(_)) => v,
-            _ => return MeterError::new(StatusCode::BAD_REQUEST, "invalid_request", "the body must be a JSON object").into_response(),
-        };
-        let requested = parsed.get("model").and_then(Value::as_str).unwrap_or("").to_owned();
-        let stream = parsed.get("stream").and_then(Value::as_bool).unwrap_or(false);
-        match self.prepare(&caller, endpoint, &headers, parsed, body.len()).await {
-            Ok(p) => self.forward(caller, endpoint, headers, p).await,
-            Err(e) => self.refuse(&caller, &requested, endpoint.provider(), stream, e).await,
+        let now = Self::now_ms();
+        let mut asked = Asked::default();
+        match self.prepare(&caller, endpoint, &headers, &body, now, &mut asked).await {
+            Ok(p) => self.forward(caller, endpoint, p).await,
+            Err(e) => {
+                // Counted in memory: a flood of refusals costs no store write each.
+                let refused = Refused { tenant: &caller.tenant, agent: &caller.agent, code: e.code, message: &e.message, model: &asked.model, provider: endpoint.provider().as_str(), stream: asked.stream, at: now };
+                self.refusals.count(refused, new_request_id);
+                e.into_response()
+            }
         }
     }
 
-    /// Validates, clamps, admits the run and reserves. On success the hold exists.
-    async fn prepare(&self, caller: &MeterCaller, endpoint: Endpoint, headers: &HeaderMap, mut body: Value, body_len: usize) -> Result<Prepared, MeterError> {
+    /// Validates against the allow-list, admits the call in its run and reserves. On success the
+    /// hold exists.
+    async fn prepare(&self, caller: &MeterCaller, endpoint: Endpoint, headers: &HeaderMap, body: &[u8], now: i64, asked: &mut Asked) -> Result<Prepared, MeterError> {
         let invalid = |m: String| MeterError::new(StatusCode::BAD_REQUEST, "invalid_request", m);
-        let requested = body.get("model").and_then(Value::as_str).ok_or_else(|| invalid("model: required".into()))?.to_owned();
-        if !body.get("messages").is_some_and(Value::is_array) {
-            return Err(invalid("messages: required, an array".into()));
-        }
+        let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
+            return Err(invalid("the body must be a JSON object".into()));
+        };
+        let requested = request.get("model").and_then(Value::as_str).ok_or_else(|| invalid("model: required, a string".into()))?.to_owned();
+        asked.model.clone_from(&requested);
+        asked.stream = request.get("stream").and_then(Value::as_bool).unwrap_or(false);
         if self.config.models.is_empty() {
             return Err(MeterError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -267,133 +372,95 @@ impl Meter {
             return Err(invalid(format!("model {model_name} is served by the {} API, not this one", upstream.provider.as_str())));
         }
         let plan = self.plan_of(&caller.tenant).await?;
-        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-
-        // Max tokens: the request's, clamped by the plan; the plan's when the request has none.
-        let obj = body.as_object_mut().expect("checked to be an object");
-        let field = if obj.contains_key("max_completion_tokens") { "max_completion_tokens" } else { "max_tokens" };
-        let asked = obj.get(field).and_then(Value::as_i64);
-        if asked.is_some_and(|n| n < 1) {
-            return Err(invalid(format!("{field}: must be at least 1")));
-        }
-        let max_tokens = asked.unwrap_or(plan.max_tokens as i64).min(plan.max_tokens as i64);
-        obj.insert(field.to_owned(), json!(max_tokens));
-        obj.insert("model".to_owned(), json!(model.upstream_model.clone().unwrap_or_else(|| model_name.clone())));
-        let mut caller_wants_usage = true;
-        if endpoint == Endpoint::ChatCompletions && stream {
-            caller_wants_usage = obj.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
-            let opts = obj.entry("stream_options").or_insert_with(|| json!({}));
-            if let Some(o) = opts.as_object_mut() {
-                o.insert("include_usage".to_owned(), json!(true));
-            }
-        }
-
-        let now = Self::now_ms();
-        let (period, _, next_month) = period_at(now);
-        let id = new_request_id();
-        let run = headers.get("x-clawpen-run").and_then(|v| v.to_str().ok()).filter(|r| valid_run_id(r)).unwrap_or(&id).to_owned();
-        let db = |e: clawpen_store::StoreError| {
-            warn!(error = %e, "meter: store error");
-            MeterError::new(StatusCode::SERVICE_UNAVAILABLE, "meter_unavailable", "the meter cannot reach its ledger; try again")
+        let upstream_model = model.upstream_model.clone().unwrap_or_else(|| model_name.clone());
+        let checked = request::check(endpoint, headers, &request, &upstream_model, plan.max_tokens as i64).map_err(|request::Invalid(m)| invalid(m))?;
+        let image_tokens = match (checked.images, model.image_tokens_max) {
+            (0, _) => 0,
+            (n, Some(per)) => n.saturating_mul(per),
+            (_, None) => return Err(invalid(format!("messages: model {model_name} takes no images here (the operator has not set its image_tokens_max)"))),
         };
-        if !self.admit_run(caller, &run, &plan, now).await.map_err(db)? {
-            return Err(MeterError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("This agent already handled {} requests in the last hour, the most its plan allows; try again later.", plan.runs_per_hour),
-            ));
+        let input_tokens_max = checked.text_tokens_max.saturating_add(image_tokens);
+
+        let run = headers.get("x-clawpen-run").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        self.admit_call(caller, &run, &plan, now).await?;
+        let id = new_request_id();
+        let held = price::estimate(&model, input_tokens_max, checked.max_tokens);
+        let reserved = self.reserve(caller, &plan, &id, held, now).await;
+        if let Err(e) = reserved {
+            // Only calls that went upstream count against the run.
+            self.runs.release_call(&caller.agent, &run);
+            return Err(e);
         }
+        let hidden_output = checked.hidden_output || model.reasoning;
+        Ok(Prepared {
+            id,
+            model_name,
+            model,
+            upstream,
+            body: Bytes::from(checked.body),
+            stream: checked.stream,
+            caller_wants_usage: checked.caller_wants_usage,
+            max_tokens: checked.max_tokens,
+            input_tokens_max,
+            hidden_output,
+            anthropic_version: checked.anthropic_version,
+            held,
+        })
+    }
+
+    /// Carves `held` for one call out of the tenant's lease. A hold the monthly cap does not fit
+    /// waits a little for the tenant's calls in flight to give back what they held beyond their
+    /// cost, then is refused for this call alone: only spending pauses a tenant, never a hold.
+    async fn reserve(&self, caller: &MeterCaller, plan: &Plan, id: &str, held: i64, now: i64) -> Result<(), MeterError> {
+        let (period, _, _) = period_at(now);
         if !self.accounts_open.lock().expect("accounts set").contains(&caller.tenant) {
-            self.store.ensure_account(&caller.tenant, plan.initial_credits, &period).await.map_err(db)?;
+            self.store.ensure_account(&caller.tenant, plan.initial_credits, &period).await.map_err(store_down)?;
             self.accounts_open.lock().expect("accounts set").insert(caller.tenant.clone());
         }
-        let held = price::estimate(&model, body_len, max_tokens);
         let reserve = Reserve {
-            hold_id: &id,
+            hold_id: id,
             tenant: &caller.tenant,
             agent: &caller.agent,
             amount: held,
             monthly_cap: plan.monthly_cap,
             expires_at: now + self.config.hold_ttl_secs as i64 * 1000,
         };
-        let outcome = self.budgets.carve(&reserve, &period, new_request_id).await;
-        let refusal = match outcome {
-            Ok(Ok(())) => None,
-            Ok(Err(r)) => Some(r),
-            Err(e) => return Err(db(e)),
-        };
-        if let Some(r) = refusal {
-            return Err(self.refusal(caller, r, next_month).await);
-        }
-        Ok(Prepared { id, model_name, model, upstream, body, stream, caller_wants_usage, held })
-    }
-
-    /// Admits a run against the plan's runs per hour, in memory: an agent's runs are read from
-    /// the store on its first call in this process, and new ones are written in the flusher's
-    /// next batch (a crash can forget the last few, never refuse wrongly).
-    async fn admit_run(&self, caller: &MeterCaller, run: &str, plan: &Plan, now: i64) -> clawpen_store::Result<bool> {
-        let hour_ago = now - 3_600_000;
-        let known = self.runs.lock().expect("runs").contains_key(&caller.agent);
-        if !known {
-            let seen = self.store.runs_since(&caller.agent, hour_ago).await?;
-            self.runs.lock().expect("runs").entry(caller.agent.clone()).or_insert_with(|| AgentRuns { started: seen.into_iter().collect(), unwritten: Vec::new(), pruned_at: now });
-        }
-        let mut all = self.runs.lock().expect("runs");
-        let agent = all.get_mut(&caller.agent).expect("read above");
-        if agent.started.contains_key(run) {
-            return Ok(true);
-        }
-        // Runs older than an hour are dropped when they would count, and once a minute anyway.
-        let max = plan.runs_per_hour as usize;
-        if agent.started.len() >= max || now >= agent.pruned_at + 60_000 {
-            agent.started.retain(|_, at| *at > hour_ago);
-            agent.pruned_at = now;
-            if agent.started.len() >= max {
-                return Ok(false);
-            }
-        }
-        agent.started.insert(run.to_owned(), now);
-        agent.unwritten.push((run.to_owned(), now));
-        Ok(true)
-    }
-
-    /// Writes the runs admitted since the last flush.
-    async fn write_runs(&self) {
-        let rows: Vec<(AgentId, String, i64)> = {
-            let mut all = self.runs.lock().expect("runs");
-            all.iter_mut().flat_map(|(agent, r)| std::mem::take(&mut r.unwritten).into_iter().map(move |(run, at)| (agent.clone(), run, at))).collect()
-        };
-        if rows.is_empty() {
-            return;
-        }
-        if let Err(e) = self.store.record_runs(&rows).await {
-            warn!(error = %e, runs = rows.len(), "meter: cannot record admitted runs; will retry");
-            let mut all = self.runs.lock().expect("runs");
-            for (agent, run, at) in rows {
-                if let Some(r) = all.get_mut(&agent) {
-                    r.unwritten.push((run, at));
+        let refused = match self.budgets.carve(&reserve, &period, new_request_id).await.map_err(store_down)? {
+            Ok(()) => return Ok(()),
+            Err(r @ Refusal::MonthlyCap { .. }) => {
+                if self.budgets.wait_for_headroom(&reserve, &period, tokio::time::Instant::now() + CAP_WAIT).await {
+                    return Ok(());
+                }
+                // Once more through the store: a lease released meanwhile gave its headroom back.
+                match self.budgets.carve(&reserve, &period, new_request_id).await.map_err(store_down)? {
+                    Ok(()) => return Ok(()),
+                    Err(Refusal::MonthlyCap { .. }) => r,
+                    Err(other) => other,
                 }
             }
-        }
+            Err(r) => r,
+        };
+        Err(self.refusal(caller, refused, held))
     }
 
-    async fn refusal(&self, caller: &MeterCaller, r: Refusal, next_month: i64) -> MeterError {
+    fn refusal(&self, caller: &MeterCaller, r: Refusal, held: i64) -> MeterError {
         match r {
             Refusal::Paused { until, reason } => {
                 let when = until.map(|u| format!(" It resumes on {}.", format_utc(u))).unwrap_or_default();
                 MeterError { paused_until: until, ..MeterError::new(StatusCode::PAYMENT_REQUIRED, "agent_paused", format!("This agent is paused: {reason}.{when}")) }
             }
-            Refusal::MonthlyCap { .. } => {
-                let reason = "the monthly credit cap of its plan is reached";
-                if let Err(e) = self.store.pause_account(&caller.tenant, Some(next_month), reason).await {
-                    warn!(error = %e, "meter: cannot record a pause");
-                }
-                self.audit(caller, "tenant.paused", &format!("{reason}; until {}", format_utc(next_month))).await;
-                info!(tenant = %caller.tenant, "monthly cap reached; paused until the next month");
-                MeterError {
-                    paused_until: Some(next_month),
-                    ..MeterError::new(StatusCode::PAYMENT_REQUIRED, "cap_reached", format!("This agent is paused: {reason}. It resumes on {}.", format_utc(next_month)))
-                }
+            Refusal::MonthlyCap { .. } if self.budgets.in_flight(&caller.tenant) => MeterError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "cap_headroom",
+                format!("This call could cost up to {held} micro-credits, more than the monthly cap leaves while this agent's other calls are running; try again in a moment."),
+            ),
+            Refusal::MonthlyCap { cap, spent, reserved } => {
+                let left = (cap - spent - reserved).max(0);
+                MeterError::new(
+                    StatusCode::PAYMENT_REQUIRED,
+                    "cap_headroom",
+                    format!("This call could cost up to {held} micro-credits and this month's cap has {left} of {cap} left; a shorter request or a smaller max_tokens may fit, or the operator can raise the plan's monthly cap."),
+                )
             }
             Refusal::InsufficientCredits { .. } => MeterError::new(
                 StatusCode::PAYMENT_REQUIRED,
@@ -403,9 +470,8 @@ impl Meter {
         }
     }
 
-    fn upstream_request(&self, endpoint: Endpoint, headers: &HeaderMap, p: &Prepared) -> Result<hyper::Request<http_body_util::Full<Bytes>>, String> {
+    fn upstream_request(&self, endpoint: Endpoint, p: &Prepared) -> Result<hyper::Request<http_body_util::Full<Bytes>>, String> {
         let base = &p.upstream.base;
-        let body = serde_json::to_vec(&p.body).map_err(|e| e.to_string())?;
         let key = p.upstream.key.expose();
         let req = hyper::Request::post(base.path(match endpoint {
             Endpoint::ChatCompletions => "/chat/completions",
@@ -413,47 +479,47 @@ impl Meter {
         }))
         .header("host", base.authority())
         .header("content-type", "application/json");
+        // No header of the caller's goes upstream but a checked `anthropic-version` (see `request`).
         let req = match endpoint {
             Endpoint::ChatCompletions => req.header("authorization", format!("Bearer {key}")),
-            Endpoint::Messages => {
-                let version = headers.get("anthropic-version").cloned().unwrap_or(HeaderValue::from_static("2023-06-01"));
-                let req = req.header("x-api-key", key).header("anthropic-version", version);
-                match headers.get("anthropic-beta") {
-                    Some(beta) => req.header("anthropic-beta", beta.clone()),
-                    None => req,
-                }
-            }
+            Endpoint::Messages => req.header("x-api-key", key).header("anthropic-version", &p.anthropic_version),
         };
         // The error names neither the key nor the value that failed (only that one did).
-        req.body(http_body_util::Full::new(Bytes::from(body))).map_err(|_| "a header for the provider is not valid".to_owned())
+        req.body(http_body_util::Full::new(p.body.clone())).map_err(|_| "a header for the provider is not valid".to_owned())
     }
 
-    async fn forward(self: &Arc<Self>, caller: MeterCaller, endpoint: Endpoint, headers: HeaderMap, p: Prepared) -> Response {
+    async fn forward(self: &Arc<Self>, caller: MeterCaller, endpoint: Endpoint, p: Prepared) -> Response {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(self.config.upstream_timeout_secs);
-        let req = match self.upstream_request(endpoint, &headers, &p) {
+        let req = self.upstream_request(endpoint, &p);
+        // From here the call is settled whatever happens: if the agent hangs up on a call that
+        // is not streamed, this task is dropped mid-way and the guard charges the whole hold.
+        let mut call = OpenCall { meter: Arc::clone(self), caller, p: Some(p) };
+        let req = match req {
             Ok(r) => r,
             Err(e) => {
-                self.close(&caller, &p, None, "invalid_request", true).await;
+                call.close(None, "invalid_request", true).await;
                 return MeterError::new(StatusCode::BAD_REQUEST, "invalid_request", e).into_response();
             }
         };
-        let sent = match tokio::time::timeout_at(deadline, self.http.send(&p.upstream.base, req)).await {
+        let upstream = Arc::clone(&call.p().upstream);
+        let sent = match tokio::time::timeout_at(deadline, self.http.send(&upstream.base, req)).await {
             Ok(Ok(r)) => r,
             failed => {
                 let why = match failed {
                     Ok(Err(e)) => e.to_string(),
                     _ => "no answer in time".to_owned(),
                 };
-                warn!(error = %why, upstream = %p.upstream.name, "meter: upstream unreachable");
-                self.close(&caller, &p, None, "upstream_unreachable", true).await;
+                warn!(error = %why, upstream = %upstream.name, "meter: upstream unreachable");
+                call.close(None, "upstream_unreachable", true).await;
                 return MeterError::new(StatusCode::BAD_GATEWAY, "upstream_unreachable", "the model provider could not be reached; try again").into_response();
             }
         };
         let (resp, mut conn) = sent;
         let status = resp.status();
         let content_type = resp.headers().get("content-type").cloned();
-        if status.is_success() && p.stream {
-            return self.forward_stream(caller, endpoint, p, resp.into_body(), conn, deadline, content_type);
+        if status.is_success() && call.p().stream {
+            let p = call.p.take().expect("not settled yet");
+            return self.forward_stream(call.caller.clone(), endpoint, p, resp.into_body(), conn, deadline, content_type);
         }
         let read = tokio::time::timeout_at(deadline, conn.drive(resp.into_body().collect())).await;
         let body = match read {
@@ -470,13 +536,13 @@ impl Meter {
                 warn!(error = %why, "meter: upstream body broke");
                 // Generated but not delivered: charge the hold, never 0 (unless the provider
                 // had refused, when nothing was generated).
-                self.close(&caller, &p, None, "upstream_broken", !status.is_success()).await;
+                call.close(None, "upstream_broken", !status.is_success()).await;
                 return MeterError::new(StatusCode::BAD_GATEWAY, "upstream_broken", "the model provider's answer broke off").into_response();
             }
         };
         if !status.is_success() {
             // The provider refused: nothing was generated, nothing is charged.
-            self.close(&caller, &p, None, &format!("upstream_error:{}", status.as_u16()), true).await;
+            call.close(None, &format!("upstream_error:{}", status.as_u16()), true).await;
             let mut r = Response::new(Body::from(body));
             *r.status_mut() = status;
             if let Some(ct) = content_type {
@@ -495,7 +561,7 @@ impl Meter {
         });
         // Settled in memory here (the store is written by the flusher, in batches): cheaper
         // than a task of its own, which would cost a wake-up per call.
-        self.close(&caller, &p, usage, "ok", false).await;
+        call.close(usage, "ok", false).await;
         let mut r = Response::new(Body::from(body));
         r.headers_mut().insert("content-type", content_type.unwrap_or(HeaderValue::from_static("application/json")));
         r
@@ -514,19 +580,24 @@ impl Meter {
     ) -> Response {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
         let meter = Arc::clone(self);
-        let drain = Duration::from_secs(self.config.drain_secs);
         tokio::spawn(async move {
             let mut splitter = SseSplitter::default();
             let mut seen = StreamUsage::default();
-            let mut client_gone_at: Option<tokio::time::Instant> = None;
-            let mut broken = false;
-            loop {
-                // The client left: keep reading (bounded) to learn what was generated.
-                let until = client_gone_at.map_or(deadline, |at| deadline.min(at + drain));
-                let next = match tokio::time::timeout_at(until, conn.drive(upstream.frame())).await {
+            let (mut client_gone, mut broken) = (false, false);
+            'read: loop {
+                let next = tokio::select! {
+                    // The caller hung up: stop at once (below), so that the provider stops
+                    // generating (and billing) an answer nobody reads.
+                    biased;
+                    _ = tx.closed() => {
+                        client_gone = true;
+                        break;
+                    }
+                    next = tokio::time::timeout_at(deadline, conn.drive(upstream.frame())) => next,
+                };
+                let next = match next {
                     Ok(Ok(n)) => n.map(|r| r.map_err(|e| e.to_string())),
                     Ok(Err(e)) => Some(Err(e.to_string())),
-                    Err(_) if client_gone_at.is_some() => break,
                     Err(_) => Some(Err("no end in time".to_owned())),
                 };
                 let chunk = match next {
@@ -541,29 +612,46 @@ impl Meter {
                     }
                     None => {
                         meter.http.checkin(conn);
-                        break;
+                        let rest = splitter.rest();
+                        if !rest.is_empty() {
+                            let _ = tx.send(Ok(Bytes::from(rest))).await;
+                        }
+                        drop(tx);
+                        meter.close(&caller, &p, seen.usage(), "ok", false).await;
+                        return;
                     }
                 };
                 for event in splitter.push(&chunk) {
-                    let out = rewrite_event(endpoint, &event, &mut seen, p.caller_wants_usage);
-                    if let (Some(out), None) = (out, client_gone_at) {
+                    if let Some(out) = rewrite_event(endpoint, &event, &mut seen, p.caller_wants_usage) {
                         if tx.send(Ok(out)).await.is_err() {
-                            client_gone_at = Some(tokio::time::Instant::now());
+                            client_gone = true;
+                            break 'read;
                         }
                     }
                 }
             }
-            let rest = splitter.rest();
-            if !rest.is_empty() && client_gone_at.is_none() {
-                let _ = tx.send(Ok(Bytes::from(rest))).await;
-            }
             drop(tx);
-            let outcome = match (client_gone_at, broken) {
-                (Some(_), _) => "client_aborted",
-                (None, true) => "upstream_broken",
-                _ => "ok",
-            };
-            meter.close(&caller, &p, seen.usage(), outcome, false).await;
+            if client_gone {
+                // What the connection already has is read without waiting, for its usage; then
+                // the connection is dropped, which closes it: the provider stops there.
+                while let Some(Ok(Some(Ok(frame)))) = conn.drive(upstream.frame()).now_or_never() {
+                    if let Ok(chunk) = frame.into_data() {
+                        for event in splitter.push(&chunk) {
+                            rewrite_event(endpoint, &event, &mut seen, true);
+                        }
+                    }
+                }
+                drop((upstream, conn));
+                let usage = match seen.usage() {
+                    // It had ended after all: its usage is known.
+                    Some(u) if seen.finished() => u,
+                    _ => cut_short(&p, &seen),
+                };
+                meter.close(&caller, &p, Some(usage), "client_aborted", false).await;
+            } else {
+                debug_assert!(broken);
+                meter.close(&caller, &p, seen.usage(), "upstream_broken", false).await;
+            }
         });
         let mut r = Response::new(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)));
         r.headers_mut().insert("content-type", content_type.unwrap_or(HeaderValue::from_static("text/event-stream")));
@@ -572,7 +660,8 @@ impl Meter {
     }
 
     /// Settles (from `usage`, or at the whole hold when a call generated without telling how
-    /// much) or voids the call's hold, then applies the daily soft cap.
+    /// much) or voids the call's hold. A cost past the hold is charged in full and pauses the
+    /// tenant: the meter's bound failed, and an operator must see why.
     async fn close(&self, caller: &MeterCaller, p: &Prepared, usage: Option<Usage>, outcome: &str, void: bool) {
         let now = Self::now_ms();
         let u = usage.unwrap_or_default();
@@ -581,8 +670,7 @@ impl Meter {
             (false, Some(u)) => price::cost(&p.model, &u),
             // No usage came back for a call that did generate: never settle at 0.
             (false, None) => p.held,
-        }
-        .min(p.held);
+        };
         let call = CallRecord {
             id: p.id.clone(),
             tenant_id: caller.tenant.to_string(),
@@ -600,6 +688,16 @@ impl Meter {
             outcome: outcome.to_owned(),
         };
         self.budgets.settle(&caller.tenant, p.held, call).await;
+        if cost > p.held {
+            let (_, _, next_month) = period_at(now);
+            warn!(model = %p.model_name, cost, held = p.held, "meter: a call cost more than its hold");
+            let detail = format!(
+                "a model call cost more than the meter held for it ({cost} micro-credits against a hold of {}, model {}); it was charged in full. \
+                 Check the model's prices and image_tokens_max in [meter.models], then lift the pause (set the plan again, or add credits)",
+                p.held, p.model_name
+            );
+            self.pause(caller, next_month, "a model call cost more than the meter held for it; the operator is looking into it", &detail).await;
+        }
     }
 
     /// Charges settled calls in the store (in batches, as they come) and releases idle leases,
@@ -614,22 +712,52 @@ impl Meter {
         }
     }
 
-    /// One flush (see [`Meter::run_flusher`]).
+    /// One flush (see [`Meter::run_flusher`]): the runs opened and the refusals counted since the
+    /// last one, the settled calls, then the caps on what was spent.
     pub async fn flush_once(&self) {
         self.write_runs().await;
         let now = Self::now_ms();
-        let (period, next_day, _) = period_at(now);
+        self.write_refusals(now).await;
+        let (period, next_day, next_month) = period_at(now);
         for f in self.budgets.flush(&period).await {
             let Ok(plan) = self.plan_of(&f.tenant).await else { continue };
-            if plan.daily_cap > 0 && f.settled.day_spent >= plan.daily_cap {
+            let agent = AgentId::parse(&f.last.agent_id).unwrap_or_else(|_| AgentId::new());
+            let caller = MeterCaller { tenant: f.tenant.clone(), agent };
+            // Only what was spent pauses a tenant, never what calls in flight hold.
+            if f.settled.month_spent >= plan.monthly_cap {
+                let reason = "the monthly credit cap of its plan is reached";
+                let detail = format!("{reason} ({} of {} micro-credits spent)", f.settled.month_spent, plan.monthly_cap);
+                self.pause(&caller, next_month, reason, &detail).await;
+            } else if plan.daily_cap > 0 && f.settled.day_spent >= plan.daily_cap {
                 let reason = "the daily credit limit of its plan is reached";
-                if let Err(e) = self.store.pause_account(&f.tenant, Some(next_day), reason).await {
-                    warn!(error = %e, "meter: cannot record a pause");
-                }
-                let agent = AgentId::parse(&f.last.agent_id).unwrap_or_else(|_| AgentId::new());
-                let caller = MeterCaller { tenant: f.tenant.clone(), agent };
-                self.audit(&caller, "tenant.paused", &format!("{reason}; until {}", format_utc(next_day))).await;
+                self.pause(&caller, next_day, reason, reason).await;
             }
+        }
+    }
+
+    /// Writes the runs opened since the last flush.
+    async fn write_runs(&self) {
+        let rows = self.runs.take_unwritten();
+        if rows.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.record_runs(&rows).await {
+            warn!(error = %e, runs = rows.len(), "meter: cannot record opened runs; will retry");
+            self.runs.put_back(rows);
+        }
+    }
+
+    /// Writes what the refusals counted since the last flush come to (see [`crate::refusals`]).
+    async fn write_refusals(&self, now: i64) {
+        let w = self.refusals.take(now);
+        if !w.calls.is_empty() {
+            if let Err(e) = self.store.record_calls(&w.calls).await {
+                warn!(error = %e, "meter: cannot record refused calls; will retry");
+                self.refusals.put_back(ToWrite { calls: w.calls, audits: Vec::new() });
+            }
+        }
+        for (tenant, agent, reason) in w.audits {
+            self.audit(&MeterCaller { tenant, agent }, "meter.refused", &reason).await;
         }
     }
 
@@ -682,6 +810,56 @@ impl Meter {
         loop {
             tick.tick().await;
             self.sweep_once().await;
+        }
+    }
+}
+
+fn store_down(e: clawpen_store::StoreError) -> MeterError {
+    warn!(error = %e, "meter: store error");
+    MeterError::new(StatusCode::SERVICE_UNAVAILABLE, "meter_unavailable", "the meter cannot reach its ledger; try again")
+}
+
+/// What a stream whose caller hung up is charged, never less than the provider bills: the input
+/// as reported, or its bound when it never came (OpenAI reports usage last); the output as seen
+/// (bytes of generated text bound its tokens) plus [`IN_FLIGHT_TOKENS`], at most the max tokens,
+/// or all of them when the model generates output the stream does not show.
+fn cut_short(p: &Prepared, seen: &StreamUsage) -> Usage {
+    let (input, output_seen) = seen.so_far();
+    let output = if p.hidden_output { p.max_tokens } else { output_seen.saturating_add(IN_FLIGHT_TOKENS).min(p.max_tokens) };
+    match input {
+        Some(u) => Usage { output, ..u },
+        None => price::worst_input(&p.model, p.input_tokens_max, output),
+    }
+}
+
+/// A call between its hold and its settle. Dropped unsettled (the task handling the call was
+/// dropped: its caller hung up on a call that was not streamed), it charges the whole hold, in a
+/// task of its own: the upstream connection went with the dropped task, so nothing more can be
+/// learned, and the hold bounds what the provider bills.
+struct OpenCall {
+    meter: Arc<Meter>,
+    caller: MeterCaller,
+    p: Option<Prepared>,
+}
+
+impl OpenCall {
+    fn p(&self) -> &Prepared {
+        self.p.as_ref().expect("not settled yet")
+    }
+
+    async fn close(&mut self, usage: Option<Usage>, outcome: &str, void: bool) {
+        if let Some(p) = self.p.take() {
+            self.meter.close(&self.caller, &p, usage, outcome, void).await;
+        }
+    }
+}
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        let Some(p) = self.p.take() else { return };
+        let (meter, caller) = (Arc::clone(&self.meter), self.caller.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { meter.close(&caller, &p, None, "client_aborted", false).await });
         }
     }
 }

@@ -10,16 +10,23 @@ pub fn tokens_cost(tokens: i64, per_mtok: i64) -> i64 {
     ((t + 999_999) / 1_000_000) as i64
 }
 
-/// Input tokens a request body may at most hold: one token per two bytes (real tokenizers
-/// average about four bytes a token).
-pub fn input_upper_bound(body_bytes: usize) -> i64 {
-    (body_bytes as i64 + 1) / 2
+/// The hold for a request: its input bound (see [`crate::request`]) at the worst input rate plus
+/// all of `max_tokens` as output. What a provider bills for the call never passes it.
+pub fn estimate(model: &ModelConfig, input_tokens_max: i64, max_tokens: i64) -> i64 {
+    cost(model, &worst_input(model, input_tokens_max, max_tokens))
 }
 
-/// The hold for a request: input at the worst input rate plus all of `max_tokens` as output.
-pub fn estimate(model: &ModelConfig, body_bytes: usize, max_tokens: i64) -> i64 {
-    let worst_input = model.input_per_mtok.max(model.cache_write_per_mtok).max(model.cache_read_per_mtok);
-    tokens_cost(input_upper_bound(body_bytes), worst_input) + tokens_cost(max_tokens, model.output_per_mtok)
+/// `input` tokens in the dearest input class (plain, cache read or cache write), and `output`.
+pub fn worst_input(model: &ModelConfig, input: i64, output: i64) -> Usage {
+    let mut u = Usage { output, ..Usage::default() };
+    if model.cache_write_per_mtok > model.input_per_mtok.max(model.cache_read_per_mtok) {
+        u.cache_write = input;
+    } else if model.cache_read_per_mtok > model.input_per_mtok {
+        u.cache_read = input;
+    } else {
+        u.input = input;
+    }
+    u
 }
 
 /// What a call cost, from the usage the provider returned. `usage.input` excludes cached tokens.
@@ -35,7 +42,7 @@ mod tests {
     use super::*;
 
     fn model() -> ModelConfig {
-        ModelConfig { upstream: "u".into(), upstream_model: None, input_per_mtok: 3_000_000, output_per_mtok: 15_000_000, cache_read_per_mtok: 300_000, cache_write_per_mtok: 3_750_000 }
+        ModelConfig { upstream: "u".into(), upstream_model: None, input_per_mtok: 3_000_000, output_per_mtok: 15_000_000, cache_read_per_mtok: 300_000, cache_write_per_mtok: 3_750_000, image_tokens_max: None, reasoning: false }
     }
 
     #[test]
@@ -51,8 +58,8 @@ mod tests {
     #[test]
     fn the_estimate_bounds_the_cost() {
         let m = model();
-        // 400 bytes can hold at most 200 tokens under our bound; 50 output tokens max.
-        let est = estimate(&m, 400, 50);
+        // At most 200 input tokens, 50 output tokens.
+        let est = estimate(&m, 200, 50);
         for (input, cr, cw) in [(200, 0, 0), (100, 50, 50), (0, 0, 200), (0, 200, 0)] {
             let u = Usage { input, output: 50, cache_read: cr, cache_write: cw };
             assert!(cost(&m, &u) <= est, "{u:?}");

@@ -41,8 +41,18 @@ pub fn anthropic(usage: &Value) -> Usage {
 pub struct StreamUsage {
     usage: Usage,
     seen: bool,
-    /// Characters of generated text seen, for when a stream ends without usage.
-    pub generated_chars: usize,
+    /// Input counts came (Anthropic's `message_start`): a stream cut short knows its input.
+    input_seen: bool,
+    /// The final usage came (OpenAI's usage chunk, Anthropic's `message_delta`): nothing more is
+    /// billed past it.
+    ended: bool,
+    /// Bytes of generated output seen (text, tool names and arguments, thinking): no tokenizer
+    /// makes more tokens than bytes, so this bounds the output tokens that were streamed.
+    pub generated_bytes: i64,
+}
+
+fn str_len(v: Option<&Value>) -> i64 {
+    v.and_then(Value::as_str).map_or(0, |s| s.len() as i64)
 }
 
 impl StreamUsage {
@@ -51,9 +61,15 @@ impl StreamUsage {
         if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
             self.usage = openai(u);
             self.seen = true;
+            self.input_seen = true;
+            self.ended = true;
         }
-        if let Some(text) = chunk.pointer("/choices/0/delta/content").and_then(Value::as_str) {
-            self.generated_chars += text.len();
+        for choice in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
+            let Some(delta) = choice.get("delta") else { continue };
+            self.generated_bytes += str_len(delta.get("content")) + str_len(delta.get("refusal")) + str_len(delta.get("reasoning_content"));
+            for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+                self.generated_bytes += str_len(call.pointer("/function/name")) + str_len(call.pointer("/function/arguments"));
+            }
         }
     }
 
@@ -65,6 +81,7 @@ impl StreamUsage {
                 if let Some(u) = event.pointer("/message/usage") {
                     self.usage = anthropic(u);
                     self.seen = true;
+                    self.input_seen = true;
                 }
             }
             Some("message_delta") => {
@@ -81,12 +98,16 @@ impl StreamUsage {
                         self.usage.cache_write = int(u, &["cache_creation_input_tokens"]);
                     }
                     self.seen = true;
+                    self.ended = true;
                 }
             }
             Some("content_block_delta") => {
-                if let Some(t) = event.pointer("/delta/text").and_then(Value::as_str) {
-                    self.generated_chars += t.len();
-                }
+                let d = event.get("delta");
+                let field = |k: &str| str_len(d.and_then(|d| d.get(k)));
+                self.generated_bytes += field("text") + field("partial_json") + field("thinking");
+            }
+            Some("content_block_start") => {
+                self.generated_bytes += str_len(event.pointer("/content_block/name"));
             }
             _ => {}
         }
@@ -94,6 +115,18 @@ impl StreamUsage {
 
     pub fn usage(&self) -> Option<Usage> {
         self.seen.then_some(self.usage)
+    }
+
+    /// Whether the final usage was seen.
+    pub fn finished(&self) -> bool {
+        self.ended
+    }
+
+    /// What a stream cut short had generated, at most: input as reported (`None` when it never
+    /// came), and output as reported or as the bytes seen, whichever is more.
+    pub fn so_far(&self) -> (Option<Usage>, i64) {
+        let output = if self.seen { self.usage.output.max(self.generated_bytes) } else { self.generated_bytes };
+        (self.input_seen.then_some(self.usage), output)
     }
 }
 
@@ -178,5 +211,18 @@ mod tests {
         assert_eq!(s.usage(), None);
         s.observe_openai(&json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}));
         assert_eq!(s.usage().unwrap().output, 1);
+    }
+
+    #[test]
+    fn a_stream_cut_short_bounds_its_output_by_the_bytes_seen() {
+        let mut s = StreamUsage::default();
+        s.observe_openai(&json!({"choices": [{"index": 0, "delta": {"content": "héllo"}}]}));
+        s.observe_openai(&json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": "{\"a\""}}]}}]}));
+        assert_eq!(s.so_far(), (None, 6 + 1 + 4));
+        let mut a = StreamUsage::default();
+        a.observe_anthropic(&json!({"type": "message_start", "message": {"usage": {"input_tokens": 20, "output_tokens": 1}}}));
+        a.observe_anthropic(&json!({"type": "content_block_delta", "delta": {"type": "thinking_delta", "thinking": "hmm"}}));
+        let (input, output) = a.so_far();
+        assert_eq!((input.unwrap().input, output), (20, 3));
     }
 }

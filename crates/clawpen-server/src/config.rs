@@ -232,6 +232,7 @@ impl Default for Config {
                     initial_credits: 0,
                     max_tokens: 4096,
                     runs_per_hour: 300,
+                    max_calls_per_run: 24,
                     messages_per_minute: 120,
                     idle_pause_secs: 600,
                     idle_stop_secs: 6 * 3600,

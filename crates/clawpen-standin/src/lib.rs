@@ -46,12 +46,20 @@ pub struct StandinConfig {
     /// How long a model takes to answer (or to send a stream's first event), like a provider's
     /// time to first token. 0 answers at once.
     pub latency_ms: u64,
+    /// Input tokens each image in a request counts.
+    pub image_tokens: u64,
 }
 
+/// Input tokens a server-side tool adds to a call, like a provider's web search whose results
+/// enter the context: each OpenAI `web_search_options`, Anthropic server tool (`web_search_…`,
+/// `web_fetch_…`, …) and Anthropic MCP server.
+pub const SERVER_TOOL_TOKENS: u64 = 10_000;
+
 impl StandinConfig {
-    /// Keys `sk-standin-openai` and `sk-ant-standin`, 20 ms between a slow model's events.
+    /// Keys `sk-standin-openai` and `sk-ant-standin`, 20 ms between a slow model's events, 765
+    /// tokens an image (OpenAI's figure for a 512×512 picture in high detail).
     pub fn for_testing() -> Self {
-        Self { openai_key: "sk-standin-openai".into(), anthropic_key: "sk-ant-standin".into(), token_delay_ms: 20, latency_ms: 0 }
+        Self { openai_key: "sk-standin-openai".into(), anthropic_key: "sk-ant-standin".into(), token_delay_ms: 20, latency_ms: 0, image_tokens: 765 }
     }
 }
 
@@ -85,6 +93,10 @@ impl Shared {
         if self.config.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.config.latency_ms)).await;
         }
+    }
+
+    fn counter(&self, model: &str) -> tokens::Counter {
+        tokens::Counter::for_model(model, self.config.image_tokens)
     }
 
     fn delay(&self, model: &str) -> Duration {

@@ -3,6 +3,7 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::response::Response;
@@ -27,6 +28,12 @@ pub struct RecordedRequest {
     /// True once the whole answer was handed to the connection: false while a stream runs, and
     /// for good when the client went away before its end.
     pub completed: bool,
+    /// Output tokens the "model" had generated for this request so far: a whole answer's at once,
+    /// a stream's as each event is produced (before it is written). What a provider would bill.
+    pub output_generated: u64,
+    /// When the client went away before the answer's end (the connection dropped the answer):
+    /// a meter that closes the upstream as soon as its own caller leaves is seen here.
+    pub hung_up_at: Option<Instant>,
 }
 
 impl RecordedRequest {
@@ -39,6 +46,8 @@ impl RecordedRequest {
             max_tokens,
             body,
             completed: false,
+            output_generated: 0,
+            hung_up_at: None,
         }
     }
 }
@@ -71,13 +80,36 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    /// The answer, with a body that marks the request completed after its last frame.
+    /// The answer, with a body that marks the request completed after its last frame (or hung up
+    /// when it is dropped before).
     pub(crate) fn answer(self, response: Response) -> Response {
         response.map(|inner| Body::new(Tracked { inner, entry: Some(self) }))
     }
 
+    /// Where the answer's generated tokens are counted.
+    pub(crate) fn progress(&self) -> Progress {
+        Progress { log: self.log.clone(), index: self.index }
+    }
+
     fn complete(self) {
         self.log.entries()[self.index].completed = true;
+    }
+
+    fn hang_up(self) {
+        self.log.entries()[self.index].hung_up_at = Some(Instant::now());
+    }
+}
+
+/// Counts the output tokens generated for one recorded request.
+#[derive(Clone)]
+pub(crate) struct Progress {
+    log: Arc<RequestLog>,
+    index: usize,
+}
+
+impl Progress {
+    pub(crate) fn generated(&self, tokens: u64) {
+        self.log.entries()[self.index].output_generated += tokens;
     }
 }
 
@@ -113,5 +145,14 @@ impl http_body::Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // Dropped before its end: the connection went away mid-answer.
+        if let Some(entry) = self.entry.take() {
+            entry.hang_up();
+        }
     }
 }

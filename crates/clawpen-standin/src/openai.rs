@@ -10,8 +10,8 @@ use axum::Json;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::log::RecordedRequest;
-use crate::tokens::{input_tokens, last_user_text, reply_to, text, words, Reply};
+use crate::log::{Progress, RecordedRequest};
+use crate::tokens::{last_user_text, reply_to, text, words, Reply};
 use crate::{sse, Shared};
 
 const MODEL_IDS: [&str; 3] = ["gpt-test", "gpt-test-slow", "gpt-cached"];
@@ -23,7 +23,7 @@ pub(crate) async fn chat_completions(State(shared): State<Arc<Shared>>, headers:
     let entry = shared.log.record(RecordedRequest::new("/v1/chat/completions", request.clone().unwrap_or_default(), authorized, max.unwrap_or(None)));
     let response = if authorized {
         shared.think().await;
-        chat(&shared, request)
+        chat(&shared, request, entry.progress())
     } else {
         unauthorized(&headers)
     };
@@ -77,7 +77,7 @@ fn unauthorized(headers: &HeaderMap) -> Response {
     error(StatusCode::UNAUTHORIZED, message, None, Some("invalid_api_key"))
 }
 
-fn chat(shared: &Shared, request: Option<Value>) -> Response {
+fn chat(shared: &Shared, request: Option<Value>, progress: Progress) -> Response {
     let Some(request) = request else {
         return error(StatusCode::BAD_REQUEST, "We could not parse the JSON body of your request. The OpenAI API expects a JSON payload.", None, None);
     };
@@ -91,17 +91,31 @@ fn chat(shared: &Shared, request: Option<Value>) -> Response {
         Ok(max) => max,
         Err(field) => return error(StatusCode::BAD_REQUEST, &format!("Invalid '{field}': expected a non-negative integer."), Some(field), Some("invalid_value")),
     };
-    let answer = answer(shared, &request, messages, max);
-    let input = input_tokens(&Value::Null, messages);
+    // `n` choices, each generated (and billed) in full, as OpenAI does.
+    let n = match &request["n"] {
+        Value::Null => 1,
+        v => match v.as_u64().filter(|n| (1..=128).contains(n)) {
+            Some(n) => n as usize,
+            None => return error(StatusCode::BAD_REQUEST, "Invalid 'n': expected an integer from 1 to 128.", Some("n"), Some("invalid_value")),
+        },
+    };
+    let answers: Vec<Answer> = (0..n).map(|_| answer(shared, &request, messages, max)).collect();
+    let mut input = shared.counter(model).input(&Value::Null, messages);
+    // A web search puts its results in the context: billed as input.
+    if !request["web_search_options"].is_null() {
+        input += crate::SERVER_TOOL_TOKENS;
+    }
     let cached = if model.contains("cached") { input.min(10) } else { 0 };
-    let usage = usage(input, answer.tokens(), cached);
+    let output: u64 = answers.iter().map(Answer::tokens).sum();
+    let usage = usage(input, output, cached);
     let (id, created) = (format!("chatcmpl-standin{:012}", shared.next_answer()), SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
 
     if request["stream"] != true {
+        progress.generated(output);
+        let choices: Vec<Value> = answers.iter().enumerate().map(|(i, a)| json!({"index": i, "message": a.message(), "logprobs": null, "finish_reason": a.finish_reason()})).collect();
         return Json(json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": answer.message(), "logprobs": null, "finish_reason": answer.finish_reason()}],
-            "usage": usage, "system_fingerprint": null,
+            "choices": choices, "usage": usage, "system_fingerprint": null,
         }))
         .into_response();
     }
@@ -114,16 +128,19 @@ fn chat(shared: &Shared, request: Option<Value>) -> Response {
         }
         c
     };
-    let choice = |delta: Value, finish: Value| json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]);
-    let mut events: Vec<Bytes> = answer.deltas().into_iter().map(|delta| sse::data(&chunk(choice(delta, Value::Null)))).collect();
-    events.push(sse::data(&chunk(choice(json!({}), json!(answer.finish_reason())))));
+    let choice = |index: usize, delta: Value, finish: Value| json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}]);
+    let mut events: Vec<(Bytes, u64)> = Vec::new();
+    for (i, a) in answers.iter().enumerate() {
+        events.extend(a.deltas().into_iter().map(|(delta, tokens)| (sse::data(&chunk(choice(i, delta, Value::Null))), tokens)));
+        events.push((sse::data(&chunk(choice(i, json!({}), json!(a.finish_reason())))), 0));
+    }
     if include_usage {
         let mut last = chunk(json!([]));
         last["usage"] = usage;
-        events.push(sse::data(&last));
+        events.push((sse::data(&last), 0));
     }
-    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    sse::response(events, shared.delay(model))
+    events.push((Bytes::from_static(b"data: [DONE]\n\n"), 0));
+    sse::response(events, shared.delay(model), progress)
 }
 
 fn usage(input: u64, output: u64, cached: u64) -> Value {
@@ -190,20 +207,21 @@ impl Answer {
         }
     }
 
-    /// The stream's deltas before the finishing one.
-    fn deltas(&self) -> Vec<Value> {
+    /// The stream's deltas before the finishing one, each with the output tokens it carries
+    /// (they add up to [`Answer::tokens`]).
+    fn deltas(&self) -> Vec<(Value, u64)> {
         match self {
             Answer::Text(reply) => {
                 let first = json!({"role": "assistant", "content": "", "refusal": null});
-                std::iter::once(first).chain(reply.pieces().map(|piece| json!({"content": piece}))).collect()
+                std::iter::once((first, 0)).chain(reply.pieces().map(|piece| (json!({"content": piece}), 1))).collect()
             }
             Answer::Call { id, name, arguments } => {
                 let first = json!({
                     "role": "assistant", "content": null, "refusal": null,
                     "tool_calls": [{"index": 0, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}],
                 });
-                let pieces = arguments.split_inclusive(' ').map(|piece| json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}));
-                std::iter::once(first).chain(pieces).collect()
+                let pieces = arguments.split_inclusive(' ').map(|piece| (json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}), words(piece)));
+                std::iter::once((first, 1)).chain(pieces).collect()
             }
         }
     }

@@ -10,6 +10,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
 
+use crate::log::Progress;
+
 /// `data: <json>` (OpenAI's events carry no name).
 pub(crate) fn data(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
@@ -21,13 +23,18 @@ pub(crate) fn event(v: &Value) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {v}\n\n"))
 }
 
-/// Sends `events` in order, waiting `delay` before each but the first.
-pub(crate) fn response(events: Vec<Bytes>, delay: Duration) -> Response {
-    let stream = futures_util::stream::iter(events).enumerate().then(move |(i, event)| async move {
-        if i > 0 && !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+/// Sends `events` in order, waiting `delay` before each but the first. Each event is paired with
+/// the output tokens it carries, counted in `progress` when the event is produced.
+pub(crate) fn response(events: Vec<(Bytes, u64)>, delay: Duration, progress: Progress) -> Response {
+    let stream = futures_util::stream::iter(events).enumerate().then(move |(i, (event, tokens))| {
+        let progress = progress.clone();
+        async move {
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            progress.generated(tokens);
+            Ok::<_, Infallible>(event)
         }
-        Ok::<_, Infallible>(event)
     });
     ([(header::CONTENT_TYPE, "text/event-stream; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(stream)).into_response()
 }

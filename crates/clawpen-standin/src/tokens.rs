@@ -10,7 +10,7 @@ pub(crate) fn words(s: &str) -> u64 {
 pub(crate) fn text(content: &Value) -> String {
     match content {
         Value::String(s) => s.clone(),
-        Value::Array(parts) => parts.iter().map(part_text).collect::<Vec<_>>().join(" "),
+        Value::Array(parts) => parts.iter().map(part_text).filter(|t| !t.is_empty()).collect::<Vec<_>>().join(" "),
         _ => String::new(),
     }
 }
@@ -23,15 +23,58 @@ fn part_text(part: &Value) -> String {
     }
 }
 
-/// A message's text, its OpenAI tool call arguments, and 4 for the message itself.
-fn message_tokens(message: &Value) -> u64 {
-    let calls = message["tool_calls"].as_array().map_or(0, |calls| calls.iter().map(|c| words(c["function"]["arguments"].as_str().unwrap_or_default())).sum());
-    words(&text(&message["content"])) + calls + 4
+/// How a model counts input: words (the usual) or, for models whose name contains `bytes`, one
+/// token per byte of text (the worst a real tokenizer can do); and what an image costs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Counter {
+    pub bytes: bool,
+    pub image_tokens: u64,
 }
 
-/// Input tokens of a conversation (`system` is `null` for OpenAI, whose system prompt is a message).
+impl Counter {
+    pub(crate) fn for_model(model: &str, image_tokens: u64) -> Counter {
+        Counter { bytes: model.contains("bytes"), image_tokens }
+    }
+
+    fn text(&self, s: &str) -> u64 {
+        if self.bytes {
+            s.len() as u64
+        } else {
+            words(s)
+        }
+    }
+
+    /// A message's text, its OpenAI tool call arguments, its images, and 4 for the message itself.
+    fn message(&self, message: &Value) -> u64 {
+        let calls = message["tool_calls"].as_array().map_or(0, |calls| calls.iter().map(|c| self.text(c["function"]["arguments"].as_str().unwrap_or_default())).sum());
+        self.text(&text(&message["content"])) + calls + images(&message["content"]) * self.image_tokens + 4
+    }
+
+    /// Input tokens of a conversation (`system` is `null` for OpenAI, whose system prompt is a
+    /// message).
+    pub(crate) fn input(&self, system: &Value, messages: &[Value]) -> u64 {
+        self.text(&text(system)) + messages.iter().map(|m| self.message(m)).sum::<u64>()
+    }
+}
+
+/// Input tokens of a conversation counted in words, images free.
+#[cfg(test)]
 pub(crate) fn input_tokens(system: &Value, messages: &[Value]) -> u64 {
-    words(&text(system)) + messages.iter().map(message_tokens).sum::<u64>()
+    Counter { bytes: false, image_tokens: 0 }.input(system, messages)
+}
+
+/// Image parts of a `content` (OpenAI `image_url`, Anthropic `image`, also inside an Anthropic
+/// `tool_result`).
+pub(crate) fn images(content: &Value) -> u64 {
+    let Value::Array(parts) = content else { return 0 };
+    parts
+        .iter()
+        .map(|p| match p["type"].as_str() {
+            Some("image_url" | "image") => 1,
+            Some("tool_result") => images(&p["content"]),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// The text of the last message with role `user`, or empty.
@@ -115,6 +158,19 @@ mod tests {
         ];
         // The input is compact JSON: `{"path":"a b"}` is two words.
         assert_eq!(input_tokens(&Value::Null, &anthropic), (1 + 2 + 4) + (2 + 4));
+    }
+
+    #[test]
+    fn images_and_byte_models_count_their_worst() {
+        let counter = Counter::for_model("gpt-bytes", 100);
+        assert!(counter.bytes);
+        let messages = [json!({"role": "user", "content": [{"type": "text", "text": "héllo"}, {"type": "image_url", "image_url": {"url": "data:,"}}]})];
+        // "héllo" is 6 bytes; one image; 4 for the message.
+        assert_eq!(counter.input(&Value::Null, &messages), 6 + 100 + 4);
+        let words = Counter::for_model("gpt-test", 100);
+        assert_eq!(words.input(&Value::Null, &messages), 1 + 100 + 4);
+        let nested = json!([{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": {}}, {"type": "image", "source": {}}]}]);
+        assert_eq!(images(&nested), 2);
     }
 
     #[test]

@@ -370,3 +370,55 @@ async fn serve_stops_on_its_shutdown_signal() {
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn every_multiplier_is_billed_honestly() {
+    let s = standin().await;
+    let hello = json!([{"role": "user", "content": "hello there meter"}]);
+    // n choices: n answers, n times the output.
+    let v = json_ok(&s, "/v1/chat/completions", OPENAI, &json!({"model": "gpt-test", "messages": hello, "n": 3})).await;
+    assert_eq!(v["choices"].as_array().unwrap().len(), 3);
+    assert_eq!((v["usage"]["prompt_tokens"].as_u64(), v["usage"]["completion_tokens"].as_u64()), (Some(7), Some(18)));
+    assert_eq!(s.requests()[0].output_generated, 18);
+    // Images count `image_tokens` each, in OpenAI and Anthropic parts alike.
+    let img = json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}});
+    let v = json_ok(&s, "/v1/chat/completions", OPENAI, &chat("gpt-test", json!([{"role": "user", "content": [{"type": "text", "text": "look"}, img, img]}]))).await;
+    assert_eq!(v["usage"]["prompt_tokens"], 1 + 2 * 765 + 4);
+    let block = json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}});
+    let v = json_ok(&s, "/v1/messages", ANTHROPIC, &json!({"model": "claude-test", "max_tokens": 50, "messages": [{"role": "user", "content": [block, {"type": "text", "text": "look"}]}]})).await;
+    assert_eq!(v["usage"]["input_tokens"], 765 + 1 + 4);
+    // Server-side tools and MCP servers add what they put in the context.
+    let v = json_ok(&s, "/v1/chat/completions", OPENAI, &json!({"model": "gpt-test", "messages": hello, "web_search_options": {}})).await;
+    assert_eq!(v["usage"]["prompt_tokens"].as_u64(), Some(7 + clawpen_standin::SERVER_TOOL_TOKENS));
+    let tools = json!([{"type": "web_search_20250305", "name": "web_search"}, {"name": "mine", "input_schema": {"type": "object"}}]);
+    let v = json_ok(&s, "/v1/messages", ANTHROPIC, &json!({"model": "claude-test", "max_tokens": 50, "tools": tools, "mcp_servers": [{"type": "url", "url": "https://x", "name": "x"}], "messages": hello})).await;
+    assert_eq!(v["usage"]["input_tokens"].as_u64(), Some(7 + 2 * clawpen_standin::SERVER_TOOL_TOKENS));
+    assert_eq!(v["usage"]["server_tool_use"]["web_search_requests"], 1);
+    // A `bytes` model counts one token per byte of text.
+    let v = json_ok(&s, "/v1/chat/completions", OPENAI, &chat("gpt-bytes", json!([{"role": "user", "content": "héllo there"}]))).await;
+    assert_eq!(v["usage"]["prompt_tokens"], 12 + 4);
+}
+
+#[tokio::test]
+async fn a_hang_up_is_recorded_with_what_was_generated() {
+    let s = Standin::start(StandinConfig { token_delay_ms: 40, ..StandinConfig::for_testing() }).await.unwrap();
+    let body = json!({"model": "claude-test-slow", "max_tokens": 100, "stream": true, "messages": [{"role": "user", "content": "one two three four five six seven eight"}]});
+    let mut req = reqwest::Client::new().post(format!("{}/v1/messages", s.base_url()));
+    for (k, v) in ANTHROPIC {
+        req = req.header(*k, *v);
+    }
+    let mut frames = req.body(body.to_string()).send().await.unwrap().bytes_stream();
+    let mut seen = String::new();
+    while seen.matches("event: content_block_delta").count() < 3 {
+        seen.push_str(&String::from_utf8_lossy(&frames.next().await.unwrap().unwrap()));
+    }
+    let r = &s.requests()[0];
+    assert!(r.hung_up_at.is_none() && (3..=5).contains(&r.output_generated), "{r:?}");
+    let left = Instant::now();
+    drop(frames);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = &s.requests()[0];
+    let at = r.hung_up_at.expect("the hang-up is seen");
+    assert!(at.duration_since(left) < Duration::from_millis(200), "{:?}", at.duration_since(left));
+    assert!(!r.completed && r.output_generated < 11, "generation stopped with the client: {r:?}");
+}

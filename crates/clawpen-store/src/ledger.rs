@@ -6,8 +6,10 @@
 //!   `WHERE`), never a read followed by a write, so concurrent reserves cannot overspend;
 //! - a hold is settled or voided **once**: the state change `held → settled|voided` is itself
 //!   conditional, so a repeated settle (a retry, the sweeper racing the owner) changes nothing;
-//! - a settle charges at most the held amount, so the settled total never passes what the
-//!   reserve admitted.
+//! - a settle charges what the call cost, **even past its hold**: the hold is the meter's upper
+//!   bound and the provider bills what it bills, so an excess is taken from the balance alone
+//!   (which may then go below zero) and never dropped. Only the part within the hold is released
+//!   from what the account holds, so `reserved` always equals the sum of open holds.
 
 use clawpen_core::ids::{AgentId, TenantId};
 use serde::Serialize;
@@ -238,28 +240,32 @@ impl Store {
     }
 
     /// Charges settled calls against an open hold (a meter's lease), in one transaction: the
-    /// calls are recorded (idempotently, by id), their total leaves the balance and the hold,
-    /// and the hold's expiry moves to `expires_at`. Each call's cost must already be capped by
-    /// what was carved out of the hold for it. When the hold is no longer open (it expired and
-    /// was voided) the calls are still charged: what was generated is never settled at 0.
+    /// calls are recorded (idempotently, by id), their total leaves the balance, and the hold's
+    /// expiry moves to `expires_at`. Each call's cost up to its `held` (what was carved out of the
+    /// hold for it) leaves the hold; a cost above that is charged from the balance alone. When
+    /// the hold is no longer open (it expired and was voided) the calls are still charged: what
+    /// was generated is never settled at 0.
     pub async fn charge_hold(&self, hold_id: &str, tenant: &TenantId, calls: &[CallRecord], expires_at: i64, p: &Period) -> Result<Settled> {
         let total: i64 = calls.iter().map(|c| c.cost.max(0)).sum();
+        let within: i64 = calls.iter().map(|c| c.cost.clamp(0, c.held.max(0))).sum();
         let mut tx = self.writer.begin().await?;
-        let res = sqlx::query("UPDATE holds SET amount = amount - $1, charged = COALESCE(charged, 0) + $1, expires_at = $2 WHERE id = $3 AND state = 'held'")
+        let res = sqlx::query("UPDATE holds SET amount = amount - $1, charged = COALESCE(charged, 0) + $2, expires_at = $3 WHERE id = $4 AND state = 'held'")
+            .bind(within)
             .bind(total)
             .bind(expires_at)
             .bind(hold_id)
             .execute(&mut *tx)
             .await?;
-        let from_reserved = if res.rows_affected() == 1 { total } else { 0 };
+        let from_reserved = if res.rows_affected() == 1 { within } else { 0 };
         let (month_spent, day_spent) = charge_account(&mut tx, tenant.as_str(), from_reserved, total, p).await?;
         insert_calls(&mut tx, calls).await?;
         tx.commit().await?;
         Ok(Settled { applied: true, charged: total, day_spent, month_spent })
     }
 
-    /// Settles a hold at `call.cost` (at most the held amount) and records the call; or, with
-    /// `void`, releases it and charges nothing. Idempotent: a hold already closed is left alone.
+    /// Settles a hold at `call.cost` (in full, past the held amount too: the excess comes from the
+    /// balance) and records the call; or, with `void`, releases it and charges nothing.
+    /// Idempotent: a hold already closed is left alone.
     pub async fn close_hold(
         &self,
         hold_id: &str,
@@ -269,11 +275,10 @@ impl Store {
     ) -> Result<Settled> {
         let mut tx = self.writer.begin().await?;
         let state = if void { "voided" } else { "settled" };
-        // Closing is conditional on the hold still being open, and the charge is capped by the
-        // hold in the same statement.
+        // Closing is conditional on the hold still being open.
         let row = sqlx::query(
             "UPDATE holds SET state = $1, settled_at = $2, \
-                charged = CASE WHEN $3 < 0 THEN charged WHEN $3 < amount THEN COALESCE(charged, 0) + $3 ELSE COALESCE(charged, 0) + amount END \
+                charged = CASE WHEN $3 < 0 THEN charged ELSE COALESCE(charged, 0) + $3 END \
              WHERE id = $4 AND state = 'held' RETURNING tenant_id, amount, charged",
         )
         .bind(state)
@@ -287,9 +292,9 @@ impl Store {
             return Ok(Settled { applied: false, charged: 0, day_spent: 0, month_spent: 0 });
         };
         let tenant: String = row.try_get("tenant_id")?;
-        // What was still held, and what this close charges of it (a voided hold: nothing).
+        // What was still held (all released), and what this close charges (a voided hold: nothing).
         let amount: i64 = row.try_get("amount")?;
-        let charged: i64 = if void { 0 } else { call.cost.max(0).min(amount) };
+        let charged: i64 = if void { 0 } else { call.cost.max(0) };
         let (month_spent, day_spent) = charge_account(&mut tx, &tenant, amount, charged, p).await?;
         let mut record = call.clone();
         record.cost = charged;
@@ -326,10 +331,10 @@ impl Store {
         Ok(true)
     }
 
-    /// Records a call that was refused before any hold (cost 0).
-    pub async fn record_call(&self, call: &CallRecord) -> Result<()> {
+    /// Records calls that were refused before any hold (cost 0), in one transaction.
+    pub async fn record_calls(&self, calls: &[CallRecord]) -> Result<()> {
         let mut tx = self.writer.begin().await?;
-        insert_call(&mut tx, call).await?;
+        insert_calls(&mut tx, calls).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -647,8 +652,9 @@ mod tests {
         let plans: Vec<(i64, i64, bool, u64)> = (0..200)
             .map(|_| {
                 let hold = rng.gen_range(800..=1_200);
-                // Some calls cost more than held (clamped), some less, some are voided.
-                let cost = rng.gen_range(0..=1_500);
+                // Calls cost up to their hold (the meter's bound), some are voided. (A cost past
+                // its hold is charged in full: see `a_charge_past_the_hold_is_taken_in_full`.)
+                let cost = rng.gen_range(hold / 2..=hold);
                 // Arrivals spread over 50 ms, so that settles free room for later reserves (with
                 // one writer connection, 200 reserves at once would all queue before any settle).
                 (hold, cost, rng.gen_bool(0.1), rng.gen_range(0..50u64))
@@ -721,6 +727,40 @@ mod tests {
             "seed {seed_label}"
         );
         assert_eq!(a.month_spent, settled);
+    }
+
+    /// A provider that bills past the hold is charged in full, by both charge paths: the excess
+    /// leaves the balance (and counts as spent) while only the hold itself leaves `reserved`.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_charge_past_the_hold_is_taken_in_full() {
+        for db in crate::testing::backends().await {
+            let store = &db.store;
+            let t = store.create_tenant("t", "free", 100_000).await.unwrap();
+            let agent = AgentId::new();
+            let p = period(1_000);
+            store.ensure_account(&t.id, 10_000, &p).await.unwrap();
+            let r = |id, amount| Reserve { hold_id: id, tenant: &t.id, agent: &agent, amount, monthly_cap: 5_000, expires_at: 60_000 };
+            // A lease of 1,000 with two calls carved from it: one of 300 that cost 2,500, one of
+            // 300 that cost 100, and a second hold open beside it.
+            store.reserve(&r("lease", 1_000), &p).await.unwrap().unwrap();
+            store.reserve(&r("other", 200), &p).await.unwrap().unwrap();
+            let call = |id: &str, cost, held| CallRecord { id: id.into(), tenant_id: t.id.to_string(), agent_id: agent.to_string(), cost, held, outcome: "ok".into(), ..Default::default() };
+            let s = store.charge_hold("lease", &t.id, &[call("c1", 2_500, 300), call("c2", 100, 300)], 90_000, &p).await.unwrap();
+            assert_eq!((s.charged, s.month_spent), (2_600, 2_600));
+            let a = store.account(&t.id).await.unwrap();
+            assert_eq!((a.balance, a.reserved), (7_400, 1_000 - 400 + 200), "only the calls' carves left the lease");
+            // A single hold settled past its amount.
+            let s = store.close_hold("other", &call("other", 9_000, 200), false, &p).await.unwrap();
+            assert_eq!(s.charged, 9_000);
+            let a = store.account(&t.id).await.unwrap();
+            assert_eq!((a.balance, a.reserved, a.month_spent), (-1_600, 600, 11_600), "charged in full, below zero, past the cap");
+            assert!(store.release_hold("lease", &p).await.unwrap());
+            let a = store.account(&t.id).await.unwrap();
+            assert_eq!(a.reserved, 0);
+            assert_eq!(store.settled_total(&t.id).await.unwrap(), 11_600);
+            // Nothing more can be reserved: the balance is gone and the cap passed.
+            assert!(store.reserve(&r("next", 1), &p).await.unwrap().is_err());
+        }
     }
 
     #[tokio::test]

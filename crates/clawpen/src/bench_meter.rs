@@ -65,14 +65,21 @@ where
     Ok(out)
 }
 
+/// Opens the runs the meter's calls are made in (as the server does for each user message).
+type Runs<'a> = Option<(&'a Meter, &'a MeterCaller)>;
+
 /// `c` workers with `n` requests each, their starts spread evenly over `spread`; returns all
-/// latencies and the wall time.
-async fn batch(target: &Target, path: &'static str, auth: Option<String>, body: Bytes, c: usize, n: usize, spread: Duration) -> anyhow::Result<(Vec<f64>, f64)> {
+/// latencies and the wall time. Through the meter (`runs`), each worker calls in a run of its own.
+#[allow(clippy::too_many_arguments)]
+async fn batch(target: &Target, path: &'static str, auth: Option<String>, body: Bytes, c: usize, n: usize, spread: Duration, runs: Runs<'_>) -> anyhow::Result<(Vec<f64>, f64)> {
     let t0 = Instant::now();
     let mut tasks = Vec::with_capacity(c);
     for w in 0..c {
         let (auth, body) = (auth.clone(), body.clone());
-        let run = format!("bench-{w}-{}", rand_suffix());
+        let run = match runs {
+            Some((meter, caller)) => meter.open_run(caller).await.map_err(|e| anyhow::anyhow!("{e}"))?,
+            None => format!("bench-{w}-{}", rand_suffix()),
+        };
         let start_after = spread * w as u32 / c as u32;
         tasks.push(match target {
             Target::Unix(p) => {
@@ -140,7 +147,7 @@ pub async fn run(requests: usize, upstream_ms: u64) -> anyhow::Result<Vec<Case>>
     std::fs::write(dir.path().join("upstream.key"), &key)?;
 
     let store = clawpen_store::Store::open_sqlite(&dir.path().join("bench.db")).await?;
-    let plan = Plan { monthly_cap: 1_000_000 * CREDIT, daily_cap: 1_000_000 * CREDIT, initial_credits: 1_000_000 * CREDIT, max_tokens: 64, runs_per_hour: u32::MAX, ..Plan::default() };
+    let plan = Plan { monthly_cap: 1_000_000 * CREDIT, daily_cap: 1_000_000 * CREDIT, initial_credits: 1_000_000 * CREDIT, max_tokens: 64, runs_per_hour: u32::MAX, max_calls_per_run: u32::MAX, ..Plan::default() };
     let tenant = store.create_tenant("bench", "bench", 100_000).await?;
     let upstream = |s: &clawpen_standin::Standin| UpstreamConfig {
         provider: Provider::Openai,
@@ -155,6 +162,8 @@ pub async fn run(requests: usize, upstream_ms: u64) -> anyhow::Result<Vec<Case>>
         output_per_mtok: 600_000,
         cache_read_per_mtok: 75_000,
         cache_write_per_mtok: 0,
+        image_tokens_max: None,
+        reasoning: false,
     };
     let config = MeterConfig {
         default_model: Some("bench-model".into()),
@@ -165,7 +174,9 @@ pub async fn run(requests: usize, upstream_ms: u64) -> anyhow::Result<Vec<Case>>
     let meter = Arc::new(Meter::new(store.clone(), config, BTreeMap::from([("bench".to_owned(), plan)]), "bench".into()).map_err(|e| anyhow::anyhow!(e))?);
     let socket = dir.path().join("control.sock");
     let listener = tokio::net::UnixListener::bind(&socket)?;
-    let router = clawpen_meter::router::router(meter.clone(), MeterCaller { tenant: tenant.id.clone(), agent: AgentId::new() });
+    let caller = MeterCaller { tenant: tenant.id.clone(), agent: AgentId::new() };
+    let router = clawpen_meter::router::router(meter.clone(), caller.clone());
+    let runs = Some((&*meter, &caller));
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
     let flusher = tokio::spawn(meter.clone().run_flusher());
     let bare_socket = dir.path().join("passthrough.sock");
@@ -185,10 +196,10 @@ pub async fn run(requests: usize, upstream_ms: u64) -> anyhow::Result<Vec<Case>>
         let body = request_body(model, stream);
         let spread = Duration::from_millis(if saturated { 0 } else { upstream_ms });
         // Warm every path (connections, the account row, the stand-in).
-        batch(&meter_target, path, None, body.clone(), c.min(8), 3, spread).await?;
-        batch(&direct_target, path, auth.clone(), body.clone(), c.min(8), 3, spread).await?;
+        batch(&meter_target, path, None, body.clone(), c.min(8), 3, spread, runs).await?;
+        batch(&direct_target, path, auth.clone(), body.clone(), c.min(8), 3, spread, None).await?;
         if saturated {
-            batch(&bare_target, path, None, body.clone(), c.min(8), 3, spread).await?;
+            batch(&bare_target, path, None, body.clone(), c.min(8), 3, spread, None).await?;
         }
         // A call that waits on the provider takes its latency: those cases make a quarter of
         // the requests, so that the whole bench stays near a minute and a half.
@@ -196,13 +207,13 @@ pub async fn run(requests: usize, upstream_ms: u64) -> anyhow::Result<Vec<Case>>
         let per_round = per_worker.div_ceil(ROUNDS).max(1);
         let (mut ours, mut base, mut bare, mut wall, mut bare_wall) = (Vec::new(), Vec::new(), Vec::new(), 0.0, 0.0);
         for _ in 0..ROUNDS {
-            let (m, w) = batch(&meter_target, path, None, body.clone(), c, per_round, spread).await?;
+            let (m, w) = batch(&meter_target, path, None, body.clone(), c, per_round, spread, runs).await?;
             ours.extend(m);
             wall += w;
-            let (d, _) = batch(&direct_target, path, auth.clone(), body.clone(), c, per_round, spread).await?;
+            let (d, _) = batch(&direct_target, path, auth.clone(), body.clone(), c, per_round, spread, None).await?;
             base.extend(d);
             if saturated {
-                let (b, w) = batch(&bare_target, path, None, body.clone(), c, per_round, spread).await?;
+                let (b, w) = batch(&bare_target, path, None, body.clone(), c, per_round, spread, None).await?;
                 bare.extend(b);
                 bare_wall += w;
             }

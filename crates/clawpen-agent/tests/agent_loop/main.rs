@@ -49,7 +49,10 @@ impl Harness {
     }
 
     async fn send_in(&self, text: &str, session: Option<&str>) -> Result<MessageOut, ClientError> {
-        let msg = MessageIn { text: text.to_owned(), session: session.map(str::to_owned) };
+        self.send_msg(MessageIn { text: text.to_owned(), session: session.map(str::to_owned), run_id: None }).await
+    }
+
+    async fn send_msg(&self, msg: MessageIn) -> Result<MessageOut, ClientError> {
         // Longer than any run may take, also when a test pauses tokio's clock.
         client::message(&client::AgentAddr::unverified(self.run_dir.clone()), &msg, Duration::from_secs(600)).await
     }
@@ -336,6 +339,15 @@ async fn a_refusal_after_a_tool_call_keeps_the_work_done() {
 }
 
 #[tokio::test]
+async fn a_call_too_large_for_the_cap_left_is_not_a_pause() {
+    let h = Harness::start().await;
+    let msg = "This call could cost up to 900 micro-credits and this month's cap has 100 of 1000 left.";
+    h.meter.push(Canned::Error(402, refusal("cap_headroom", msg, None)));
+    let out = h.send("a big question").await.expect("reply");
+    assert_eq!((out.reply.as_str(), out.paused, out.error_code.as_deref()), (msg, false, Some("cap_headroom")));
+}
+
+#[tokio::test]
 async fn a_run_has_one_id_and_runs_differ() {
     let h = Harness::start().await;
     h.meter.push(tool_calls(&[("a", "remember", r#"{"fact": "x"}"#)]));
@@ -348,6 +360,56 @@ async fn a_run_has_one_id_and_runs_differ() {
     assert_eq!(runs[0], runs[1], "all calls of a run carry its id");
     assert_ne!(runs[1], runs[2], "each message is a new run");
     assert_eq!((first.run_id.as_str(), second.run_id.as_str()), (runs[0].as_str(), runs[2].as_str()));
+}
+
+#[tokio::test]
+async fn the_run_the_server_opened_is_the_one_sent_to_the_meter() {
+    let h = Harness::start().await;
+    h.meter.push(tool_calls(&[("a", "remember", r#"{"fact": "x"}"#)]));
+    h.meter.push(text("done"));
+    let given = "run_0123456789abcdef0123456789ab";
+    let out = h.send_msg(MessageIn { text: "remember".into(), session: None, run_id: Some(given.into()) }).await.expect("reply");
+    assert_eq!(out.run_id, given, "echoed");
+    let runs: Vec<Option<String>> = h.meter.seen().iter().map(|s| s.run.clone()).collect();
+    assert_eq!(runs, vec![Some(given.to_owned()), Some(given.to_owned())], "every call of the run carries the server's id");
+    let lines = h.session_lines("main");
+    assert!(lines.iter().all(|l| l["run"] == given), "{lines:?}");
+    // An id the meter could not take is refused before any call.
+    let bad = h.send_msg(MessageIn { text: "x".into(), session: None, run_id: Some("no spaces allowed".into()) }).await;
+    assert!(bad.is_err(), "{bad:?}");
+    assert_eq!(h.meter.seen().len(), 2);
+}
+
+/// The gateway: the run id the server injected in `chat.send` (`clawpenRunId`) is the run's id
+/// and what its model calls carry.
+#[tokio::test]
+async fn a_gateway_send_runs_in_the_run_the_server_injected() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let h = Harness::start().await;
+    h.meter.push(text("hi there"));
+    let stream = tokio::net::UnixStream::connect(h.run_dir.join("agent.sock")).await.expect("agent.sock");
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://agent/gateway", stream).await.expect("upgrade");
+    let Message::Text(challenge) = ws.next().await.expect("open").expect("frame") else { panic!("a text frame first") };
+    assert!(challenge.contains("connect.challenge"), "{challenge}");
+    let send = |v: Value| Message::Text(v.to_string().into());
+    ws.send(send(json!({"type": "req", "id": "1", "method": "connect", "params": {}}))).await.expect("connect");
+    let given = "run_00000000000aabbccddeeff00112233";
+    ws.send(send(json!({"type": "req", "id": "2", "method": "chat.send", "params": {"sessionKey": "main", "message": "hello", "idempotencyKey": "k1", "clawpenRunId": given}}))).await.expect("send");
+    let mut started = None;
+    let mut finals = None;
+    while finals.is_none() {
+        let Message::Text(t) = ws.next().await.expect("open").expect("frame") else { continue };
+        let v: Value = serde_json::from_str(&t).expect("json");
+        if v["id"] == "2" {
+            started = Some(v["payload"]["runId"].clone());
+        }
+        if v["event"] == "chat" && v["payload"]["state"] == "final" {
+            finals = Some(v["payload"]["runId"].clone());
+        }
+    }
+    assert_eq!((started, finals), (Some(json!(given)), Some(json!(given))));
+    assert_eq!(h.meter.seen()[0].run.as_deref(), Some(given), "the model call ran in the injected run");
 }
 
 #[tokio::test]

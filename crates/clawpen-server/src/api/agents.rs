@@ -166,7 +166,7 @@ pub async fn send_message(State(app): State<App>, caller: TenantCaller, AgentPat
     if body.session.as_deref().is_some_and(|s| s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')) {
         return Err(ApiError::invalid("session: must be 1 to 64 of [A-Za-z0-9_-]"));
     }
-    let msg = MessageIn { text: body.text, session: body.session };
+    let msg = MessageIn { text: body.text, session: body.session, run_id: None };
     let out = match app.deliver_message(&caller.tenant, &agent, msg, &caller.actor()).await {
         Ok(out) => out,
         Err(e) if e.code == "agent_error" => return Err(interrupted(&app, &caller, &id, e).await),

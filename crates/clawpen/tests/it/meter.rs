@@ -1,7 +1,12 @@
 //! The meter end to end: a real server, a stand-in upstream speaking OpenAI and Anthropic, calls
 //! made on an agent's control socket (as the agent makes them), and the usage API.
+//!
+//! A model call is accepted only inside a run the server opened (a user's message). These tests
+//! open runs with `POST /api/v1/agents/{id}/runs` (admin token; `{"run_id"}`), the server's
+//! wrapper around `Meter::open_run`: see [`open_run`]. The meter's own tests
+//! (`crates/clawpen-meter/tests/contract.rs`) prove the contract in process.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -10,6 +15,24 @@ use crate::harness::{expected_cost, uds_post, TestServer};
 
 pub async fn world(plan: &str, meter_extra: &str) -> TestServer {
     TestServer::start_with(plan, meter_extra, &[]).await
+}
+
+/// Opens a run for `agent` as the server does for a user's message: `(status, body)`.
+async fn try_open_run(w: &TestServer, agent: &Value) -> (u16, Value) {
+    let id = agent["id"].as_str().unwrap();
+    w.post(&format!("/api/v1/agents/{id}/runs"), &w.admin.clone(), json!({})).await
+}
+
+/// A run for `agent`'s model calls (see the module docs).
+async fn open_run(w: &TestServer, agent: &Value) -> String {
+    let (st, v) = try_open_run(w, agent).await;
+    assert_eq!(st, 201, "the server opens runs for tests with POST /api/v1/agents/{{id}}/runs (admin): {v}");
+    v["run_id"].as_str().expect("run_id").to_owned()
+}
+
+/// The `x-clawpen-run` header of a run.
+fn in_run(run: &str) -> [(&'static str, &str); 1] {
+    [("x-clawpen-run", run)]
 }
 
 fn chat(model: &str, text: &str, stream: bool) -> Value {
@@ -37,28 +60,30 @@ async fn calls_are_charged_exactly_from_provider_usage() {
     let a = w.agent(&key, "a", false).await;
     let sock = w.run_dir(a["id"].as_str().unwrap()).join("control.sock");
     let start = usage(&w, &key).await["balance"].as_i64().unwrap();
+    let run = open_run(&w, &a).await;
+    let run = &in_run(&run);
 
     // OpenAI, plain and streamed (the caller did not ask for usage: the meter adds and strips it).
-    let (st, body) = uds_post(&sock, "/v1/chat/completions", &chat("gpt-test", "hello there meter", false), &[]).await;
+    let (st, body) = uds_post(&sock, "/v1/chat/completions", &chat("gpt-test", "hello there meter", false), run).await;
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert!(v["choices"][0]["message"]["content"].as_str().unwrap().starts_with("stand-in reply"));
-    let (st, body) = uds_post(&sock, "/v1/chat/completions", &chat("gpt-test", "stream this please", true), &[]).await;
+    let (st, body) = uds_post(&sock, "/v1/chat/completions", &chat("gpt-test", "stream this please", true), run).await;
     assert_eq!(st, 200);
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("data: [DONE]"));
     assert!(!text.contains("\"usage\""), "usage the caller did not ask for is stripped: {text}");
     // Cached input, and Anthropic plain and streamed.
-    let (st, _) = uds_post(&sock, "/v1/chat/completions", &chat("gpt-cached", "a long cached prompt with many words in it ok", false), &[]).await;
+    let (st, _) = uds_post(&sock, "/v1/chat/completions", &chat("gpt-cached", "a long cached prompt with many words in it ok", false), run).await;
     assert_eq!(st, 200);
-    let ant = [("anthropic-version", "2023-06-01")];
+    let ant = [run[0], ("anthropic-version", "2023-06-01")];
     let (st, body) = uds_post(&sock, "/v1/messages", &chat("claude-test", "hi claude", false), &ant).await;
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
     let (st, body) = uds_post(&sock, "/v1/messages", &chat("claude-cached", "stream with cache", true), &ant).await;
     assert_eq!(st, 200);
     assert!(String::from_utf8_lossy(&body).contains("message_stop"));
     // A model that is not offered is refused and costs nothing.
-    let (st, _) = uds_post(&sock, "/v1/chat/completions", &chat("gpt-9000", "x", false), &[]).await;
+    let (st, _) = uds_post(&sock, "/v1/chat/completions", &chat("gpt-9000", "x", false), run).await;
     assert_eq!(st, 400);
 
     let u = settled(&w, &key).await;
@@ -89,66 +114,65 @@ async fn calls_are_charged_exactly_from_provider_usage() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_monthly_cap_pauses_the_tenant_and_spares_the_other() {
-    // Each call costs about 16 micro-credits and holds about 110; the cap lets a dozen through.
-    let w = world("monthly_cap = 300\ndaily_cap = 100000\ninitial_credits = 100000", "").await;
+async fn the_monthly_cap_refuses_what_it_cannot_fit_and_pauses_no_one_below_it() {
+    // Each call costs about 16 micro-credits and holds about 300 (its worst case); the cap lets
+    // calls through until less than a hold is left, then refuses each call, pausing no one.
+    let w = world("monthly_cap = 1000\ndaily_cap = 100000\ninitial_credits = 100000\nmax_calls_per_run = 100", "").await;
     let (ta, key_a) = w.tenant("spender").await;
     let (_, key_b) = w.tenant("saver").await;
     let a = w.agent(&key_a, "a", false).await;
     let b = w.agent(&key_b, "b", false).await;
     let sock_a = w.run_dir(a["id"].as_str().unwrap()).join("control.sock");
     let sock_b = w.run_dir(b["id"].as_str().unwrap()).join("control.sock");
+    let run_a = open_run(&w, &a).await;
     let mut refused = None;
-    for i in 0..60 {
-        let (st, body) = uds_post(&sock_a, "/v1/chat/completions", &chat("gpt-test", &format!("call {i}"), false), &[]).await;
+    let mut ok = 0;
+    for i in 0..100 {
+        let (st, body) = uds_post(&sock_a, "/v1/chat/completions", &chat("gpt-test", &format!("call {i}"), false), &in_run(&run_a)).await;
         if st != 200 {
             refused = Some((st, serde_json::from_slice::<Value>(&body).unwrap()));
             break;
         }
+        ok += 1;
     }
     let (st, e) = refused.expect("the cap refuses a call");
     assert_eq!(st, 402, "{e}");
-    assert_eq!(e["error"]["code"], "cap_reached");
-    assert!(e["error"]["message"].as_str().unwrap().contains("resumes on"), "{e}");
-    let until = e["error"]["paused_until"].as_i64().unwrap();
-    assert!(until > clawpen_store::now_ms());
-    // Further calls are refused as paused, and the API says why and until when.
-    let (st, body) = uds_post(&sock_a, "/v1/chat/completions", &chat("gpt-test", "again", false), &[]).await;
-    assert_eq!(st, 402);
-    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["error"]["code"], "agent_paused");
-    let (_, view) = w.get(&format!("/api/v1/agents/{}", a["id"].as_str().unwrap()), &key_a).await;
-    assert_eq!(view["paused_until"].as_i64(), Some(until), "{view}");
-    assert!(view["paused_reason"].as_str().unwrap().contains("monthly"), "{view}");
+    assert_eq!(e["error"]["code"], "cap_headroom", "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("left"), "{e}");
+    assert!(ok > 20, "the cap was used, not given up at a hold that did not fit: {ok} calls");
+    // Nobody is paused: the spend is under the cap.
     let u = settled(&w, &key_a).await;
-    assert!(u["month"]["spent"].as_i64().unwrap() <= 300, "{u}");
+    let spent = u["month"]["spent"].as_i64().unwrap();
+    assert!(spent <= 1000, "{u}");
+    let (_, view) = w.get(&format!("/api/v1/agents/{}", a["id"].as_str().unwrap()), &key_a).await;
+    assert!(view["paused_until"].is_null(), "spent {spent} of 1000, not paused: {view}");
     // The other tenant is not touched.
-    let (st, _) = uds_post(&sock_b, "/v1/chat/completions", &chat("gpt-test", "I am fine", false), &[]).await;
+    let run_b = open_run(&w, &b).await;
+    let (st, _) = uds_post(&sock_b, "/v1/chat/completions", &chat("gpt-test", "I am fine", false), &in_run(&run_b)).await;
     assert_eq!(st, 200);
-    let (_, view_b) = w.get(&format!("/api/v1/agents/{}", b["id"].as_str().unwrap()), &key_b).await;
-    assert!(view_b["paused_until"].is_null());
-    // The operator moves the tenant to a bigger plan: the pause is lifted and calls go through.
+    // The operator moves the tenant to a bigger plan: calls go through again.
     let (st, v) = w.put(&format!("/api/v1/tenants/{}/plan", ta["id"].as_str().unwrap()), &w.admin, json!({"plan": "standard"})).await;
     assert_eq!(st, 200, "{v}");
-    let (_, view) = w.get(&format!("/api/v1/agents/{}", a["id"].as_str().unwrap()), &key_a).await;
-    assert!(view["paused_until"].is_null(), "{view}");
-    let (st, _) = uds_post(&sock_a, "/v1/chat/completions", &chat("gpt-test", "back again", false), &[]).await;
+    let run_a = open_run(&w, &a).await;
+    let (st, _) = uds_post(&sock_a, "/v1/chat/completions", &chat("gpt-test", "back again", false), &in_run(&run_a)).await;
     assert_eq!(st, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_aborted_stream_is_charged_for_what_it_generated() {
+async fn an_aborted_stream_is_closed_upstream_at_once_and_charged_what_it_generated() {
     let w = world("", "").await;
     let (_, key) = w.tenant("quitter").await;
     let a = w.agent(&key, "a", false).await;
     let sock = w.run_dir(a["id"].as_str().unwrap()).join("control.sock");
+    let run = open_run(&w, &a).await;
     // A slow stream: read its first events, then hang up.
-    {
+    let left = {
         use http_body_util::BodyExt;
         let stream = tokio::net::UnixStream::connect(&sock).await.unwrap();
         let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
         let conn = tokio::spawn(conn);
         let body = chat("gpt-slow", "one two three four five six seven eight nine ten eleven twelve", true);
-        let req = hyper::Request::post("/v1/chat/completions").header("host", "m").header("content-type", "application/json");
+        let req = hyper::Request::post("/v1/chat/completions").header("host", "m").header("content-type", "application/json").header("x-clawpen-run", &run);
         let res = sender.send_request(req.body(http_body_util::Full::new(bytes::Bytes::from(body.to_string()))).unwrap()).await.unwrap();
         assert_eq!(res.status(), 200);
         let mut body = res.into_body();
@@ -157,15 +181,28 @@ async fn an_aborted_stream_is_charged_for_what_it_generated() {
         drop(body);
         drop(sender);
         conn.abort();
-    }
+        Instant::now()
+    };
+    // The provider sees the meter close the stream within a second, before the answer's end.
+    let deadline = left + Duration::from_secs(3);
+    let seen = loop {
+        let r = w.standin.requests().last().unwrap().clone();
+        if r.hung_up_at.is_some() || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let at = seen.hung_up_at.unwrap_or_else(|| panic!("the meter kept reading the upstream: {seen:?}"));
+    assert!(at.duration_since(left) < Duration::from_secs(1), "closed {:?} after the hang-up", at.duration_since(left));
+    assert!(!seen.completed, "{seen:?}");
     let u = settled(&w, &key).await;
     let c = &u["recent_calls"][0];
     assert_eq!(c["outcome"], "client_aborted", "{u:#}");
-    assert!(c["output_tokens"].as_i64().unwrap() > 1, "the whole generation is known: {c}");
-    assert!(c["cost"].as_i64().unwrap() > 0);
+    // Charged at least what the provider bills: the input (12 words + 4) and what it generated.
+    let billed = (12 + 4) + 2 * seen.output_generated as i64;
+    assert!(c["cost"].as_i64().unwrap() >= billed, "charged less than generated ({billed}): {c}");
+    assert!(c["output_tokens"].as_i64().unwrap() <= 50, "never past max tokens: {c}");
     assert_eq!(c["cost"].as_i64().unwrap(), expected_cost(c), "{c}");
-    let reqs = w.standin.requests();
-    assert!(reqs.last().unwrap().completed, "the meter read the upstream to its end");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -176,17 +213,19 @@ async fn no_overspend_with_200_concurrent_calls() {
     let (_, key) = probe.tenant("probe").await;
     let a = probe.agent(&key, "a", false).await;
     let sock = probe.run_dir(a["id"].as_str().unwrap()).join("control.sock");
-    let (st, _) = uds_post(&sock, "/v1/chat/completions", &chat("gpt-test", "how much is one call", false), &[]).await;
+    let run = open_run(&probe, &a).await;
+    let (st, _) = uds_post(&sock, "/v1/chat/completions", &chat("gpt-test", "how much is one call", false), &in_run(&run)).await;
     assert_eq!(st, 200);
     let one = settled(&probe, &key).await["recent_calls"][0]["cost"].as_i64().unwrap();
     drop(probe);
 
     let cap = one * 50;
-    let w = world(&format!("monthly_cap = {cap}\ndaily_cap = 0\ninitial_credits = 1000000000\nruns_per_hour = 100000"), "").await;
+    let w = world(&format!("monthly_cap = {cap}\ndaily_cap = 0\ninitial_credits = 1000000000\nruns_per_hour = 100000\nmax_calls_per_run = 1000"), "").await;
     let (_, key) = w.tenant("crowd").await;
     let a = w.agent(&key, "a", false).await;
     let sock = w.run_dir(a["id"].as_str().unwrap()).join("control.sock");
     let start = usage(&w, &key).await["balance"].as_i64().unwrap();
+    let run = open_run(&w, &a).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(20261122);
     let mut tasks = Vec::new();
     for i in 0..200 {
@@ -194,22 +233,34 @@ async fn no_overspend_with_200_concurrent_calls() {
         let mut body = chat("gpt-test", &format!("how much is one call {i} {}", words.join(" ")), rng.gen_bool(0.3));
         // A tight max tokens keeps each hold near the call's cost, so the cap admits about 50.
         body["max_tokens"] = json!(12);
-        let sock = sock.clone();
-        tasks.push(tokio::spawn(async move { uds_post(&sock, "/v1/chat/completions", &body, &[]).await.0 }));
+        let (sock, run) = (sock.clone(), run.clone());
+        tasks.push(tokio::spawn(async move {
+            let (st, body) = uds_post(&sock, "/v1/chat/completions", &body, &in_run(&run)).await;
+            let e = serde_json::from_slice::<Value>(&body).unwrap_or_default();
+            (st, e["error"]["code"].as_str().map(str::to_owned), e["error"]["message"].as_str().unwrap_or_default().to_owned())
+        }));
     }
-    let mut ok = 0;
+    let (mut ok, mut max_held) = (0, 0);
     for t in tasks {
         match t.await.unwrap() {
-            200 => ok += 1,
-            402 => {}
-            other => panic!("unexpected status {other}"),
+            (200, _, _) => ok += 1,
+            // Refused for that call alone, never a pause: "This call could cost up to N …".
+            (402 | 429, Some(code), message) if code == "cap_headroom" => {
+                let held = message.split("up to ").nth(1).and_then(|m| m.split(' ').next()).and_then(|n| n.parse::<i64>().ok());
+                max_held = max_held.max(held.unwrap_or_else(|| panic!("{message}")));
+            }
+            other => panic!("unexpected answer {other:?}"),
         }
     }
     let u = settled(&w, &key).await;
     let spent = u["month"]["spent"].as_i64().unwrap();
     assert!(spent <= cap, "settled {spent} > cap {cap}");
-    // Holds are larger than costs, so fewer than 50 fit at once; the point is that some do.
+    // Holds are larger than costs, so fewer than 50 fit at once; calls wait for room instead of
+    // pausing the tenant, so the cap is used until less than a hold is left.
     assert!((10..200).contains(&ok), "the cap admitted {ok} of 200");
+    assert!(max_held == 0 || cap - spent < max_held, "spent {spent} of {cap}, holds of {max_held}: the cap was given up early");
+    let (_, view) = w.get(&format!("/api/v1/agents/{}", a["id"].as_str().unwrap()), &key).await;
+    assert!(spent >= cap || view["paused_until"].is_null(), "paused below the cap: {view}");
     eprintln!("the cap of {cap} admitted {ok} of 200 concurrent calls; settled {spent}");
     assert_eq!(u["balance"].as_i64().unwrap() + spent, start, "balance + settled = start");
     assert_eq!(u["reserved"], 0);
@@ -226,11 +277,12 @@ async fn holds_in_flight_at_a_crash_are_voided_after_restart() {
     let a = w.agent(&key, "a", false).await;
     let sock = w.run_dir(a["id"].as_str().unwrap()).join("control.sock");
     let start = usage(&w, &key).await["balance"].as_i64().unwrap();
+    let run = open_run(&w, &a).await;
     let mut inflight = Vec::new();
     for i in 0..8 {
-        let sock = sock.clone();
+        let (sock, run) = (sock.clone(), run.clone());
         let body = chat("gpt-slow", &format!("a slow answer number {i} with some words"), true);
-        inflight.push(tokio::spawn(async move { uds_post(&sock, "/v1/chat/completions", &body, &[]).await }));
+        inflight.push(tokio::spawn(async move { uds_post(&sock, "/v1/chat/completions", &body, &in_run(&run)).await }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     w.kill();
@@ -270,7 +322,9 @@ async fn the_real_python_sdks_work_through_the_meter() {
     let a = w.agent(&key, "a", false).await;
     let sock = w.run_dir(a["id"].as_str().unwrap()).join("control.sock");
     let sock = sock.to_str().unwrap();
-    pytest("test_meter_sdks.py", &[("CLAWPEN_CONTROL_SOCK", sock), ("CLAWPEN_URL", &w.base), ("CLAWPEN_TENANT_KEY", &key)]).await;
+    // The SDKs' calls go in one run, as an agent's calls for one message do.
+    let run = open_run(&w, &a).await;
+    pytest("test_meter_sdks.py", &[("CLAWPEN_CONTROL_SOCK", sock), ("CLAWPEN_URL", &w.base), ("CLAWPEN_TENANT_KEY", &key), ("CLAWPEN_RUN_ID", &run)]).await;
     // What reached the upstream through the meter: the platform's keys only (the SDKs sent a
     // made-up one), and never more tokens than the plan allows (1024 on the free plan).
     let reqs = w.standin.requests();
@@ -278,6 +332,9 @@ async fn the_real_python_sdks_work_through_the_meter() {
     assert!(reqs.iter().all(|r| r.authorized), "{reqs:?}");
     let clamped = reqs.iter().find(|r| r.body.to_string().contains("clamp me")).expect("the clamp call reached upstream");
     assert_eq!(clamped.max_tokens, Some(1024), "max tokens clamped by the plan: {clamped:?}");
+    // What the SDKs send is within the meter's allow-list (nothing was refused but the unknown
+    // model), and what reached the provider names no URL.
+    assert!(reqs.iter().all(|r| !r.body.to_string().contains("://")), "{reqs:?}");
 
     pytest("test_standin_sdks.py", &[("CLAWPEN_STANDIN_URL", &w.standin.base_url())]).await;
 }
@@ -301,7 +358,8 @@ async fn an_https_upstream_is_reached_only_with_its_ca_trusted() {
     let (_, key) = trusted.tenant("tls").await;
     let a = trusted.agent(&key, "a", false).await;
     let sock = trusted.run_dir(a["id"].as_str().unwrap()).join("control.sock");
-    let (st, body) = uds_post(&sock, "/v1/chat/completions", &chat("gpt-secure", "over tls please", false), &[]).await;
+    let run = open_run(&trusted, &a).await;
+    let (st, body) = uds_post(&sock, "/v1/chat/completions", &chat("gpt-secure", "over tls please", false), &in_run(&run)).await;
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "stand-in reply to: over tls please");
@@ -315,7 +373,8 @@ async fn an_https_upstream_is_reached_only_with_its_ca_trusted() {
     let (_, key) = untrusted.tenant("tls").await;
     let a = untrusted.agent(&key, "a", false).await;
     let sock = untrusted.run_dir(a["id"].as_str().unwrap()).join("control.sock");
-    let (st, body) = uds_post(&sock, "/v1/chat/completions", &chat("gpt-secure", "over tls please", false), &[]).await;
+    let run = open_run(&untrusted, &a).await;
+    let (st, body) = uds_post(&sock, "/v1/chat/completions", &chat("gpt-secure", "over tls please", false), &in_run(&run)).await;
     assert_eq!(st, 502, "{}", String::from_utf8_lossy(&body));
     assert_eq!(upstream.requests().len(), 1);
     let u = untrusted.settled_usage(&key).await;
@@ -323,35 +382,82 @@ async fn an_https_upstream_is_reached_only_with_its_ca_trusted() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn runs_per_hour_are_capped_and_remembered_across_a_restart() {
-    let mut w = world("runs_per_hour = 3", "").await;
+async fn a_model_call_outside_a_run_the_server_opened_is_refused() {
+    let w = world("", "").await;
+    let (_, key) = w.tenant("uninvited").await;
+    let a = w.agent(&key, "a", false).await;
+    let sock = w.run_dir(a["id"].as_str().unwrap()).join("control.sock");
+    // No run, or one the agent picked itself (reusing one value used to mean unlimited calls).
+    for headers in [&[][..], &[("x-clawpen-run", "run-1")][..], &[("x-clawpen-run", "run_0000000000000000000000000000")][..]] {
+        let (st, body) = uds_post(&sock, "/v1/chat/completions", &chat("gpt-test", "let me in", false), headers).await;
+        let e: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!((st, e["error"]["code"].as_str()), (403, Some("no_run")), "{headers:?}: {e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains("a run the server started: a user's message"), "{e}");
+    }
+    let (st, _) = uds_post(&sock, "/v1/messages", &chat("claude-test", "let me in", false), &[("anthropic-version", "2023-06-01")]).await;
+    assert_eq!(st, 403);
+    assert!(w.standin.requests().is_empty(), "nothing reached the provider");
+    // Refused calls are counted, not each written: one row for the four, with the meter's next
+    // flush.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while usage(&w, &key).await["recent_calls"].as_array().unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let u = usage(&w, &key).await;
+    let calls = u["recent_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{u:#}");
+    assert_eq!((calls[0]["outcome"].as_str(), calls[0]["cost"].as_i64()), (Some("refused:no_run"), Some(0)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_admits_only_its_own_agents_calls() {
+    let w = world("", "").await;
+    let (_, key) = w.tenant("sharing").await;
+    let a = w.agent(&key, "a", false).await;
+    let b = w.agent(&key, "b", false).await;
+    let sock_a = w.run_dir(a["id"].as_str().unwrap()).join("control.sock");
+    let sock_b = w.run_dir(b["id"].as_str().unwrap()).join("control.sock");
+    let run = open_run(&w, &a).await;
+    let (st, _) = uds_post(&sock_b, "/v1/chat/completions", &chat("gpt-test", "borrowed", false), &in_run(&run)).await;
+    assert_eq!(st, 403, "another agent's run");
+    let (st, _) = uds_post(&sock_a, "/v1/chat/completions", &chat("gpt-test", "mine", false), &in_run(&run)).await;
+    assert_eq!(st, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_per_hour_and_calls_per_run_are_capped_and_remembered_across_a_restart() {
+    let mut w = world("runs_per_hour = 3\nmax_calls_per_run = 2", "").await;
     let (_, key) = w.tenant("busy").await;
     let a = w.agent(&key, "a", false).await;
     let sock = w.run_dir(a["id"].as_str().unwrap()).join("control.sock");
-    let call = |run: &'static str| {
+    let call = |run: String| {
         let sock = sock.clone();
-        async move { uds_post(&sock, "/v1/chat/completions", &chat("gpt-test", "one step of a run", false), &[("x-clawpen-run", run)]).await }
+        async move { uds_post(&sock, "/v1/chat/completions", &chat("gpt-test", "one step of a run", false), &in_run(&run)).await }
     };
-    for run in ["run-1", "run-2", "run-3", "run-1", "run-3"] {
-        assert_eq!(call(run).await.0, 200, "{run} is within the plan's 3 runs per hour");
+    let runs = [open_run(&w, &a).await, open_run(&w, &a).await, open_run(&w, &a).await];
+    for run in [&runs[0], &runs[1], &runs[0]] {
+        assert_eq!(call(run.clone()).await.0, 200, "within the plan's 3 runs per hour and 2 calls per run");
     }
-    let (st, body) = call("run-4").await;
-    assert_eq!(st, 429, "a 4th run in the hour is refused");
+    let (st, body) = call(runs[0].clone()).await;
     let e: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((st, e["error"]["code"].as_str()), (429, Some("run_exhausted")), "a 3rd call in a run: {e}");
+    let (st, e) = try_open_run(&w, &a).await;
+    assert_eq!(st, 429, "a 4th run in the hour is refused: {e}");
     assert_eq!(e["error"]["code"], "rate_limited", "{e}");
     assert!(e["error"]["message"].as_str().unwrap().contains("3 requests in the last hour"), "{e}");
 
     // The count outlives the server: a graceful restart, then a crash after the flusher ran.
     assert!(w.terminate(), "the server stops on SIGTERM");
     w.spawn().await;
-    assert_eq!(call("run-5").await.0, 429, "still 3 runs this hour after a restart");
-    assert_eq!(call("run-2").await.0, 200, "an admitted run goes on after a restart");
+    assert_eq!(try_open_run(&w, &a).await.0, 429, "still 3 runs this hour after a restart");
+    assert_eq!(call(runs[1].clone()).await.0, 200, "an open run goes on after a restart");
     tokio::time::sleep(Duration::from_millis(500)).await;
     w.kill();
     w.spawn().await;
-    assert_eq!(call("run-6").await.0, 429, "still 3 runs this hour after a crash");
+    assert_eq!(try_open_run(&w, &a).await.0, 429, "still 3 runs this hour after a crash");
     let u = settled(&w, &key).await;
     let calls = u["recent_calls"].as_array().unwrap();
-    assert_eq!(calls.iter().filter(|c| c["outcome"] == "ok").count(), 6, "{u:#}");
-    assert!(calls.iter().filter(|c| c["outcome"] != "ok").all(|c| c["cost"] == 0), "refused runs cost nothing: {u:#}");
+    assert_eq!(calls.iter().filter(|c| c["outcome"] == "ok").count(), 4, "{u:#}");
+    assert!(calls.iter().filter(|c| c["outcome"] != "ok").all(|c| c["cost"] == 0), "refused calls cost nothing: {u:#}");
 }
