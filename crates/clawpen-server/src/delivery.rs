@@ -19,7 +19,7 @@ impl App {
     /// waits for the reply, and withholds a reply from a sandbox that answers as another agent
     /// or tenant (502 `agent_mismatch`). `agent` must be `tenant`'s: callers look it up scoped
     /// by the tenant.
-    pub async fn deliver_message(&self, tenant: &Tenant, agent: &Agent, msg: MessageIn, actor: &Actor) -> Result<MessageOut, ApiError> {
+    pub async fn deliver_message(&self, tenant: &Tenant, agent: &Agent, mut msg: MessageIn, actor: &Actor) -> Result<MessageOut, ApiError> {
         let id = &agent.id;
         let per_minute = self.config.plan_or_default(&tenant.plan).messages_per_minute;
         if let Err(wait) = self.message_limits.check(&tenant.id, per_minute) {
@@ -29,6 +29,19 @@ impl App {
                 format!("this tenant may send {per_minute} messages a minute; try again in {} s", wait.as_secs() + 1),
             ));
         }
+        // The run this message starts: the agent's model calls are accepted only inside it, and
+        // the plan's runs per hour count these (429 `rate_limited` past them), before the agent
+        // is even woken.
+        let caller = clawpen_meter::MeterCaller { tenant: tenant.id.clone(), agent: id.clone() };
+        let run = self.meter.open_run(&caller).await?;
+        msg.run_id = Some(run.clone());
+        let out = self.deliver_in_run(tenant, agent, msg, actor).await;
+        self.meter.close_run(id, &run);
+        out
+    }
+
+    async fn deliver_in_run(&self, tenant: &Tenant, agent: &Agent, msg: MessageIn, actor: &Actor) -> Result<MessageOut, ApiError> {
+        let id = &agent.id;
         let timeout = Duration::from_secs(self.config.sandbox.message_timeout_secs);
         // The message keeps the agent awake until answered, and wakes it from whichever tier it
         // sleeps in; the reply waits for the wake, which is bounded by the start timeout.

@@ -101,6 +101,12 @@ impl From<RuntimeError> for ApiError {
     }
 }
 
+impl From<clawpen_meter::meter::MeterError> for ApiError {
+    fn from(e: clawpen_meter::meter::MeterError) -> Self {
+        ApiError::new(e.status(), e.code(), e.message())
+    }
+}
+
 impl From<ClientError> for ApiError {
     fn from(e: ClientError) -> Self {
         match e {

@@ -81,10 +81,12 @@ pub async fn connect(State(app): State<App>, RawQuery(query): RawQuery, MaybeUpg
         }
     };
     debug!(tenant = %tenant_id, agent = %agent_id, "gateway: connection relayed");
+    let app = app.clone();
     // Small buffers: an idle connection should cost little (they grow for a large frame).
     upgrade.max_message_size(FRAME_MAX).max_frame_size(FRAME_MAX).read_buffer_size(4096).write_buffer_size(0).on_upgrade(move |client| async move {
         let _held = (activity, slot);
-        relay(client, inner).await
+        let caller = clawpen_meter::MeterCaller { tenant: tenant_id, agent: agent_id };
+        relay(app, caller, client, inner).await
     })
     .into_response()
 }
@@ -130,14 +132,87 @@ async fn open_agent(addr: &clawpen_agent::client::AgentAddr) -> Result<AgentWs, 
     Ok(ws)
 }
 
-/// Copies frames both ways until either side closes.
-async fn relay(client: WebSocket, agent: AgentWs) {
-    let (mut c_tx, mut c_rx) = client.split();
+/// What the relay does with a frame from the client.
+enum Upward {
+    /// Pass it on (maybe rewritten).
+    Forward(String),
+    /// Answer the client with this frame instead.
+    Refuse(String),
+}
+
+/// A `chat.send` starts a run, and the server, not the client or the agent, starts it: the
+/// meter opens it (refused past the plan's runs per hour) and its id goes to the agent as
+/// `params.clawpenRunId`, whatever the client put there. A retried send (same idempotency key)
+/// goes on in the same run. Every other frame passes as it is.
+/// `by_key`: the runs this connection's sends started, by idempotency key; `opened` gets a run
+/// this call opened.
+async fn upward(app: &App, caller: &clawpen_meter::MeterCaller, by_key: &mut std::collections::HashMap<String, String>, opened: &mut Option<String>, text: &str) -> Upward {
+    if !text.contains("chat.send") {
+        return Upward::Forward(text.to_owned());
+    }
+    let Ok(mut v) = serde_json::from_str::<serde_json::Value>(text) else { return Upward::Forward(text.to_owned()) };
+    if v["type"] != "req" || v["method"] != "chat.send" || !v["params"].is_object() {
+        return Upward::Forward(text.to_owned());
+    }
+    let key = v["params"]["idempotencyKey"].as_str().map(str::to_owned);
+    let known = key.as_ref().and_then(|k| by_key.get(k)).cloned();
+    let run = match known {
+        Some(run) => run,
+        None => match app.meter.open_run(caller).await {
+            Ok(run) => {
+                if let Some(k) = key {
+                    by_key.insert(k, run.clone());
+                }
+                *opened = Some(run.clone());
+                run
+            }
+            Err(e) => {
+                let code = if e.code() == "rate_limited" { "RATE_LIMITED" } else { "UNAVAILABLE" };
+                let frame = serde_json::json!({"type": "res", "id": v["id"], "ok": false, "error": {"code": code, "message": e.message()}});
+                return Upward::Refuse(frame.to_string());
+            }
+        },
+    };
+    v["params"]["clawpenRunId"] = serde_json::Value::String(run);
+    Upward::Forward(v.to_string())
+}
+
+/// A chat event that ends a run (`final`, `aborted`, `error`): that run's id.
+fn ended_run(text: &str) -> Option<String> {
+    if !text.contains("\"chat\"") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let ends = v["type"] == "event" && v["event"] == "chat" && matches!(v["payload"]["state"].as_str(), Some("final" | "aborted" | "error"));
+    ends.then(|| v["payload"]["runId"].as_str().map(str::to_owned)).flatten()
+}
+
+/// Copies frames both ways until either side closes; `chat.send` requests start runs (see
+/// [`upward`]), which close when the agent reports their end or the connection closes.
+async fn relay(app: App, caller: clawpen_meter::MeterCaller, client: WebSocket, agent: AgentWs) {
+    let (c_tx, mut c_rx) = client.split();
+    let c_tx = tokio::sync::Mutex::new(c_tx);
     let (mut a_tx, mut a_rx) = agent.split();
+    // Runs started on this connection and not yet ended.
+    let open = std::sync::Mutex::new(std::collections::HashSet::<String>::new());
     let up = async {
+        let mut by_key = std::collections::HashMap::new();
         while let Some(Ok(m)) = c_rx.next().await {
             let m = match m {
-                ws::Message::Text(t) => tungstenite::Message::Text(t.as_str().into()),
+                ws::Message::Text(t) => {
+                    let mut opened = None;
+                    let verdict = upward(&app, &caller, &mut by_key, &mut opened, t.as_str()).await;
+                    open.lock().expect("runs").extend(opened);
+                    match verdict {
+                        Upward::Forward(text) => tungstenite::Message::Text(text.into()),
+                        Upward::Refuse(frame) => {
+                            if c_tx.lock().await.send(ws::Message::Text(frame.into())).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                    }
+                }
                 ws::Message::Binary(b) => tungstenite::Message::Binary(b),
                 ws::Message::Ping(_) | ws::Message::Pong(_) => continue,
                 ws::Message::Close(f) => {
@@ -154,23 +229,34 @@ async fn relay(client: WebSocket, agent: AgentWs) {
     let down = async {
         while let Some(Ok(m)) = a_rx.next().await {
             let m = match m {
-                tungstenite::Message::Text(t) => ws::Message::Text(t.as_str().into()),
+                tungstenite::Message::Text(t) => {
+                    if let Some(run) = ended_run(t.as_str()) {
+                        if open.lock().expect("runs").remove(&run) {
+                            app.meter.close_run(&caller.agent, &run);
+                        }
+                    }
+                    ws::Message::Text(t.as_str().into())
+                }
                 tungstenite::Message::Binary(b) => ws::Message::Binary(b),
                 tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) | tungstenite::Message::Frame(_) => continue,
                 tungstenite::Message::Close(f) => {
                     let frame = f.map(|f| ws::CloseFrame { code: u16::from(f.code), reason: f.reason.as_str().into() });
-                    let _ = c_tx.send(ws::Message::Close(frame)).await;
+                    let _ = c_tx.lock().await.send(ws::Message::Close(frame)).await;
                     break;
                 }
             };
-            if c_tx.send(m).await.is_err() {
+            if c_tx.lock().await.send(m).await.is_err() {
                 break;
             }
         }
     };
-    // Whichever side ends first ends the relay; dropping the other closes its connection.
+    // Whichever side ends first ends the relay; dropping the other closes its connection. The
+    // agent stops the runs of a client that went away, so they close here too.
     tokio::select! {
         _ = up => {}
         _ = down => {}
+    }
+    for run in open.lock().expect("runs").drain() {
+        app.meter.close_run(&caller.agent, &run);
     }
 }

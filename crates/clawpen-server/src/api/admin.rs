@@ -6,7 +6,7 @@ use axum::Json;
 use clawpen_core::ids::TenantId;
 use clawpen_core::names::validate_name;
 
-use super::extract::{bounded, Admin, ApiJson, ApiQuery, TenantKeyPath, TenantMemberPath, TenantPath};
+use super::extract::{bounded, Admin, AgentPath, ApiJson, ApiQuery, TenantKeyPath, TenantMemberPath, TenantPath};
 use super::views::*;
 use crate::app::App;
 use crate::error::{ApiError, ErrorBody};
@@ -154,4 +154,38 @@ pub async fn audit(State(app): State<App>, _: Admin, ApiQuery(q): ApiQuery<Audit
     let limit = bounded("limit", q.limit, 100, 1000)?;
     let entries = app.store.list_audit(tenant.as_ref(), None, limit).await?.into_iter().map(Into::into).collect();
     Ok(Json(AuditList { entries }))
+}
+
+/// Opens a model run for an agent, as a user's message does (counted against its plan's runs
+/// per hour): the agent's model calls carrying its id are accepted until it is closed or
+/// expires. For operators' diagnostics; users' messages open their own runs.
+#[utoipa::path(post, path = "/api/v1/agents/{agent_id}/runs", tag = "admin", security(("admin" = [])),
+    params(("agent_id" = String, Path)),
+    responses((status = 201, description = "The run.", body = RunView),
+        (status = 404, description = "No such agent (`not_found`).", body = ErrorBody),
+        (status = 429, description = "The agent had its plan's runs this hour (`rate_limited`).", body = ErrorBody),
+        (status = 503, description = "The meter cannot read the tenant's plan or its ledger (`meter_unavailable`).", body = ErrorBody)))]
+pub async fn open_run(State(app): State<App>, _: Admin, AgentPath(id): AgentPath) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    let agent = app.store.find_agent(&id).await?.ok_or_else(|| ApiError::not_found("agent"))?;
+    let caller = clawpen_meter::MeterCaller { tenant: agent.tenant_id.clone(), agent: id.clone() };
+    let run_id = app.meter.open_run(&caller).await?;
+    let _ = app
+        .store
+        .audit(clawpen_store::NewAudit { tenant: Some(&agent.tenant_id), agent: Some(&id), actor: "admin", action: "run.open", reason: "requested", detail: Some(&serde_json::json!({"run_id": run_id})) })
+        .await;
+    Ok((StatusCode::CREATED, Json(RunView { run_id })))
+}
+
+/// Closes a run opened for an agent: its model calls are refused from then on.
+#[utoipa::path(delete, path = "/api/v1/agents/{agent_id}/runs/{run_id}", tag = "admin", security(("admin" = [])),
+    params(("agent_id" = String, Path), ("run_id" = String, Path)),
+    responses((status = 204, description = "Closed (or it was not open)."), (status = 404, description = "No such agent (`not_found`).", body = ErrorBody)))]
+pub async fn close_run(State(app): State<App>, _: Admin, axum::extract::Path((agent_id, run_id)): axum::extract::Path<(String, String)>) -> Result<StatusCode, ApiError> {
+    let id = clawpen_core::ids::AgentId::parse(&agent_id).map_err(|_| ApiError::not_found("agent"))?;
+    app.store.find_agent(&id).await?.ok_or_else(|| ApiError::not_found("agent"))?;
+    if run_id.is_empty() || run_id.len() > 64 || !run_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(ApiError::not_found("run"));
+    }
+    app.meter.close_run(&id, &run_id);
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -31,6 +31,7 @@ use crate::error::{ErrorBody, ErrorDetail};
     paths(
         admin::create_tenant, admin::list_tenants, admin::get_tenant, admin::delete_tenant,
         admin::create_key, admin::list_keys, admin::revoke_key, admin::add_member, admin::list_members, admin::remove_member, admin::audit,
+        admin::open_run, admin::close_run,
         agents::create_agent, agents::list_agents, agents::get_agent, agents::delete_agent,
         agents::start_agent, agents::stop_agent, agents::hibernate, agents::logs, agents::events, agents::send_message, agents::connect_url,
         usage::usage, usage::tenant_usage, usage::set_plan, usage::add_credits,
@@ -133,12 +134,15 @@ fn path_param(name: &str) -> Option<(&'static str, &'static str)> {
         "member_id" => (MemberId::PATTERN, "A member id (`mb_…`) of the tenant."),
         "bot" => (BOT_PATTERN, "`shared`, or the id (`tgb_…`) of a tenant's bot."),
         "name" => (NODE_PATTERN, "A node's name from the config (`local` without `[[nodes]]`)."),
+        "run_id" => (RUN_PATTERN, "A run id (`run_…`) the server opened for the agent."),
         _ => return None,
     })
 }
 
 /// The webhook path's bot: the shared bot or a tenant's.
 const BOT_PATTERN: &str = "^(shared|tgb_[a-z2-7]{26})$";
+/// Run ids as the meter takes them.
+pub const RUN_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
 /// Node names as the config allows them.
 const NODE_PATTERN: &str = "^[a-z0-9-]{1,32}$";
 

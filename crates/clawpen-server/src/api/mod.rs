@@ -52,6 +52,8 @@ pub fn router(app: App) -> Router {
         .route("/agents/{agent_id}/events", get(agents::events))
         .route("/agents/{agent_id}/messages", post(agents::send_message))
         .route("/agents/{agent_id}/connect-url", post(agents::connect_url))
+        .route("/agents/{agent_id}/runs", post(admin::open_run))
+        .route("/agents/{agent_id}/runs/{run_id}", axum::routing::delete(admin::close_run))
         .route("/telegram/bot", axum::routing::put(telegram::put_bot).get(telegram::get_bot).delete(telegram::delete_bot))
         .route("/telegram/pairing-codes", post(telegram::create_pairing_code))
         .route("/members", get(telegram::list_members))

@@ -229,6 +229,13 @@ impl From<Agent> for AgentView {
     }
 }
 
+/// A model run the server opened for an agent.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunView {
+    /// What the agent's model calls carry as `x-clawpen-run`.
+    pub run_id: String,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AgentList {
     pub agents: Vec<AgentView>,

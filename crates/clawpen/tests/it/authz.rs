@@ -55,6 +55,8 @@ fn admin_routes(tenant: &str, key: &str) -> Vec<(Method, String, Option<Value>)>
         (Method::GET, format!("/api/v1/tenants/{tenant}/usage"), None),
         (Method::PUT, format!("/api/v1/tenants/{tenant}/plan"), Some(json!({"plan": "standard"}))),
         (Method::POST, format!("/api/v1/tenants/{tenant}/credits"), Some(json!({"amount": 1000000}))),
+        (Method::POST, "/api/v1/agents/ag_aaaaaaaaaaaaaaaaaaaaaaaaaa/runs".into(), None),
+        (Method::DELETE, "/api/v1/agents/ag_aaaaaaaaaaaaaaaaaaaaaaaaaa/runs/run_x".into(), None),
         (Method::DELETE, format!("/api/v1/tenants/{tenant}"), None),
     ]
 }

@@ -124,6 +124,7 @@ async fn openapi_lists_every_route() {
         "/api/v1/agents/{agent_id}/events", "/api/v1/agents/{agent_id}/messages", "/healthz", "/readyz",
         "/api/v1/tenants/{tenant_id}/members/{member_id}", "/api/v1/telegram/bot", "/api/v1/telegram/pairing-codes",
         "/api/v1/members", "/api/v1/members/{member_id}", "/telegram/webhook/{bot}", "/metrics",
+        "/api/v1/agents/{agent_id}/runs", "/api/v1/agents/{agent_id}/runs/{run_id}",
     ] {
         assert!(paths.contains_key(p), "openapi lacks {p}");
     }
