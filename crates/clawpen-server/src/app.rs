@@ -172,27 +172,39 @@ impl App {
 
     /// Makes (or re-checks) the agent's filesystem, mounted, with its workspace and run dir for
     /// `uid`, and serves its `control.sock`. A new filesystem is first admitted against the
-    /// node's disk budget (503 `disk_full` past it).
-    pub fn prepare_sandbox(&self, tenant: &Tenant, agent: &AgentId, uid: u32) -> Result<(), ApiError> {
+    /// node's disk budget (503 `disk_full` past it). Formatting and mounting run other programs,
+    /// so they run on a blocking thread, never on one that serves requests.
+    pub async fn prepare_sandbox(&self, tenant: &Tenant, agent: &AgentId, uid: u32) -> Result<(), ApiError> {
         let disk = Volume::of(self.config.plan_or_default(&tenant.plan));
-        let internal = |e: std::io::Error| ApiError::internal(format!("preparing the filesystem and control socket of {agent}: {e}"));
-        if !self.layout.has_volume(agent) {
-            let _one_at_a_time = self.disk_lock.lock().expect("disk lock");
-            self.admit_disk(disk.size_mib)?;
-            self.layout.prepare_agent(agent, uid, disk).map_err(internal)?;
-        } else {
-            self.layout.prepare_agent(agent, uid, disk).map_err(internal)?;
-        }
-        self.open_control(tenant, agent, uid).map_err(internal)
+        let internal = move |id: &AgentId, e: std::io::Error| ApiError::internal(format!("preparing the filesystem and control socket of {id}: {e}"));
+        let (app, id) = (self.clone(), agent.clone());
+        tokio::task::spawn_blocking(move || {
+            if !app.layout.has_volume(&id) {
+                let _one_at_a_time = app.disk_lock.lock().expect("disk lock");
+                app.admit_disk(disk.size_mib)?;
+                app.layout.prepare_agent(&id, uid, disk).map_err(|e| internal(&id, e))
+            } else {
+                app.layout.prepare_agent(&id, uid, disk).map_err(|e| internal(&id, e))
+            }
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("preparing the filesystem of {agent}: {e}")))??;
+        self.open_control(tenant, agent, uid).map_err(|e| internal(agent, e))
     }
 
-    /// Makes a warm-pool slot's filesystem, admitted against the disk budget like an agent's.
-    pub fn prepare_pool_volume(&self, slot: u64, uid: u32, disk: Volume) -> Result<(), ApiError> {
-        let _one_at_a_time = self.disk_lock.lock().expect("disk lock");
-        if std::fs::symlink_metadata(self.layout.pool_image(slot)).is_err() {
-            self.admit_disk(disk.size_mib)?;
-        }
-        self.layout.prepare_pool_slot(slot, uid, disk).map_err(|e| ApiError::internal(format!("preparing pool slot {slot}'s filesystem: {e}")))
+    /// Makes a warm-pool slot's filesystem, admitted against the disk budget like an agent's (on
+    /// a blocking thread, as [`App::prepare_sandbox`]).
+    pub async fn prepare_pool_volume(&self, slot: u64, uid: u32, disk: Volume) -> Result<(), ApiError> {
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = app.disk_lock.lock().expect("disk lock");
+            if std::fs::symlink_metadata(app.layout.pool_image(slot)).is_err() {
+                app.admit_disk(disk.size_mib)?;
+            }
+            app.layout.prepare_pool_slot(slot, uid, disk).map_err(|e| ApiError::internal(format!("preparing pool slot {slot}'s filesystem: {e}")))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("preparing pool slot {slot}'s filesystem: {e}")))?
     }
 
     /// Refuses a new filesystem of `mib` when the filesystems on disk and it would pass the disk

@@ -77,7 +77,7 @@ impl App {
             info!(tenant = %tenant.id, agent = %agent.id, "agent created");
             return Ok(agent);
         }
-        if let Err(e) = self.prepare_sandbox(tenant, &agent.id, tenant.uid as u32) {
+        if let Err(e) = self.prepare_sandbox(tenant, &agent.id, tenant.uid as u32).await {
             self.close_control(&agent.id);
             let _ = self.layout.remove_agent(&tenant.id, &agent.id);
             let _ = self.store.delete_agent(&agent.id).await;
@@ -139,7 +139,7 @@ impl App {
         }
         let agent = self.store.get_agent(&tenant.id, id).await?;
         let uid = uid_of(tenant, &agent);
-        self.prepare_sandbox(tenant, id, uid)?;
+        self.prepare_sandbox(tenant, id, uid).await?;
         let mut spec = self.spec_for(tenant, id, uid);
         let memory_mib = self.config.plan_or_default(&tenant.plan).memory_mib;
         let cold = || self.metrics.starts_cold.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -434,7 +434,7 @@ impl App {
             self.layout.migrate_legacy(&tenant.id, &a.id, uid, disk).map_err(|e| ApiError::internal(format!("moving the workspace of {} into its own filesystem: {e}", a.id)))?;
             self.audit(&tenant.id, Some(&a.id), &Actor::system(), "reconcile.workspace-moved", "the workspace moved into the agent's own bounded filesystem", None).await;
         }
-        self.prepare_sandbox(tenant, &a.id, uid)
+        self.prepare_sandbox(tenant, &a.id, uid).await
     }
 
     /// Brings one agent found at start-up to its desired state. Callers hold its lock.

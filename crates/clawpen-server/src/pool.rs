@@ -180,7 +180,7 @@ impl App {
         if let Some(n) = n {
             self.layout.claim_slot(n, id, uid).map_err(|e| ApiError::internal(format!("giving the pool slot's filesystem to {id}: {e}")))?;
         }
-        self.prepare_sandbox(tenant, id, uid)?;
+        self.prepare_sandbox(tenant, id, uid).await?;
         let name = spec::container_name(&self.instance, id);
         if current_name != name {
             self.runtime.rename(container_id, &name).await?;
@@ -205,7 +205,7 @@ impl App {
         let _ = self.layout.remove_identity(id);
         let uid = self.store.find_agent(id).await.ok().flatten().and_then(|a| a.uid).unwrap_or(tenant.uid) as u32;
         let remade = match self.layout.reset_pristine(id) {
-            Ok(_) => self.prepare_sandbox(tenant, id, uid),
+            Ok(_) => self.prepare_sandbox(tenant, id, uid).await,
             Err(e) => Err(ApiError::internal(e)),
         };
         if let Err(e) = remade {
@@ -367,7 +367,7 @@ impl App {
         }
         self.pool.slots.lock().expect("pool").push(Slot { n, uid, container_id: String::new(), spec_hash: String::new(), ready: false, claiming: false });
         let made: anyhow::Result<(String, String)> = async {
-            self.prepare_pool_volume(n, uid, Volume::of(&plan)).map_err(|e| anyhow::anyhow!(e.message))?;
+            self.prepare_pool_volume(n, uid, Volume::of(&plan)).await.map_err(|e| anyhow::anyhow!(e.message))?;
             let spec = self.pool_spec(n, uid, &plan);
             let id = self.runtime.create_and_start(&spec).await?;
             let addr = AgentAddr::new(self.layout.pool_run_dir(n), Peer { container_id: id.rsplit('/').next().unwrap_or(&id).to_owned(), uid: Some(uid) });

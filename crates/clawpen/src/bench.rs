@@ -153,8 +153,10 @@ impl BenchServer {
         let mut plan = config.plans[&config.default_plan].clone();
         plan.max_agents = max_agents;
         tune(&mut plan);
-        // The bench opens thousands of connections; the plan's message rate is not what it measures.
+        // The bench opens thousands of connections and sends many messages; the plan's message
+        // rate and runs per hour are not what it measures.
         plan.messages_per_minute = u32::MAX;
+        plan.runs_per_hour = u32::MAX;
         config.plans.insert("bench".into(), plan);
         configure(&mut config);
         let image = crate::image_cmd::ensure(&config, true).await?;
