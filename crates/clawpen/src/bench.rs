@@ -157,6 +157,8 @@ impl BenchServer {
         // rate and runs per hour are not what it measures.
         plan.messages_per_minute = u32::MAX;
         plan.runs_per_hour = u32::MAX;
+        // `bench gateway` holds thousands of gateway connections of one tenant.
+        plan.gateway_connections = u32::MAX;
         config.plans.insert("bench".into(), plan);
         configure(&mut config);
         let image = crate::image_cmd::ensure(&config, true).await?;
