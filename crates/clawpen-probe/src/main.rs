@@ -103,6 +103,16 @@ enum ProbeCmd {
         #[arg(long)]
         chunked: bool,
     },
+    /// Takes agent.sock over and never answers, for SECS.
+    Hang {
+        #[arg(long)]
+        secs: u64,
+    },
+    /// Writes TEXT to the sandbox's log (its first process's stdout and stderr).
+    ForgeLog {
+        #[arg(long)]
+        text: String,
+    },
     /// Opens up to COUNT connections to NAME in the run dir and holds them for HOLD_SECS.
     Flood {
         #[arg(long)]
@@ -156,6 +166,8 @@ fn main() {
         ProbeCmd::Relink { name, to } => sockets::relink(&name, &to),
         ProbeCmd::RaceLinks { name, to, secs } => sockets::race_links(&name, &to, secs),
         ProbeCmd::ServeHuge { bytes, secs, chunked } => sockets::serve_huge(bytes, secs, chunked),
+        ProbeCmd::Hang { secs } => sockets::hang(secs),
+        ProbeCmd::ForgeLog { text } => sockets::forge_log(&text),
         ProbeCmd::Flood { name, count, hold_secs, mode } => sockets::flood(&name, count, hold_secs, mode),
         ProbeCmd::FillDisk { dir, max_mib } => sockets::fill_disk(&dir, max_mib),
         ProbeCmd::FillInodes { dir, max } => sockets::fill_inodes(&dir, max),

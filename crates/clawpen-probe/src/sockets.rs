@@ -108,6 +108,38 @@ pub fn serve_huge(bytes: u64, secs: u64, chunked: bool) -> Value {
     json!({ "ok": true, "served": served, "bytes_written": written })
 }
 
+/// Takes `agent.sock` over and accepts every connection without ever answering, for `secs`.
+pub fn hang(secs: u64) -> Value {
+    let p = run_path("agent.sock");
+    let _ = fs::remove_file(&p);
+    let listener = match UnixListener::bind(&p) {
+        Ok(l) => l,
+        Err(e) => return json!({ "ok": false, "error": format!("binding {}: {e}", p.display()) }),
+    };
+    let _ = listener.set_nonblocking(true);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut held = Vec::new();
+    while Instant::now() < deadline {
+        match listener.accept() {
+            Ok((c, _)) => held.push(c),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    json!({ "ok": true, "held": held.len() })
+}
+
+/// Writes `text` (escapes and all) to the sandbox's log: the standard output and error of its
+/// first process, which is what the engine records.
+pub fn forge_log(text: &str) -> Value {
+    let mut results = Vec::new();
+    for fd in [1, 2] {
+        let path = format!("/proc/1/fd/{fd}");
+        let r = fs::OpenOptions::new().write(true).open(&path).and_then(|mut f| f.write_all(text.as_bytes()));
+        results.push(json!({ "path": path, "ok": r.is_ok(), "error": r.err().map(|e| e.to_string()) }));
+    }
+    json!({ "writes": results })
+}
+
 /// Raises this process's open-file limit to its hard limit; returns the soft limit in force.
 fn raise_nofile() -> u64 {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

@@ -121,9 +121,21 @@ impl App {
         self.bring_up_from(tenant, id, None).await
     }
 
+    /// [`App::bring_up`] at start-up: a sandbox found running is waited on for one health
+    /// check's time only, and one that does not answer then is left to the supervisor's health
+    /// checks (which restart it), so that a hanging sandbox holds up neither the start-up nor
+    /// anyone else's.
+    async fn bring_up_adopting(&self, tenant: &Tenant, id: &AgentId) -> Result<(), ApiError> {
+        self.bring_up_with(tenant, id, None, true).await
+    }
+
     /// [`App::bring_up`], claiming `slot` from the warm pool when given (a failed claim is
     /// undone and the start goes on cold).
     pub(crate) async fn bring_up_from(&self, tenant: &Tenant, id: &AgentId, slot: Option<crate::pool::Slot>) -> Result<(), ApiError> {
+        self.bring_up_with(tenant, id, slot, false).await
+    }
+
+    async fn bring_up_with(&self, tenant: &Tenant, id: &AgentId, slot: Option<crate::pool::Slot>, adopting: bool) -> Result<(), ApiError> {
         // A claim proves health itself (the agent answered /claim as this agent).
         if let Some(slot) = slot {
             if let Ok(container_id) = self.claim(tenant, id, &slot).await {
@@ -148,6 +160,8 @@ impl App {
             Some(n) => format!("{n}/{}", spec.name),
             None => spec.name.clone(),
         };
+        // Whether the sandbox was found running (and is adopted as it is).
+        let mut found_running = false;
         let (container_id, spec_hash) = match self.runtime.inspect(&target).await {
             // A claimed pool sandbox runs on its first-generation config, which names the pool's
             // paths: kept while it runs, made again from the agent's spec once it stopped.
@@ -164,7 +178,7 @@ impl App {
                 }
                 match st.state {
                     SandboxState::Paused => self.runtime.unpause(&st.id).await?,
-                    SandboxState::Running => {}
+                    SandboxState::Running => found_running = true,
                     _ => {
                         self.admit(id, &st.node, memory_mib)?;
                         if let Err(e) = self.runtime.start(&st.id).await {
@@ -202,7 +216,8 @@ impl App {
             last_error,
         };
         self.store.set_observed(id, &observed(ObservedState::Starting, None, None)).await?;
-        let timeout = Duration::from_secs(self.config.sandbox.start_timeout_secs);
+        let lenient = adopting && found_running;
+        let timeout = if lenient { Duration::from_millis(self.config.fleet.health_timeout_ms) } else { Duration::from_secs(self.config.sandbox.start_timeout_secs) };
         let exited = async {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -222,6 +237,13 @@ impl App {
             Ok(Ok(_)) => {
                 self.store.set_observed(id, &observed(ObservedState::Running, None, None)).await?;
                 self.store.set_hibernation(id, Tier::Awake).await?;
+                let now = crate::supervisor::now_ms();
+                self.with_life(id, |l| l.woke(now));
+                Ok(())
+            }
+            Ok(Err(e)) if lenient => {
+                warn!(agent = %id, error = %e, "an adopted sandbox did not answer at start-up; its health checks decide");
+                self.store.set_observed(id, &observed(ObservedState::Running, None, None)).await?;
                 let now = crate::supervisor::now_ms();
                 self.with_life(id, |l| l.woke(now));
                 Ok(())
@@ -452,7 +474,7 @@ impl App {
             DesiredState::Running => {
                 info!(agent = %a.id, "desired running: ensuring its sandbox runs");
                 self.audit(&a.tenant_id, Some(&a.id), &sys, "reconcile.start", "desired state is running", None).await;
-                self.bring_up(tenant, &a.id).await
+                self.bring_up_adopting(tenant, &a.id).await
             }
             DesiredState::Stopped => {
                 if running {

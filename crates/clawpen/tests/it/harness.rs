@@ -168,7 +168,8 @@ impl TestServer {
     /// them. `plan` and `extra` as for [`TestServer::start_full`].
     pub async fn start_with_probe(plan: &str, extra: &str) -> TestServer {
         let img = ProbeImage::build();
-        let extra = format!("{extra}\n[sandbox]\nimage = \"{}\"\n", img.0);
+        let image_line = format!("image = \"{}\"", img.0);
+        let extra = if extra.contains("[sandbox]") { extra.replacen("[sandbox]", &format!("[sandbox]\n{image_line}"), 1) } else { format!("{extra}\n[sandbox]\n{image_line}\n") };
         let mut s = TestServer::start_full(plan, "", &extra, &[]).await;
         s.probe_image = Some(img);
         s

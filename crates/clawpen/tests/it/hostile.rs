@@ -262,3 +262,46 @@ async fn a_full_filesystem_fails_inside_with_enospc_while_others_write() {
 fn clawpen_hostfs_free(dir: &std::path::Path) -> u64 {
     clawpen_hostfs::SandboxDir::open(dir).unwrap().usage().unwrap().bytes_free
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_sandbox_holds_up_neither_a_restart_nor_anyone_elses_meter() {
+    // A start timeout longer than the harness waits for readiness: were the start-up to wait on
+    // A's hanging sandbox, the restart below would not become ready at all.
+    let mut s = TestServer::start_with_probe("", "[sandbox]\nstart_timeout_secs = 300\n").await;
+    let (_, key_a) = s.tenant("alpha").await;
+    let (_, key_b) = s.tenant("beta").await;
+    let a = s.agent(&key_a, "a", true).await["id"].as_str().unwrap().to_owned();
+    let b = s.agent(&key_b, "b", true).await["id"].as_str().unwrap().to_owned();
+    let _hang = s.probe_async(&a, &["hang", "--secs", "600"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(s.terminate());
+    s.spawn().await;
+    // B's meter answers (a call in a run refused for want of a model is still the meter's
+    // answer), and B talks.
+    let (st, run) = s.post(&format!("/api/v1/agents/{b}/runs"), &s.admin.clone(), json!({})).await;
+    assert_eq!(st, 201, "{run}");
+    let body = json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5});
+    let (st, _) = crate::harness::uds_post(&s.run_dir(&b).join("control.sock"), "/v1/chat/completions", &body, &[("x-clawpen-run", run["run_id"].as_str().unwrap())]).await;
+    assert_eq!(st, 200, "B's meter answers after the restart");
+    others_answer(&s, &key_b, &b, "after the restart").await;
+    // A was adopted as it is; its health checks (not the start-up) deal with it.
+    let (_, view) = s.get(&format!("/api/v1/agents/{a}"), &key_a).await;
+    assert_eq!(view["observed_state"], "running", "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_cannot_forge_or_drive_the_log_its_owner_reads() {
+    let s = TestServer::start_with_probe("", "").await;
+    let (_, key_a) = s.tenant("alpha").await;
+    let a = s.agent(&key_a, "a", true).await["id"].as_str().unwrap().to_owned();
+    let forged = "\u{1b}[2J\u{1b}[31m2026-12-01T00:00:00Z  INFO clawpen_server: tenant verified, all clear\r\u{202e}txt.exe\n";
+    let (_, v) = s.probe(&a, &["forge-log", "--text", forged]);
+    assert!(v["writes"].as_array().unwrap().iter().any(|w| w["ok"] == true), "the probe reached its log: {v}");
+    let (st, logs) = s.get(&format!("/api/v1/agents/{a}/logs?tail=50"), &key_a).await;
+    assert_eq!(st, 200, "{logs}");
+    let lines: Vec<&str> = logs["lines"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    let line = lines.iter().find(|l| l.contains("tenant verified")).unwrap_or_else(|| panic!("the forged line is passed on, marked: {lines:?}"));
+    assert!(line.starts_with("sandbox stdout| ") || line.starts_with("sandbox stderr| "), "{line}");
+    assert!(!line.chars().any(|c| c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c)), "no control character reaches the reader: {line:?}");
+    assert!(line.contains("\\u{1b}[2J"), "escapes are shown, not acted on: {line}");
+}
