@@ -147,6 +147,28 @@ async fn doctor_passes_on_this_machine() {
     assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "doctor removes its throwaway sandboxes");
 }
 
+/// Two installations on one engine whose uid ranges overlap: doctor says so, and how to fix it.
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_finds_another_installation_inside_its_uid_range() {
+    let s = TestServer::start().await;
+    let (t, key) = s.tenant("elsewhere").await;
+    s.agent(&key, "a", true).await;
+    let uid = t["uid"].as_u64().unwrap();
+    let doctor = |base: u64| {
+        let dir = tempfile::Builder::new().prefix("cpd-").tempdir_in("/tmp").unwrap();
+        std::fs::write(dir.path().join("clawpen.toml"), format!("[sandbox]\nuid_base = {base}\n")).unwrap();
+        let out = std::process::Command::new(EXE).args(["doctor", "--json", "--data-dir"]).arg(dir.path()).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("doctor output: {}", String::from_utf8_lossy(&out.stdout)));
+        v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "uid range").cloned().expect("doctor checks the uid range")
+    };
+    let clash = doctor(uid - 1);
+    assert_eq!(clash["ok"], false, "{clash}");
+    assert!(clash["detail"].as_str().unwrap().contains(&uid.to_string()) && clash["fix"].as_str().unwrap().contains("uid_base"), "{clash}");
+    // A range above every automatic one (2,000 ranges of a million from one million) is clear.
+    let clear = doctor(2_001_012_345);
+    assert_eq!(clear["ok"], true, "{clear}");
+}
+
 /// The README's curl walk-through, run as written against a real server.
 #[tokio::test(flavor = "multi_thread")]
 async fn readme_walkthrough_works_as_written() {
