@@ -50,16 +50,22 @@ pub fn race_links(name: &str, to: &str, secs: u64) -> Value {
     json!({ "swaps": swaps, "errors": errors, "last_error": last_error })
 }
 
+/// Replaces the agent's listener on `agent.sock` with one of the probe's (non-blocking).
+fn take_over_agent_sock() -> Result<UnixListener, Value> {
+    let p = run_path("agent.sock");
+    let _ = fs::remove_file(&p);
+    let listener = UnixListener::bind(&p).map_err(|e| json!({ "ok": false, "error": format!("binding {}: {e}", p.display()) }))?;
+    let _ = listener.set_nonblocking(true);
+    Ok(listener)
+}
+
 /// Takes `agent.sock` over with a listener of its own that answers every request with a body of
 /// `bytes` bytes (announced with its length, or chunked when `chunked`), for `secs` seconds.
 pub fn serve_huge(bytes: u64, secs: u64, chunked: bool) -> Value {
-    let p = run_path("agent.sock");
-    let _ = fs::remove_file(&p);
-    let listener = match UnixListener::bind(&p) {
+    let listener = match take_over_agent_sock() {
         Ok(l) => l,
-        Err(e) => return json!({ "ok": false, "error": format!("binding {}: {e}", p.display()) }),
+        Err(v) => return v,
     };
-    let _ = listener.set_nonblocking(true);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let (mut served, mut written) = (0u64, 0u64);
     let chunk = vec![b'7'; 64 * 1024];
@@ -110,13 +116,10 @@ pub fn serve_huge(bytes: u64, secs: u64, chunked: bool) -> Value {
 
 /// Takes `agent.sock` over and accepts every connection without ever answering, for `secs`.
 pub fn hang(secs: u64) -> Value {
-    let p = run_path("agent.sock");
-    let _ = fs::remove_file(&p);
-    let listener = match UnixListener::bind(&p) {
+    let listener = match take_over_agent_sock() {
         Ok(l) => l,
-        Err(e) => return json!({ "ok": false, "error": format!("binding {}: {e}", p.display()) }),
+        Err(v) => return v,
     };
-    let _ = listener.set_nonblocking(true);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut held = Vec::new();
     while Instant::now() < deadline {

@@ -502,6 +502,22 @@ pub fn unmount_under(dir: &Path) {
     let _ = clawpen_hostfs::volume::unmount_under(dir);
 }
 
+/// Runs one file of `tests/python` with pytest and `env`: its report (`-rP`: the summaries of
+/// passing tests too). Fails with the report when pytest fails or skips anything.
+pub async fn pytest(file: &str, env: &[(&str, &str)]) -> String {
+    let path = format!("{}/../../tests/python/{file}", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new("python3")
+        .args(["-m", "pytest", "-q", "-rP", "-p", "no:cacheprovider", &path])
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("python3 must be installed (with `pip install -r tests/python/requirements.txt`)");
+    let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{file} failed (it needs `pip install -r tests/python/requirements.txt`):\n{report}");
+    assert!(report.contains(" passed") && !report.contains("skipped"), "{report}");
+    report
+}
+
 /// One HTTP/1.1 request over a Unix socket (an agent's `control.sock`): `(status, body)`.
 pub async fn uds_post(socket: &Path, path: &str, body: &Value, headers: &[(&str, &str)]) -> (u16, bytes::Bytes) {
     use http_body_util::BodyExt;

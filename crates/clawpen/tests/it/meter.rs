@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::harness::{expected_cost, uds_post, TestServer};
+use crate::harness::{expected_cost, pytest, uds_post, TestServer};
 
 pub async fn world(plan: &str, meter_extra: &str) -> TestServer {
     TestServer::start_with(plan, meter_extra, &[]).await
@@ -298,20 +298,6 @@ async fn holds_in_flight_at_a_crash_are_voided_after_restart() {
     assert!(w.log().contains("voided an expired hold"));
 }
 
-/// Runs one file of `tests/python` with pytest: its report.
-async fn pytest(file: &str, env: &[(&str, &str)]) -> String {
-    let path = format!("{}/../../tests/python/{file}", env!("CARGO_MANIFEST_DIR"));
-    let out = tokio::process::Command::new("python3")
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", &path])
-        .envs(env.iter().copied())
-        .output()
-        .await
-        .expect("python3 must be installed (with `pip install -r tests/python/requirements.txt`)");
-    let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{file} failed (it needs `pip install -r tests/python/requirements.txt`):\n{report}");
-    assert!(report.contains(" passed") && !report.contains("skipped"), "{report}");
-    report
-}
 
 /// The real `openai` and `anthropic` Python SDKs: through the meter on an agent's control
 /// socket, and against the stand-in directly (its wire format is what the SDKs expect).

@@ -7,23 +7,8 @@ use std::time::Instant;
 
 use reqwest::Method;
 
-use crate::harness::TestServer;
+use crate::harness::{pytest, TestServer};
 
-/// Runs one file of `tests/python` with `env`; fails with pytest's report when it fails.
-async fn pytest(file: &str, env: &[(&str, &str)]) -> String {
-    let path = format!("{}/../../tests/python/{file}", env!("CARGO_MANIFEST_DIR"));
-    let out = tokio::process::Command::new("python3")
-        // -rP: the schemathesis summaries (checks, test cases) of passing tests too.
-        .args(["-m", "pytest", "-q", "-rP", "-p", "no:cacheprovider", &path])
-        .envs(env.iter().copied())
-        .output()
-        .await
-        .expect("python3 must be installed (with `pip install -r tests/python/requirements.txt`)");
-    let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{file} failed (it needs `pip install -r tests/python/requirements.txt`):\n{report}");
-    assert!(report.contains(" passed") && !report.contains("skipped"), "{report}");
-    report
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_answer_is_one_the_openapi_document_declares() {
