@@ -88,12 +88,14 @@ pub fn new_run_id() -> String {
 
 /// Runs the loop for the user's `text` in `session`, in the run `run_id` the server opened (a
 /// made-up id when it gave none).
-pub async fn run(config: &AgentConfig, ws: &Workspace, session: &str, text: &str, run_id: Option<String>) -> Turn {
+/// The text of every model answer is also sent to `deltas` as it arrives (when given): the
+/// gateway's `chat` deltas and the message route's event stream come from it.
+pub async fn run(config: &AgentConfig, ws: &Workspace, session: &str, text: &str, run_id: Option<String>, deltas: Option<meter_client::Deltas>) -> Turn {
     let deadline = Instant::now() + config.max_run;
     let today = today_utc();
     let run_id = run_id.unwrap_or_else(new_run_id);
     let messages = prompt::build(ws, session, text, today).await;
-    let mut run = Run { config, ws, today, deadline, run_id: &run_id, messages, tool_lines: Vec::new() };
+    let mut run = Run { config, ws, today, deadline, run_id: &run_id, messages, tool_lines: Vec::new(), deltas };
     let ending = run.steps().await;
     let tool_lines = run.tool_lines;
     Turn { run_id, ending, tool_lines }
@@ -110,6 +112,8 @@ struct Run<'a> {
     /// The conversation so far, sent whole on every call.
     messages: Vec<ChatMessage>,
     tool_lines: Vec<LogLine>,
+    /// Where answer text goes as it arrives.
+    deltas: Option<meter_client::Deltas>,
 }
 
 impl Run<'_> {
@@ -138,7 +142,7 @@ impl Run<'_> {
     async fn call_model(&self, tools: &serde_json::Value) -> Result<Completion, Ending> {
         let request = ChatRequest { model: &self.config.model, messages: &self.messages, max_tokens: self.config.max_tokens, stream: true, tools };
         let socket = self.config.control_socket();
-        match timeout_at(self.deadline, meter_client::complete(&socket, self.run_id, &request)).await {
+        match timeout_at(self.deadline, meter_client::complete(&socket, self.run_id, &request, self.deltas.as_ref())).await {
             Err(_) => Err(Ending::Stopped(Stop::MaxRunTime)),
             Ok(Err(MeterError::Refused(r))) => Err(Ending::Refused(r)),
             Ok(Err(e)) => Err(Ending::Failed(e)),

@@ -154,3 +154,85 @@ pub async fn wait_healthy(socket: &AgentAddr, deadline: Duration) -> Result<Heal
         }
     }
 }
+
+/// Most bytes read from one streamed answer, all events together.
+pub const MAX_STREAM_BYTES: usize = 4 * 1024 * 1024;
+
+/// Sends a message and follows the agent's reply as it is written (`POST /messages` with
+/// `Accept: text/event-stream`): the events arrive on the receiver. The stream ends after a
+/// `done` or `error` event, at `timeout`, past [`MAX_STREAM_BYTES`], or when the agent breaks
+/// off (an `Err`). Dropping the receiver hangs up on the agent, which stops the run.
+pub async fn message_stream(
+    addr: &AgentAddr,
+    msg: &MessageIn,
+    timeout: Duration,
+) -> Result<tokio::sync::mpsc::Receiver<Result<crate::protocol::StreamEvent, ClientError>>, ClientError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let stream = tokio::time::timeout_at(deadline, addr.connect()).await.map_err(|_| ClientError::Timeout)??;
+    let mut conn = uds::handshake(stream).await.map_err(|e| match e {
+        ConnectError::Io(e) => ClientError::Connect(e),
+        ConnectError::Handshake(e) => ClientError::Http(e.to_string()),
+    })?;
+    let body = serde_json::to_vec(msg).map_err(|e| ClientError::Decode(e.to_string()))?;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/messages")
+        .header("host", "agent")
+        .header("content-type", "application/json")
+        .header("accept", "text/event-stream")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    let res = tokio::time::timeout_at(deadline, conn.sender.send_request(req)).await.map_err(|_| ClientError::Timeout)?.map_err(|e| ClientError::Http(e.to_string()))?;
+    let status = res.status();
+    if !status.is_success() {
+        let body = Limited::new(res.into_body(), 64 * 1024).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        return Err(ClientError::Status { status, body: String::from_utf8_lossy(&body).into_owned() });
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let mut body = res.into_body();
+    tokio::spawn(async move {
+        // The connection lives as long as this task: the receiver's going ends both.
+        let _conn = conn;
+        let mut decoder = crate::sse::SseDecoder::default();
+        let mut read = 0usize;
+        loop {
+            let frame = tokio::select! {
+                f = tokio::time::timeout_at(deadline, body.frame()) => f,
+                _ = tx.closed() => return,
+            };
+            let data = match frame {
+                Err(_) => Err(ClientError::Timeout),
+                Ok(None) => Err(ClientError::Http("the agent ended its answer before it was done".into())),
+                Ok(Some(Err(e))) => Err(ClientError::Http(e.to_string())),
+                Ok(Some(Ok(f))) => Ok(f.into_data().unwrap_or_default()),
+            };
+            let data = match data {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            read += data.len();
+            if read > MAX_STREAM_BYTES {
+                let _ = tx.send(Err(ClientError::TooLarge)).await;
+                return;
+            }
+            let events = match decoder.push(&data) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    let _ = tx.send(Err(ClientError::Decode(e.to_string()))).await;
+                    return;
+                }
+            };
+            for ev in events {
+                let parsed = serde_json::from_str::<crate::protocol::StreamEvent>(&ev).map_err(|e| ClientError::Decode(e.to_string()));
+                let last = matches!(parsed, Ok(crate::protocol::StreamEvent::Done { .. } | crate::protocol::StreamEvent::Error { .. }) | Err(_));
+                if tx.send(parsed).await.is_err() || last {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}

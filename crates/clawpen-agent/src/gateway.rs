@@ -196,7 +196,7 @@ async fn serve(s: Arc<AgentState>, mut socket: WebSocket) {
                     run_id,
                     tokio::spawn(async move {
                         let base = json!({"runId": rid, "sessionKey": session_key});
-                        match turn(&s, &session, message, Some(rid.clone())).await {
+                        match turn(&s, &session, message, Some(rid.clone()), None).await {
                             Ok(reply) => {
                                 let msg = json!({"role": "assistant", "content": [{"type": "text", "text": reply.reply}]});
                                 out.event("chat", merge(&base, json!({"state": "delta", "message": msg}))).await;

@@ -64,8 +64,12 @@ impl From<SseError> for MeterError {
     }
 }
 
-/// Sends one chat-completions request for run `run_id` and reads the whole answer.
-pub async fn complete(socket: &Path, run_id: &str, request: &ChatRequest<'_>) -> Result<Completion, MeterError> {
+/// Where the text of a streamed answer goes, piece by piece, as it arrives.
+pub type Deltas = tokio::sync::mpsc::UnboundedSender<String>;
+
+/// Sends one chat-completions request for run `run_id` and reads the whole answer; the text is
+/// also sent to `deltas` piece by piece as it arrives (when given).
+pub async fn complete(socket: &Path, run_id: &str, request: &ChatRequest<'_>, deltas: Option<&Deltas>) -> Result<Completion, MeterError> {
     let body = serde_json::to_vec(request).map_err(|e| MeterError::Stream(format!("cannot encode the request: {e}")))?;
     let mut conn = uds::connect(socket).await.map_err(|e| match e {
         ConnectError::Io(e) => MeterError::Connect(e),
@@ -85,7 +89,7 @@ pub async fn complete(socket: &Path, run_id: &str, request: &ChatRequest<'_>) ->
     }
     // `conn` lives until the answer is read: dropping it would stop the connection.
     let is_json = res.headers().get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("application/json"));
-    let completion = if is_json { read_whole(res.into_body()).await } else { read_stream(res.into_body()).await };
+    let completion = if is_json { read_whole(res.into_body(), deltas).await } else { read_stream(res.into_body(), deltas).await };
     drop(conn);
     completion
 }
@@ -125,21 +129,25 @@ pub fn parse_refusal(status: StatusCode, body: &[u8]) -> Option<Refusal> {
 
 /// Reads an event stream to `[DONE]`. A stream that ends before `[DONE]` and before any
 /// `finish_reason` broke off, and its partial answer is not used.
-async fn read_stream(mut body: Incoming) -> Result<Completion, MeterError> {
+async fn read_stream(mut body: Incoming, deltas: Option<&Deltas>) -> Result<Completion, MeterError> {
     let mut decoder = SseDecoder::default();
     let mut acc = Accumulator::default();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| MeterError::Http(e.to_string()))?;
         let Ok(data) = frame.into_data() else { continue };
         for event in decoder.push(&data)? {
+            let before = acc.content.len();
             acc.event(&event)?;
+            pass_on(deltas, &acc.content[before..]);
             if acc.done {
                 return Ok(acc.finish());
             }
         }
     }
     if let Some(event) = decoder.finish() {
+        let before = acc.content.len();
         acc.event(&event)?;
+        pass_on(deltas, &acc.content[before..]);
     }
     if !acc.done && acc.finish_reason.is_none() {
         return Err(MeterError::Stream("the stream ended before the answer was complete".into()));
@@ -147,8 +155,15 @@ async fn read_stream(mut body: Incoming) -> Result<Completion, MeterError> {
     Ok(acc.finish())
 }
 
+/// Sends new text on, if anyone listens (a listener that left is no error: the run goes on).
+fn pass_on(deltas: Option<&Deltas>, text: &str) {
+    if let (Some(d), false) = (deltas, text.is_empty()) {
+        let _ = d.send(text.to_owned());
+    }
+}
+
 /// Reads a non-streamed answer, for a provider that ignored `stream: true`.
-async fn read_whole(body: Incoming) -> Result<Completion, MeterError> {
+async fn read_whole(body: Incoming, deltas: Option<&Deltas>) -> Result<Completion, MeterError> {
     let bytes = Limited::new(body, MAX_COMPLETION_BYTES * 2).collect().await.map_err(|e| MeterError::Http(e.to_string()))?.to_bytes();
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| MeterError::Stream(format!("the answer is not JSON: {e}")))?;
     let choice = v.pointer("/choices/0").ok_or_else(|| MeterError::Stream("the answer has no choices".into()))?;
@@ -157,6 +172,7 @@ async fn read_whole(body: Incoming) -> Result<Completion, MeterError> {
         acc.delta(m)?;
     }
     acc.finish_reason = choice.get("finish_reason").and_then(Value::as_str).map(str::to_owned);
+    pass_on(deltas, &acc.content);
     Ok(acc.finish())
 }
 

@@ -60,6 +60,29 @@ pub struct MessageOut {
     pub paused_until: Option<i64>,
 }
 
+/// One event of `POST /messages` as an event stream (`Accept: text/event-stream`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamEvent {
+    /// A piece of the model's answer, as it arrived.
+    Delta { text: String },
+    /// The turn ended with this reply (the whole of it, as `POST /messages` answers).
+    Done { out: MessageOut },
+    /// The turn failed: the status `POST /messages` would have answered, and why.
+    Error { status: u16, error: String },
+}
+
+impl StreamEvent {
+    /// The event's name in the stream.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StreamEvent::Delta { .. } => "delta",
+            StreamEvent::Done { .. } => "done",
+            StreamEvent::Error { .. } => "error",
+        }
+    }
+}
+
 /// Error body of the agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentError {

@@ -15,7 +15,7 @@ use tokio::net::UnixListener;
 use crate::assistant::{self, Ending, Turn};
 use crate::meter_client::MeterError;
 pub use crate::config::AgentConfig;
-use crate::protocol::{AgentError, Health, MessageIn, MessageOut, MAX_BODY_BYTES};
+use crate::protocol::{AgentError, Health, MessageIn, MessageOut, StreamEvent, MAX_BODY_BYTES};
 use crate::session::{self, now_ts, LogLine};
 use crate::workspace::Workspace;
 
@@ -106,8 +106,62 @@ fn valid_session(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-async fn message(State(s): State<Arc<AgentState>>, Json(m): Json<MessageIn>) -> Result<Json<MessageOut>, Rejection> {
-    let session = m.session.unwrap_or_else(|| "main".to_owned());
+/// `POST /messages`: the reply as one JSON object, or (`Accept: text/event-stream`) as it is
+/// written: events whose data is a [`crate::protocol::StreamEvent`] (`delta` with each piece
+/// of the model's answer as it arrives, then one `done` with the whole [`MessageOut`], or
+/// `error`). A caller that hangs up stops the run, and with it the model call.
+async fn message(State(s): State<Arc<AgentState>>, headers: axum::http::HeaderMap, Json(m): Json<MessageIn>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let wants_stream = headers.get("accept").and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
+    match checked(m) {
+        Err(r) => r.into_response(),
+        Ok((session, m)) if wants_stream => stream_turn(s, session, m).into_response(),
+        Ok((session, m)) => match turn(&s, &session, m.text, m.run_id, None).await {
+            Ok(out) => Json(out).into_response(),
+            Err((status, e)) => reject(status, e).into_response(),
+        },
+    }
+}
+
+/// The event stream of one turn (see [`message`]).
+fn stream_turn(s: Arc<AgentState>, session: String, m: MessageIn) -> axum::response::sse::Sse<impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>> {
+    use axum::response::sse::Event;
+    /// Aborts the run when the stream is dropped (the caller hung up) before it ended.
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    struct Turning {
+        deltas: tokio::sync::mpsc::UnboundedReceiver<String>,
+        run: Option<tokio::task::JoinHandle<Result<MessageOut, (StatusCode, String)>>>,
+        _abort: AbortOnDrop,
+    }
+    let (tx, deltas) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let run = tokio::spawn(async move { turn(&s, &session, m.text, m.run_id, Some(tx)).await });
+    let state = Turning { _abort: AbortOnDrop(run.abort_handle()), deltas, run: Some(run) };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        let run = st.run.as_mut()?;
+        let event = |e: StreamEvent| Event::default().event(e.name()).data(serde_json::to_string(&e).unwrap_or_default());
+        if let Some(text) = st.deltas.recv().await {
+            return Some((Ok(event(StreamEvent::Delta { text })), st));
+        }
+        // No more deltas: the run ended.
+        let last = match run.await {
+            Ok(Ok(out)) => StreamEvent::Done { out },
+            Ok(Err((status, error))) => StreamEvent::Error { status: status.as_u16(), error },
+            Err(e) => StreamEvent::Error { status: 500, error: e.to_string() },
+        };
+        st.run = None;
+        Some((Ok(event(last)), st))
+    });
+    axum::response::sse::Sse::new(stream)
+}
+
+/// A message's session and run id, checked.
+fn checked(m: MessageIn) -> Result<(String, MessageIn), Rejection> {
+    let session = m.session.clone().unwrap_or_else(|| "main".to_owned());
     if !valid_session(&session) {
         return Err(reject(StatusCode::BAD_REQUEST, "session must be 1-64 of [A-Za-z0-9_-]"));
     }
@@ -117,18 +171,18 @@ async fn message(State(s): State<Arc<AgentState>>, Json(m): Json<MessageIn>) -> 
     if m.run_id.as_deref().is_some_and(|r| !valid_run_id(r)) {
         return Err(reject(StatusCode::BAD_REQUEST, "run_id must be 1-64 of [A-Za-z0-9_-]"));
     }
-    turn(&s, &session, m.text, m.run_id).await.map(Json).map_err(|(status, e)| reject(status, e))
+    Ok((session, m))
 }
 
 /// One user message, whichever door it came through: the assistant loop in the run the server
 /// opened for it, then the turn in the session log. `Err` is the status and what to tell the user.
-pub(crate) async fn turn(s: &AgentState, session: &str, text: String, run_id: Option<String>) -> Result<MessageOut, (StatusCode, String)> {
+pub(crate) async fn turn(s: &AgentState, session: &str, text: String, run_id: Option<String>, deltas: Option<crate::meter_client::Deltas>) -> Result<MessageOut, (StatusCode, String)> {
     let asked_at = now_ts();
     let config = s.config();
     if !config.is_claimed() {
         return Err((StatusCode::CONFLICT, "this sandbox is in the warm pool and has no agent yet".to_owned()));
     }
-    let Turn { run_id, ending, tool_lines } = assistant::run(&config, &s.workspace, session, &text, run_id).await;
+    let Turn { run_id, ending, tool_lines } = assistant::run(&config, &s.workspace, session, &text, run_id, deltas).await;
     let tool_calls = tool_lines.len() as u32;
     let answer = answer(&config, session, &run_id, tool_calls, ending);
     let lines = log_lines(LogLine::User { content: text, ts: asked_at, run: Some(run_id.clone()), error_code: None }, tool_lines, &answer, &run_id);

@@ -20,7 +20,36 @@ impl App {
     /// or tenant (502 `agent_mismatch`). `agent` must be `tenant`'s: callers look it up scoped
     /// by the tenant.
     pub async fn deliver_message(&self, tenant: &Tenant, agent: &Agent, mut msg: MessageIn, actor: &Actor) -> Result<MessageOut, ApiError> {
+        let run = self.admit_message(tenant, &agent.id).await?;
+        msg.run_id = Some(run.id.clone());
+        self.deliver_in_run(tenant, agent, msg, actor).await
+    }
+
+    /// [`App::deliver_message`], with the reply as it is written: the agent's events, each
+    /// piece of the answer as it arrives and then the whole reply (its identity checked like a
+    /// whole reply's). The run ends with the stream; dropping it hangs up on the agent, which
+    /// stops the run and its model call.
+    pub async fn deliver_message_stream(&self, tenant: &Tenant, agent: &Agent, mut msg: MessageIn, actor: &Actor) -> Result<ReplyStream, ApiError> {
         let id = &agent.id;
+        let run = self.admit_message(tenant, id).await?;
+        msg.run_id = Some(run.id.clone());
+        let timeout = Duration::from_secs(self.config.sandbox.message_timeout_secs);
+        let activity = self.activity(id);
+        self.wake_for(tenant, id, actor, "woken by a message").await?;
+        let addr = self.addr_of(tenant, id).await?;
+        let events = match clawpen_agent::client::message_stream(&addr, &msg, timeout).await {
+            Err(clawpen_agent::client::ClientError::Connect(_)) => {
+                self.start_agent(tenant, id, actor, "woken by a message").await.map_err(|e| crate::supervisor::wake_failed(id, e))?;
+                let addr = self.addr_of(tenant, id).await?;
+                clawpen_agent::client::message_stream(&addr, &msg, timeout).await?
+            }
+            other => other?,
+        };
+        Ok(ReplyStream { events, agent: id.clone(), tenant: tenant.id.clone(), _run: run, _activity: activity })
+    }
+
+    /// A message's admission: one from the tenant's allowance, and the run it starts.
+    async fn admit_message(&self, tenant: &Tenant, id: &clawpen_core::ids::AgentId) -> Result<OpenRun, ApiError> {
         let per_minute = self.config.plan_or_default(&tenant.plan).messages_per_minute;
         if let Err(wait) = self.message_limits.check(&tenant.id, per_minute) {
             return Err(ApiError::new(
@@ -34,10 +63,7 @@ impl App {
         // is even woken.
         let caller = clawpen_meter::MeterCaller { tenant: tenant.id.clone(), agent: id.clone() };
         let run = self.meter.open_run(&caller).await?;
-        msg.run_id = Some(run.clone());
-        let out = self.deliver_in_run(tenant, agent, msg, actor).await;
-        self.meter.close_run(id, &run);
-        out
+        Ok(OpenRun { meter: self.meter.clone(), agent: id.clone(), id: run })
     }
 
     async fn deliver_in_run(&self, tenant: &Tenant, agent: &Agent, msg: MessageIn, actor: &Actor) -> Result<MessageOut, ApiError> {
@@ -58,12 +84,70 @@ impl App {
             }
             other => other?,
         };
-        // The agent reports the identity its sandbox was given: a mismatch means a miswired
-        // socket, and nothing from it may reach this tenant.
-        if out.agent_id != id.as_str() || out.tenant_id != tenant.id.as_str() {
-            tracing::error!(agent = %id, answered_as = %out.agent_id, "an agent socket answered with another identity; reply withheld");
-            return Err(ApiError::new(StatusCode::BAD_GATEWAY, "agent_mismatch", "the agent's sandbox answered with another identity; restart the agent"));
-        }
+        check_identity(&out, id, &tenant.id)?;
         Ok(out)
+    }
+}
+
+/// The agent reports the identity its sandbox was given: a mismatch means a miswired socket,
+/// and nothing from it may reach this tenant.
+fn check_identity(out: &MessageOut, agent: &clawpen_core::ids::AgentId, tenant: &clawpen_core::ids::TenantId) -> Result<(), ApiError> {
+    if out.agent_id != agent.as_str() || out.tenant_id != tenant.as_str() {
+        tracing::error!(agent = %agent, answered_as = %out.agent_id, "an agent socket answered with another identity; reply withheld");
+        return Err(ApiError::new(StatusCode::BAD_GATEWAY, "agent_mismatch", "the agent's sandbox answered with another identity; restart the agent"));
+    }
+    Ok(())
+}
+
+/// A run the server opened for a message; closed when dropped.
+struct OpenRun {
+    meter: std::sync::Arc<clawpen_meter::Meter>,
+    agent: clawpen_core::ids::AgentId,
+    id: String,
+}
+
+impl Drop for OpenRun {
+    fn drop(&mut self) {
+        self.meter.close_run(&self.agent, &self.id);
+    }
+}
+
+/// What a streamed reply yields.
+#[derive(Debug)]
+pub enum ReplyEvent {
+    /// A piece of the answer, as it arrived.
+    Delta(String),
+    /// The whole reply: the stream is over.
+    Done(MessageOut),
+    /// The turn failed (as the whole-reply route would have answered): the stream is over.
+    Failed(ApiError),
+}
+
+/// The events of a streamed reply (see [`App::deliver_message_stream`]). Holds the run and the
+/// agent's activity until it is dropped.
+pub struct ReplyStream {
+    events: tokio::sync::mpsc::Receiver<Result<clawpen_agent::protocol::StreamEvent, clawpen_agent::client::ClientError>>,
+    agent: clawpen_core::ids::AgentId,
+    tenant: clawpen_core::ids::TenantId,
+    _run: OpenRun,
+    _activity: crate::supervisor::Activity,
+}
+
+impl ReplyStream {
+    /// The next event; `None` after the last.
+    pub async fn next(&mut self) -> Option<ReplyEvent> {
+        use clawpen_agent::protocol::StreamEvent;
+        Some(match self.events.recv().await? {
+            Ok(StreamEvent::Delta { text }) => ReplyEvent::Delta(text),
+            Ok(StreamEvent::Done { out }) => match check_identity(&out, &self.agent, &self.tenant) {
+                Ok(()) => ReplyEvent::Done(out),
+                Err(e) => ReplyEvent::Failed(e),
+            },
+            Ok(StreamEvent::Error { status, error }) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                ReplyEvent::Failed(ApiError::from(clawpen_agent::client::ClientError::Status { status, body: serde_json::json!({ "error": error }).to_string() }))
+            }
+            Err(e) => ReplyEvent::Failed(e.into()),
+        })
     }
 }

@@ -147,9 +147,16 @@ pub async fn events(State(app): State<App>, caller: TenantCaller, AgentPath(id):
 }
 
 /// Sends a message and waits for the reply, waking the agent first from whichever tier it sleeps in.
+/// With `Accept: text/event-stream` the reply comes as it is written: `delta` events
+/// `{"text"}` with each piece of the model's answer, then one `done` event with the whole reply
+/// (the JSON answer below), or an `error` event `{"error": {"code", "message"}}`. Closing the
+/// stream stops the run and its model call.
 #[utoipa::path(post, path = "/api/v1/agents/{agent_id}/messages", tag = "agents", security(("tenant_key" = [])),
     params(("agent_id" = String, Path)), request_body = SendMessage,
-    responses((status = 200, description = "The reply (or why the run stopped or was refused, with `paused` or `error_code`).", body = MessageReply),
+    responses((status = 200, description = "The reply (or why the run stopped or was refused, with `paused` or `error_code`); with `Accept: text/event-stream`, its events.", content(
+            (MessageReply = "application/json"),
+            (String = "text/event-stream"),
+        )),
         (status = 400, description = "The body is not JSON (`invalid_json`), or the agent refused the message (`agent_refused`).", body = ErrorBody),
         (status = 404, description = "No such agent of the caller's tenant (`not_found`).", body = ErrorBody),
         (status = 409, description = "The agent is crash-looping (`agent_crashloop`), or was stopped, put to sleep or deleted while it answered (`agent_interrupted`, `conflict`).", body = ErrorBody),
@@ -157,7 +164,8 @@ pub async fn events(State(app): State<App>, caller: TenantCaller, AgentPath(id):
         (status = 502, description = "The agent failed to answer, or answered as another agent (`agent_error`, `agent_mismatch`).", body = ErrorBody),
         (status = 503, description = "The agent could not be woken (`wake_failed`, `node_full`, `runtime_unavailable`).", body = ErrorBody),
         (status = 504, description = "The agent did not answer in time (`agent_timeout`).", body = ErrorBody)))]
-pub async fn send_message(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath, ApiJson(body): ApiJson<SendMessage>) -> Result<Json<MessageReply>, ApiError> {
+pub async fn send_message(State(app): State<App>, caller: TenantCaller, AgentPath(id): AgentPath, headers: axum::http::HeaderMap, ApiJson(body): ApiJson<SendMessage>) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let agent = app.store.get_agent(&caller.tenant.id, &id).await.map_err(agent_not_found)?;
     if body.text.is_empty() || body.text.chars().count() > MAX_MESSAGE_CHARS {
         return Err(ApiError::invalid(format!("text: must be 1 to {MAX_MESSAGE_CHARS} characters")));
@@ -167,21 +175,49 @@ pub async fn send_message(State(app): State<App>, caller: TenantCaller, AgentPat
         return Err(ApiError::invalid("session: must be 1 to 64 of [A-Za-z0-9_-]"));
     }
     let msg = MessageIn { text: body.text, session: body.session, run_id: None };
+    let wants_stream = headers.get("accept").and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
+    if wants_stream {
+        let stream = app.deliver_message_stream(&caller.tenant, &agent, msg, &caller.actor()).await?;
+        return Ok(reply_events(stream).into_response());
+    }
     let out = match app.deliver_message(&caller.tenant, &agent, msg, &caller.actor()).await {
         Ok(out) => out,
         Err(e) if e.code == "agent_error" => return Err(interrupted(&app, &caller, &id, e).await),
         Err(e) => return Err(e),
     };
-    Ok(Json(MessageReply {
-        reply: out.reply,
-        session: out.session,
-        run_id: out.run_id,
-        tool_calls: out.tool_calls,
-        stopped_by: out.stopped_by,
-        paused: out.paused,
-        error_code: out.error_code,
-        paused_until: out.paused_until,
-    }))
+    Ok(Json(MessageReply::from(out)).into_response())
+}
+
+impl From<clawpen_agent::protocol::MessageOut> for MessageReply {
+    fn from(out: clawpen_agent::protocol::MessageOut) -> Self {
+        MessageReply {
+            reply: out.reply,
+            session: out.session,
+            run_id: out.run_id,
+            tool_calls: out.tool_calls,
+            stopped_by: out.stopped_by,
+            paused: out.paused,
+            error_code: out.error_code,
+            paused_until: out.paused_until,
+        }
+    }
+}
+
+/// A streamed reply as server-sent events (see [`send_message`]).
+fn reply_events(stream: crate::delivery::ReplyStream) -> axum::response::sse::Sse<impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>> {
+    use axum::response::sse::Event;
+    use crate::delivery::ReplyEvent;
+    let events = futures_util::stream::unfold(Some(stream), |stream| async move {
+        let mut stream = stream?;
+        let ev = stream.next().await?;
+        let (event, more) = match ev {
+            ReplyEvent::Delta(text) => (Event::default().event("delta").data(serde_json::json!({ "text": text }).to_string()), true),
+            ReplyEvent::Done(out) => (Event::default().event("done").data(serde_json::to_string(&MessageReply::from(out)).unwrap_or_default()), false),
+            ReplyEvent::Failed(e) => (Event::default().event("error").data(serde_json::json!({ "error": { "code": e.code, "message": e.message } }).to_string()), false),
+        };
+        Some((Ok(event), more.then_some(stream)))
+    });
+    axum::response::sse::Sse::new(events)
 }
 
 /// A message whose connection broke: when a stop, hibernation or delete (another request's,

@@ -135,3 +135,43 @@ async fn messages_are_rate_limited_per_tenant() {
     let r = say(&s, &key_b, &b, "my turn").await;
     assert_eq!(r["reply"], "stand-in reply to: my turn");
 }
+
+/// The reply as it is written: `Accept: text/event-stream` gives the model's answer piece by
+/// piece, then the whole reply, the same as the JSON answer; the session keeps the turn.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_streams_piece_by_piece_as_server_sent_events() {
+    let s = TestServer::start().await;
+    let (t, key) = s.tenant("streamer").await;
+    let a = s.agent(&key, "a", true).await;
+    let id = a["id"].as_str().unwrap();
+    let res = s
+        .http
+        .post(s.url(&format!("/api/v1/agents/{id}/messages")))
+        .bearer_auth(&key)
+        .header("accept", "text/event-stream")
+        .json(&json!({"text": "tell me a story in pieces"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let body = res.text().await.unwrap();
+    let mut deltas = String::new();
+    let mut done = None;
+    for block in body.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let event = block.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or("");
+        let data: Value = serde_json::from_str(block.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+        match event {
+            "delta" => deltas.push_str(data["text"].as_str().unwrap()),
+            "done" => done = Some(data),
+            other => panic!("unexpected event {other}: {block}"),
+        }
+    }
+    let pieces = body.matches("event: delta").count();
+    assert!(pieces > 3, "the answer came in pieces ({pieces}): {body}");
+    let done = done.expect("a done event");
+    assert_eq!(done["reply"], "stand-in reply to: tell me a story in pieces", "{done}");
+    assert_eq!(deltas, done["reply"].as_str().unwrap(), "the pieces make the reply");
+    let session = std::fs::read_to_string(s.workspace(t["id"].as_str().unwrap(), id).join("sessions/main.jsonl")).unwrap();
+    assert!(session.contains("stand-in reply to: tell me a story in pieces"));
+}
