@@ -32,6 +32,8 @@ pub struct AgentConfig {
     pub max_tool_calls: u32,
     /// Wall time one run may take before it is stopped (`CLAWPEN_MAX_RUN_SECS`).
     pub max_run: Duration,
+    /// How often the gateway sends `tick` to a connected client.
+    pub gateway_tick: Duration,
 }
 
 impl AgentConfig {
@@ -47,6 +49,7 @@ impl AgentConfig {
             max_tokens: DEFAULT_MAX_TOKENS,
             max_tool_calls: DEFAULT_MAX_TOOL_CALLS,
             max_run: Duration::from_secs(DEFAULT_MAX_RUN_SECS),
+            gateway_tick: Duration::from_secs(15),
         }
     }
 

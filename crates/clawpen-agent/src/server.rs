@@ -34,6 +34,11 @@ impl AgentState {
     pub(crate) fn config(&self) -> Arc<AgentConfig> {
         self.config.read().expect("config lock").clone()
     }
+
+    /// How long the agent process has run.
+    pub(crate) fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
 }
 
 /// An error answer of the agent.

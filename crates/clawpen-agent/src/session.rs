@@ -100,6 +100,25 @@ fn fit(lines: impl DoubleEndedIterator<Item = LogLine>, budget: usize) -> Vec<Ch
     kept
 }
 
+/// Every line of the session's log that fits in the last `budget` bytes, oldest first: the turns
+/// as they happened, refused, failed and stopped ones included (what a client's history shows).
+pub async fn transcript(ws: &Workspace, session: &str, budget: usize) -> std::io::Result<Vec<LogLine>> {
+    let [dir, file] = rel(session);
+    let Some(tail) = ws.read_bounded(&[&dir, &file], budget, Keep::Tail).await? else { return Ok(Vec::new()) };
+    Ok(tail.text.lines().filter_map(|l| serde_json::from_str::<LogLine>(l).ok()).collect())
+}
+
+/// The sessions that have a log, with when each was last written (Unix ms).
+pub async fn list(ws: &Workspace, max: usize) -> std::io::Result<Vec<(String, i64)>> {
+    let files = ws.list("sessions", max).await?;
+    Ok(files.into_iter().filter_map(|(name, at)| Some((name.strip_suffix(".jsonl")?.to_owned(), at))).collect())
+}
+
+/// A log line's time stamp in Unix milliseconds (0 when it does not parse).
+pub fn ts_ms(ts: &str) -> i64 {
+    time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).map_or(0, |t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
 /// Now, in Unix milliseconds.
 pub fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64

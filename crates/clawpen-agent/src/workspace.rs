@@ -68,6 +68,39 @@ impl Workspace {
     }
 }
 
+impl Workspace {
+    /// The regular files directly in the directory `dir` (one name below the root), with their
+    /// modification time (Unix ms), at most `max` of them. Links and other entries are left out.
+    pub async fn list(&self, dir: &str, max: usize) -> io::Result<Vec<(String, i64)>> {
+        check_component(dir)?;
+        let path = self.root.join(dir);
+        blocking(move || {
+            let m = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            if !m.is_dir() {
+                return Ok(Vec::new());
+            }
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(&path)?.take(max) {
+                let entry = entry?;
+                let meta = entry.metadata()?;
+                if !entry.file_type()?.is_file() {
+                    continue;
+                }
+                let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as i64);
+                if let Some(name) = entry.file_name().to_str() {
+                    out.push((name.to_owned(), mtime));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
 fn owned(rel: &[&str]) -> Vec<String> {
     rel.iter().map(|c| (*c).to_owned()).collect()
 }

@@ -142,11 +142,12 @@ enum Upward {
 
 /// A `chat.send` starts a run, and the server, not the client or the agent, starts it: the
 /// meter opens it (refused past the plan's runs per hour) and its id goes to the agent as
-/// `params.clawpenRunId`, whatever the client put there. A retried send (same idempotency key)
-/// goes on in the same run. Every other frame passes as it is.
-/// `by_key`: the runs this connection's sends started, by idempotency key; `opened` gets a run
-/// this call opened.
-async fn upward(app: &App, caller: &clawpen_meter::MeterCaller, by_key: &mut std::collections::HashMap<String, String>, opened: &mut Option<String>, text: &str) -> Upward {
+/// `params.clawpenRunId`, whatever the client put there. The protocol's run is the client's
+/// idempotency key; a retried send with the same key goes on in the same meter run. Every other
+/// frame passes as it is.
+/// `by_key`: the meter runs this connection's sends started, by idempotency key; `opened` gets
+/// the key of a run this call opened.
+async fn upward(app: &App, caller: &clawpen_meter::MeterCaller, by_key: &std::sync::Mutex<std::collections::HashMap<String, String>>, opened: &mut Option<String>, text: &str) -> Upward {
     if !text.contains("chat.send") {
         return Upward::Forward(text.to_owned());
     }
@@ -154,16 +155,20 @@ async fn upward(app: &App, caller: &clawpen_meter::MeterCaller, by_key: &mut std
     if v["type"] != "req" || v["method"] != "chat.send" || !v["params"].is_object() {
         return Upward::Forward(text.to_owned());
     }
-    let key = v["params"]["idempotencyKey"].as_str().map(str::to_owned);
-    let known = key.as_ref().and_then(|k| by_key.get(k)).cloned();
+    // Without a key the agent refuses the request (OpenClaw requires one: it is the run's
+    // id); a stop command stops runs instead of starting one. Neither opens a run.
+    let Some(key) = v["params"]["idempotencyKey"].as_str().filter(|k| !k.is_empty()).map(str::to_owned) else { return Upward::Forward(text.to_owned()) };
+    let stop = ["/stop", "stop", "esc", "abort", "wait", "exit"];
+    if v["params"]["message"].as_str().is_some_and(|m| stop.contains(&m.trim().to_lowercase().as_str())) {
+        return Upward::Forward(text.to_owned());
+    }
+    let known = by_key.lock().expect("runs").get(&key).cloned();
     let run = match known {
         Some(run) => run,
         None => match app.meter.open_run(caller).await {
             Ok(run) => {
-                if let Some(k) = key {
-                    by_key.insert(k, run.clone());
-                }
-                *opened = Some(run.clone());
+                by_key.lock().expect("runs").insert(key.clone(), run.clone());
+                *opened = Some(key);
                 run
             }
             Err(e) => {
@@ -177,7 +182,8 @@ async fn upward(app: &App, caller: &clawpen_meter::MeterCaller, by_key: &mut std
     Upward::Forward(v.to_string())
 }
 
-/// A chat event that ends a run (`final`, `aborted`, `error`): that run's id.
+/// A chat event that ends a run (`final`, `aborted`, `error`): that run's id (its idempotency
+/// key).
 fn ended_run(text: &str) -> Option<String> {
     if !text.contains("\"chat\"") {
         return None;
@@ -193,15 +199,16 @@ async fn relay(app: App, caller: clawpen_meter::MeterCaller, client: WebSocket, 
     let (c_tx, mut c_rx) = client.split();
     let c_tx = tokio::sync::Mutex::new(c_tx);
     let (mut a_tx, mut a_rx) = agent.split();
-    // Runs started on this connection and not yet ended.
+    // The meter runs of this connection's sends, by idempotency key (the protocol's run id),
+    // and the keys whose run has not ended yet.
+    let by_key = std::sync::Mutex::new(std::collections::HashMap::<String, String>::new());
     let open = std::sync::Mutex::new(std::collections::HashSet::<String>::new());
     let up = async {
-        let mut by_key = std::collections::HashMap::new();
         while let Some(Ok(m)) = c_rx.next().await {
             let m = match m {
                 ws::Message::Text(t) => {
                     let mut opened = None;
-                    let verdict = upward(&app, &caller, &mut by_key, &mut opened, t.as_str()).await;
+                    let verdict = upward(&app, &caller, &by_key, &mut opened, t.as_str()).await;
                     open.lock().expect("runs").extend(opened);
                     match verdict {
                         Upward::Forward(text) => tungstenite::Message::Text(text.into()),
@@ -230,9 +237,11 @@ async fn relay(app: App, caller: clawpen_meter::MeterCaller, client: WebSocket, 
         while let Some(Ok(m)) = a_rx.next().await {
             let m = match m {
                 tungstenite::Message::Text(t) => {
-                    if let Some(run) = ended_run(t.as_str()) {
-                        if open.lock().expect("runs").remove(&run) {
-                            app.meter.close_run(&caller.agent, &run);
+                    if let Some(key) = ended_run(t.as_str()) {
+                        if open.lock().expect("runs").remove(&key) {
+                            if let Some(run) = by_key.lock().expect("runs").get(&key) {
+                                app.meter.close_run(&caller.agent, run);
+                            }
                         }
                     }
                     ws::Message::Text(t.as_str().into())
@@ -256,7 +265,10 @@ async fn relay(app: App, caller: clawpen_meter::MeterCaller, client: WebSocket, 
         _ = up => {}
         _ = down => {}
     }
-    for run in open.lock().expect("runs").drain() {
-        app.meter.close_run(&caller.agent, &run);
+    let keys = by_key.lock().expect("runs");
+    for key in open.lock().expect("runs").drain() {
+        if let Some(run) = keys.get(&key) {
+            app.meter.close_run(&caller.agent, run);
+        }
     }
 }

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::net::UnixListener;
 
@@ -27,6 +28,8 @@ pub enum Canned {
     Broken(Vec<Value>),
     /// Waits this long, then answers like `Stream`.
     Slow(Duration, Vec<Value>),
+    /// These chunks with this pause before each (a model writing slowly).
+    Trickle(Duration, Vec<Value>),
 }
 
 /// One request the fake received.
@@ -94,6 +97,16 @@ async fn chat(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Respo
         Canned::Slow(wait, chunks) => {
             tokio::time::sleep(wait).await;
             sse(chunks, false)
+        }
+        Canned::Trickle(every, chunks) => {
+            let events = futures_util::stream::iter(chunks.into_iter().map(|c| format!("data: {c}\n\n")).chain(std::iter::once("data: [DONE]\n\n".to_owned())))
+                .then(move |e| async move {
+                    tokio::time::sleep(every).await;
+                    Ok::<_, std::io::Error>(Bytes::from(e))
+                });
+            let mut r = Response::new(Body::from_stream(events));
+            r.headers_mut().insert("content-type", "text/event-stream".parse().expect("header"));
+            r
         }
         Canned::Error(status, body) => (StatusCode::from_u16(status).expect("status"), axum::Json(body)).into_response(),
     }

@@ -2,6 +2,7 @@
 //! run dir's `agent.sock`, and a scripted fake meter serves `control.sock` next to it.
 
 mod fake_meter;
+mod gateway_schema;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -380,8 +381,8 @@ async fn the_run_the_server_opened_is_the_one_sent_to_the_meter() {
     assert_eq!(h.meter.seen().len(), 2);
 }
 
-/// The gateway: the run id the server injected in `chat.send` (`clawpenRunId`) is the run's id
-/// and what its model calls carry.
+/// The gateway: the run is the client's idempotency key, and its model calls carry the meter's
+/// run the server injected in `chat.send` (`clawpenRunId`).
 #[tokio::test]
 async fn a_gateway_send_runs_in_the_run_the_server_injected() {
     use futures_util::{SinkExt, StreamExt};
@@ -393,7 +394,7 @@ async fn a_gateway_send_runs_in_the_run_the_server_injected() {
     let Message::Text(challenge) = ws.next().await.expect("open").expect("frame") else { panic!("a text frame first") };
     assert!(challenge.contains("connect.challenge"), "{challenge}");
     let send = |v: Value| Message::Text(v.to_string().into());
-    ws.send(send(json!({"type": "req", "id": "1", "method": "connect", "params": {}}))).await.expect("connect");
+    ws.send(send(json!({"type": "req", "id": "1", "method": "connect", "params": {"minProtocol": 3, "maxProtocol": 4, "client": {"id": "test", "version": "1", "platform": "linux", "mode": "test"}}}))).await.expect("connect");
     let given = "run_00000000000aabbccddeeff00112233";
     ws.send(send(json!({"type": "req", "id": "2", "method": "chat.send", "params": {"sessionKey": "main", "message": "hello", "idempotencyKey": "k1", "clawpenRunId": given}}))).await.expect("send");
     let mut started = None;
@@ -403,12 +404,13 @@ async fn a_gateway_send_runs_in_the_run_the_server_injected() {
         let v: Value = serde_json::from_str(&t).expect("json");
         if v["id"] == "2" {
             started = Some(v["payload"]["runId"].clone());
+            assert_eq!(v["payload"]["runId"], "k1", "the run is the idempotency key");
         }
         if v["event"] == "chat" && v["payload"]["state"] == "final" {
             finals = Some(v["payload"]["runId"].clone());
         }
     }
-    assert_eq!((started, finals), (Some(json!(given)), Some(json!(given))));
+    assert_eq!((started, finals), (Some(json!("k1")), Some(json!("k1"))));
     assert_eq!(h.meter.seen()[0].run.as_deref(), Some(given), "the model call ran in the injected run");
 }
 

@@ -34,7 +34,7 @@ async fn a_websocket_client_chats_through_the_gateway_and_wakes_the_agent() {
         .expect("python3 with `pip install -r tests/python/requirements.txt`");
     let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{report}\nserver log:\n{}", s.log());
-    assert!(report.contains("5 passed"), "{report}");
+    assert!(report.contains("7 passed"), "{report}");
     eprintln!("gateway suite (first connection woke the agent) took {} ms", t0.elapsed().as_millis());
     let (_, view) = s.get(&format!("/api/v1/agents/{a}"), &key_a).await;
     assert_eq!(view["observed_state"], "running", "{view}");
@@ -53,4 +53,17 @@ async fn a_websocket_client_chats_through_the_gateway_and_wakes_the_agent() {
     assert_eq!(r.status(), 401);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "bad_connect_url");
+}
+
+/// A real OpenClaw client from PyPI (`openclaw-sdk`) through a clawpen connect URL, as shipped
+/// (protocol 3) and at protocol 4: the reply streams token by token, the history and sessions
+/// read back.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openclaw_sdk_chats_through_the_gateway() {
+    let s = TestServer::start().await;
+    let (_, key) = s.tenant("sdk").await;
+    let a = s.agent(&key, "a", true).await["id"].as_str().unwrap().to_owned();
+    let url = connect_url(&s, &key, &a).await;
+    let report = crate::harness::pytest("test_openclaw_sdk.py", &[("CLAWPEN_CONNECT_URL", &url)]).await;
+    assert!(report.contains("2 passed"), "{report}\nserver log:\n{}", s.log());
 }
