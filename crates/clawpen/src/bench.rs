@@ -45,8 +45,8 @@ pub struct BenchArgs {
     /// provider); requests each way (gateway).
     #[arg(long, default_value_t = 200)]
     requests: usize,
-    /// The upstream stand-in's time to answer in the meter's standard cases, in milliseconds;
-    /// `c64-saturated` always uses 0.
+    /// The upstream stand-in's time to answer (its time to first token) in the meter's standard
+    /// cases and gateway's `first-token`, in milliseconds; `c64-saturated` always uses 0.
     #[arg(long, default_value_t = 200)]
     upstream_ms: u64,
     /// Wakes measured per tier (wake).
@@ -108,7 +108,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (scenario, cases) = match args.scenario {
         Scenario::Coldstart => ("coldstart", coldstart(args.agents).await?),
         Scenario::Meter => ("meter", crate::bench_meter::run(args.requests, args.upstream_ms).await?),
-        Scenario::Gateway => ("gateway", crate::bench_gateway::run(args.requests, args.connections.unwrap_or(5000)).await?),
+        Scenario::Gateway => ("gateway", crate::bench_gateway::run(args.requests, args.connections.unwrap_or(5000), args.upstream_ms).await?),
         Scenario::Wake => ("wake", crate::bench_wake::run(args.wakes).await?),
         Scenario::Density => ("density", crate::bench_density::run(args.agents).await?),
         Scenario::Claim => ("claim", crate::bench_claim::run(args.agents).await?),

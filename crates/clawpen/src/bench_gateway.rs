@@ -82,11 +82,112 @@ fn container_memory(id: &str) -> u64 {
     0
 }
 
-pub async fn run(requests: usize, connections: usize) -> anyhow::Result<Vec<Case>> {
+pub async fn run(requests: usize, connections: usize, upstream_ms: u64) -> anyhow::Result<Vec<Case>> {
     let server = BenchServer::start(2).await?;
     let result = run_on(&server, requests, connections).await;
     server.teardown().await;
+    let mut cases = result?;
+    cases.push(first_token((requests / 4).max(5), upstream_ms).await?);
+    Ok(cases)
+}
+
+/// Case `first-token`: from `chat.send` through the gateway to the first `delta` of the reply
+/// (the agent's model call streamed through the meter to a stand-in with a provider's time to
+/// first token), against the first chunk of the same streamed call made straight to the
+/// stand-in. Interleaved, on a server of its own.
+async fn first_token(n: usize, ttft_ms: u64) -> anyhow::Result<Case> {
+    let keys = clawpen_standin::StandinConfig::for_testing();
+    let standin = clawpen_standin::Standin::start(clawpen_standin::StandinConfig { latency_ms: ttft_ms, ..keys.clone() }).await?;
+    let key_dir = tempfile::Builder::new().prefix("clawpen-bench-key-").tempdir_in("/tmp")?;
+    let key_file = key_dir.path().join("upstream.key");
+    std::fs::write(&key_file, &keys.openai_key)?;
+    let base_url = format!("{}/v1", standin.base_url());
+    let server = BenchServer::start_config(2, |_| {}, |c| {
+        c.fleet.warm_pool = 0;
+        c.meter.default_model = Some("bench-model".into());
+        c.meter.upstreams.insert("standin".into(), clawpen_meter::config::UpstreamConfig { provider: clawpen_meter::config::Provider::Openai, base_url: base_url.clone(), api_key_env: None, api_key_file: Some(key_file.clone()) });
+        c.meter.models.insert(
+            "bench-model".into(),
+            clawpen_meter::config::ModelConfig { upstream: "standin".into(), upstream_model: Some("gpt-test".into()), input_per_mtok: 1, output_per_mtok: 1, cache_read_per_mtok: 0, cache_write_per_mtok: 0, image_tokens_max: None, reasoning: false },
+        );
+    })
+    .await?;
+    let result = first_token_on(&server, &standin, &keys.openai_key, n, ttft_ms).await;
+    server.teardown().await;
     result
+}
+
+async fn first_token_on(server: &BenchServer, standin: &clawpen_standin::Standin, key: &str, n: usize, ttft_ms: u64) -> anyhow::Result<Case> {
+    let app = &server.app;
+    let tenant = app.store.create_tenant("bench", "bench", app.config.sandbox.uid_base).await?;
+    let (_, token) = app.store.create_api_key(&tenant.id).await?;
+    let http = reqwest::Client::new();
+    let agent: Value = http.post(format!("{}/api/v1/agents", server.base)).bearer_auth(&token).json(&json!({"name": "bench", "start": true})).send().await?.json().await?;
+    let id = agent["id"].as_str().ok_or_else(|| anyhow::anyhow!("create failed: {agent}"))?.to_owned();
+    let c: Value = http.post(format!("{}/api/v1/agents/{id}/connect-url", server.base)).bearer_auth(&token).send().await?.json().await?;
+    let query = c["url"].as_str().and_then(|u| u.split_once('?')).map(|(_, q)| q.to_owned()).ok_or_else(|| anyhow::anyhow!("no connect URL: {c}"))?;
+    let url = format!("{}/gateway/connect?{query}", server.base.replacen("http://", "ws://", 1));
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(small()), false).await?;
+    let challenge = next_json(&mut ws).await?;
+    anyhow::ensure!(challenge["event"] == "connect.challenge", "no challenge: {challenge}");
+    ws.send(Message::Text(CONNECT.replace("\"maxProtocol\":3", "\"maxProtocol\":4").into())).await?;
+    next_json(&mut ws).await?;
+    let direct = |i: usize| {
+        let (http, url, key) = (http.clone(), format!("{}/v1/chat/completions", standin.base_url()), key.to_owned());
+        async move {
+            let body = json!({"model": "gpt-test", "stream": true, "max_tokens": 64, "messages": [{"role": "user", "content": format!("first token {i}")}]});
+            let t0 = Instant::now();
+            let mut res = http.post(url).bearer_auth(key).json(&body).send().await?;
+            anyhow::ensure!(res.status().is_success(), "stand-in: {}", res.status());
+            // The first chunk that carries text.
+            let mut seen = String::new();
+            while let Some(chunk) = res.chunk().await? {
+                seen.push_str(&String::from_utf8_lossy(&chunk));
+                if has_text(&seen) {
+                    break;
+                }
+            }
+            let ms = t0.elapsed().as_secs_f64() * 1000.0;
+            while res.chunk().await?.is_some() {}
+            anyhow::Ok(ms)
+        }
+    };
+    eprintln!("gateway bench: first token, {n} runs each way");
+    let (mut through, mut base) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n + 2 {
+        let key = format!("ft-{i}");
+        let t0 = Instant::now();
+        ws.send(Message::Text(json!({"type": "req", "id": key, "method": "chat.send", "params": {"sessionKey": "main", "message": format!("first token {i}"), "idempotencyKey": key}}).to_string().into())).await?;
+        let mut first = None;
+        loop {
+            let v = next_json(&mut ws).await?;
+            let p = &v["payload"];
+            if v["event"] != "chat" || p["runId"] != key.as_str() {
+                continue;
+            }
+            match p["state"].as_str() {
+                Some("delta") if first.is_none() => first = Some(t0.elapsed().as_secs_f64() * 1000.0),
+                Some("final") => break,
+                Some("error" | "aborted") => anyhow::bail!("the run failed: {v}"),
+                _ => {}
+            }
+        }
+        let d = direct(i).await?;
+        // The first two rounds warm both paths up.
+        if i >= 2 {
+            through.push(first.ok_or_else(|| anyhow::anyhow!("no delta before the final"))?);
+            base.push(d);
+        }
+    }
+    let mut extra = serde_json::Map::new();
+    extra.insert("what".into(), json!("chat.send through the gateway (agent, meter, provider) to the first delta, against the first text chunk of the same streamed call straight to the provider stand-in"));
+    extra.insert("upstream_ttft_ms".into(), json!(ttft_ms));
+    Ok(Case { name: "first-token".into(), samples_ms: through, baseline_ms: Some(base), extra })
+}
+
+/// True when an event-stream buffer holds a chunk with text (`choices[0].delta.content`).
+fn has_text(buf: &str) -> bool {
+    buf.lines().filter_map(|l| l.strip_prefix("data: ")).filter_map(|d| serde_json::from_str::<Value>(d).ok()).any(|v| v["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()))
 }
 
 async fn run_on(server: &BenchServer, requests: usize, connections: usize) -> anyhow::Result<Vec<Case>> {

@@ -67,3 +67,59 @@ async fn the_openclaw_sdk_chats_through_the_gateway() {
     let report = crate::harness::pytest("test_openclaw_sdk.py", &[("CLAWPEN_CONNECT_URL", &url)]).await;
     assert!(report.contains("2 passed"), "{report}\nserver log:\n{}", s.log());
 }
+
+/// A client that hangs up mid-stream: the agent stops the run, the meter closes the provider's
+/// stream at once, no model call follows, and the call is charged at least what the provider
+/// generated (the ledger read back). A meter cannot know a provider's count for a stream cut
+/// short, so it charges its bound: every byte of text it saw as a token, plus 64 tokens that may
+/// have been in flight (docs/ARCHITECTURE.md); the stand-in's tokens are words, so that is at
+/// most 16 per word generated, plus the 64.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_gone_mid_stream_leaves_no_run_and_pays_what_was_generated() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let s = TestServer::start_with("", "default_model = \"gpt-slow\"", &[]).await;
+    let (_, key) = s.tenant("leaver").await;
+    let a = s.agent(&key, "a", true).await["id"].as_str().unwrap().to_owned();
+    let url = connect_url(&s, &key, &a).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.expect("connect");
+    let Message::Text(challenge) = ws.next().await.expect("open").expect("frame") else { panic!("text first") };
+    assert!(challenge.as_str().contains("connect.challenge"), "{challenge}");
+    let send = |v: serde_json::Value| Message::Text(v.to_string().into());
+    ws.send(send(serde_json::json!({"type": "req", "id": "c", "method": "connect", "params": {"minProtocol": 4, "maxProtocol": 4, "client": {"id": "test", "version": "1", "platform": "linux", "mode": "test"}}}))).await.unwrap();
+    let long = "tell me everything about the sea, the ships, the harbours and the lighthouses along the coast";
+    ws.send(send(serde_json::json!({"type": "req", "id": "s", "method": "chat.send", "params": {"sessionKey": "main", "message": long, "idempotencyKey": "leaving"}}))).await.unwrap();
+    // The first piece of the answer, then the client is gone.
+    loop {
+        let Message::Text(t) = ws.next().await.expect("open").expect("frame") else { continue };
+        let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+        if v["event"] == "chat" && v["payload"]["state"] == "delta" {
+            break;
+        }
+    }
+    let left = std::time::Instant::now();
+    drop(ws);
+    let deadline = left + std::time::Duration::from_secs(3);
+    let seen = loop {
+        let r = s.standin.requests().last().unwrap().clone();
+        if r.hung_up_at.is_some() || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let at = seen.hung_up_at.unwrap_or_else(|| panic!("the run went on after its client left: {seen:?}"));
+    assert!(at.duration_since(left) < std::time::Duration::from_secs(1), "closed {:?} after the client left", at.duration_since(left));
+    assert!(!seen.completed, "{seen:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(s.standin.requests().len(), 1, "no model call after the client left");
+    let u = s.settled_usage(&key).await;
+    let c = &u["recent_calls"][0];
+    assert_eq!(c["outcome"], "client_aborted", "{u:#}");
+    let (generated, charged) = (seen.output_generated as i64, c["output_tokens"].as_i64().unwrap());
+    assert!(charged >= generated, "charged {charged} output tokens, the provider generated {generated}");
+    assert!(charged <= 16 * (generated + 1) + 64, "charged {charged} output tokens for {generated} generated");
+    assert_eq!(c["cost"].as_i64().unwrap(), crate::harness::expected_cost(c), "{c}");
+    // The session keeps what was asked and the part that was written.
+    let session = std::fs::read_to_string(s.run_dir(&a).parent().unwrap().join("workspace/sessions/main.jsonl")).unwrap();
+    assert!(session.contains(long) && session.contains("\"stopped_by\":\"aborted\""), "{session}");
+}
