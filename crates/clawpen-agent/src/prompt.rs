@@ -53,29 +53,37 @@ fn parts(today: time::Date) -> Vec<Part> {
 
 /// The messages of a run: system, history, then `text`.
 pub async fn build(ws: &Workspace, session: &str, text: &str, today: time::Date) -> Vec<ChatMessage> {
-    let mut messages = vec![ChatMessage::System { content: system(ws, today).await }];
-    match session::history(ws, session, HISTORY_MAX).await {
-        Ok(h) => messages.extend(h),
-        Err(e) => warn(&format!("sessions/{session}.jsonl"), &e),
+    // Every file in one read: the model call waits on this.
+    let parts = parts(today);
+    let mut files: Vec<_> = parts.iter().map(|p| (p.rel.clone(), p.max - CUT_START.len().max(CUT_END.len()), p.keep)).collect();
+    files.push(session::history_read(session, HISTORY_MAX));
+    let mut read = match ws.read_many(files).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn("the workspace", &e);
+            Vec::new()
+        }
+    };
+    let history = read.pop();
+    let mut system = format!("{PREAMBLE}\n\nToday is {} (UTC).", date_name(today));
+    for (p, b) in parts.iter().zip(read) {
+        if let Some(body) = section(p, b) {
+            system.push_str(&format!("\n\n# {}\n\n{}", p.heading, body));
+        }
+    }
+    let mut messages = vec![ChatMessage::System { content: system }];
+    match history {
+        Some(Ok(Some(tail))) => messages.extend(session::history_of(&tail, HISTORY_MAX)),
+        Some(Err(e)) => warn(&format!("sessions/{session}.jsonl"), &e),
+        _ => {}
     }
     messages.push(ChatMessage::User { content: text.to_owned() });
     messages
 }
 
-async fn system(ws: &Workspace, today: time::Date) -> String {
-    let mut out = format!("{PREAMBLE}\n\nToday is {} (UTC).", date_name(today));
-    for p in parts(today) {
-        if let Some(body) = section(ws, &p).await {
-            out.push_str(&format!("\n\n# {}\n\n{}", p.heading, body));
-        }
-    }
-    out
-}
-
 /// The text of one part, at most `p.max` bytes including the cut mark; `None` if missing or empty.
-async fn section(ws: &Workspace, p: &Part) -> Option<String> {
-    let (mark_len, rel) = (CUT_START.len().max(CUT_END.len()), p.rel.iter().map(String::as_str).collect::<Vec<_>>());
-    let b = match ws.read_bounded(&rel, p.max - mark_len, p.keep).await {
+fn section(p: &Part, read: std::io::Result<Option<crate::workspace::Bounded>>) -> Option<String> {
+    let b = match read {
         Ok(b) => b?,
         Err(e) => {
             warn(&p.rel.join("/"), &e);

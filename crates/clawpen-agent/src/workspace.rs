@@ -56,6 +56,22 @@ impl Workspace {
         .await
     }
 
+    /// [`Workspace::read_bounded`] of several files in one trip to the blocking pool (each trip
+    /// costs a thread wake-up; a prompt reads six files before its model call).
+    pub async fn read_many(&self, files: Vec<(Vec<String>, usize, Keep)>) -> io::Result<Vec<io::Result<Option<Bounded>>>> {
+        let root = self.root.clone();
+        blocking(move || {
+            Ok(files
+                .into_iter()
+                .map(|(rel, max, keep)| match resolve_sync(&root, &borrowed(&rel), false)? {
+                    Some(path) => read_bounded_sync(&path, max, keep),
+                    None => Ok(None),
+                })
+                .collect())
+        })
+        .await
+    }
+
     /// Appends `text` to the file at `rel` as whole lines, creating the file and its directories.
     pub async fn append(&self, rel: &[&str], text: String) -> io::Result<()> {
         let _guard = self.write_lock.lock().await;

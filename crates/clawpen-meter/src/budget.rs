@@ -53,6 +53,8 @@ struct Budget {
     /// Carved in the current second, and carved per second over the last whole one.
     window: (Option<Instant>, i64),
     per_second: i64,
+    /// The hold of the tenant's latest call, what a lease opened ahead of a run is sized by.
+    last_amount: i64,
     /// The tenant was paused: calls must ask the store (which refuses while the pause lasts)
     /// instead of carving from what the lease still holds. Cleared when the store grants again.
     ask_store: bool,
@@ -209,6 +211,7 @@ impl Budgets {
             return false;
         }
         b.carved += r.amount;
+        b.last_amount = r.amount;
         b.idle_since = None;
         b.count_carved(r.amount);
         self.grow_ahead(t, &mut b, r, p);
@@ -257,6 +260,47 @@ impl Budgets {
             b.held = b.in_use() + ask;
         }
         Ok(outcome)
+    }
+
+    /// A run of the tenant was opened: its first model call follows in a few milliseconds (the
+    /// agent builds its prompt meanwhile). When the tenant has no lease, one is opened now, in
+    /// the background, sized like its latest call's, so that the call finds it in memory instead
+    /// of waiting for a store write (several milliseconds at p99). An agent talked to at a human
+    /// pace has its lease released between messages, so without this every message's first call
+    /// would wait for the store. Refusals are left for the call: it asks the store itself and
+    /// hears why. Nothing is opened for a tenant whose calls are not known yet.
+    pub fn open_ahead(&self, tenant: &TenantId, agent: &clawpen_core::ids::AgentId, monthly_cap: i64, p: &Period, new_lease_id: impl Fn() -> String + Send + 'static) {
+        let t = self.tenant(tenant);
+        let amount = {
+            let b = t.state();
+            if b.lease.is_some() || b.ask_store || b.last_amount <= 0 {
+                return;
+            }
+            b.headroom(b.last_amount)
+        };
+        let (store, leases, p) = (self.store.clone(), Arc::clone(&self.leases), p.clone());
+        let (tenant, agent) = (tenant.clone(), agent.clone());
+        let expires_at = p.now_ms + self.ttl.as_millis() as i64;
+        tokio::spawn(async move {
+            // A call opening or growing the lease itself, or a release, is under way.
+            let Ok(_step) = t.store_step.try_lock() else { return };
+            if t.state().lease.is_some() {
+                return;
+            }
+            let id = new_lease_id();
+            let open = Reserve { hold_id: &id, tenant: &tenant, agent: &agent, amount, monthly_cap, expires_at };
+            if let Ok(Ok(())) = store.reserve(&open, &p).await {
+                leases.lock().expect("leases").insert(id.clone());
+                let mut b = t.state();
+                b.lease = Some(id);
+                b.ask_store = false;
+                b.held = b.in_use() + amount;
+                // Released like any idle lease if the call never comes.
+                if b.carved == 0 {
+                    b.idle_since = Some(Instant::now());
+                }
+            }
+        });
     }
 
     /// After a refusal by the monthly cap: waits until `until` for the tenant's calls in flight

@@ -279,13 +279,18 @@ impl Meter {
         let plan = self.plan_of(&caller.tenant).await?;
         let now = Self::now_ms();
         self.load_runs(&caller.agent, now).await?;
-        self.runs.open(&caller.agent, plan.runs_per_hour, now, self.run_ttl_ms()).ok_or_else(|| {
+        let run = self.runs.open(&caller.agent, plan.runs_per_hour, now, self.run_ttl_ms()).ok_or_else(|| {
             MeterError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 format!("This agent already handled {} requests in the last hour, the most its plan allows; try again later.", plan.runs_per_hour),
             )
-        })
+        })?;
+        // The run's first call comes next: its lease is opened while the agent builds its prompt.
+        if self.accounts_open.lock().expect("accounts set").contains(&caller.tenant) {
+            self.budgets.open_ahead(&caller.tenant, &caller.agent, plan.monthly_cap, &period_at(now).0, new_request_id);
+        }
+        Ok(run)
     }
 
     /// Closes `agent`'s run `run`: its model calls are refused from now on. (It still counts for

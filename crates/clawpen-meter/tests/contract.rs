@@ -434,3 +434,41 @@ async fn model_calls_are_accepted_only_in_a_run_the_server_opened() {
     let again = Meter::new(w.store.clone(), MeterConfig { run_ttl_secs: 600, ..MeterConfig::default() }, BTreeMap::from([("p".to_owned(), plan)]), "p".into()).unwrap();
     assert_eq!(again.open_run(&w.caller).await.unwrap_err().code(), "rate_limited", "still 3 runs this hour");
 }
+
+/// A message's first model call should not wait for the store: opening the run opens the
+/// tenant's lease (released between messages) while the agent builds its prompt. A lease opened
+/// ahead for a call that never comes is released like any idle one.
+#[tokio::test]
+async fn opening_a_run_opens_the_lease_before_its_first_call() {
+    let w = World::start(rich_plan()).await;
+    let body = json!({"model": "gpt-test", "messages": user("hello"), "max_tokens": 20});
+    let held = || async { w.store.open_holds(&w.caller.tenant).await.unwrap() };
+    // No call known yet: nothing to size a lease by, nothing is held.
+    let run = w.run().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(held().await, 0, "a lease before the tenant's first call");
+    let (status, _) = w.call(OPENAI, &run, &body).await;
+    assert_eq!(status, StatusCode::OK);
+    w.meter.close_run(&w.caller.agent, &run);
+    // Idle: the lease is released.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while held().await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the idle lease was never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The next message: its run opens the lease before any call is made.
+    let run = w.run().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while held().await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "opening a run opened no lease");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // It is used by the call, and released again when the tenant goes quiet.
+    let (status, _) = w.call(OPENAI, &run, &body).await;
+    assert_eq!(status, StatusCode::OK);
+    w.meter.close_run(&w.caller.agent, &run);
+    let _ = w.run().await;
+    w.meter.quiesce(Duration::from_secs(5)).await;
+    assert_eq!(held().await, 0, "a lease opened ahead and never used stays held");
+    assert_eq!(w.store.account(&w.caller.tenant).await.unwrap().reserved, 0);
+}

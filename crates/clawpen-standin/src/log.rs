@@ -34,6 +34,8 @@ pub struct RecordedRequest {
     /// When the client went away before the answer's end (the connection dropped the answer):
     /// a meter that closes the upstream as soon as its own caller leaves is seen here.
     pub hung_up_at: Option<Instant>,
+    /// When its body had been read.
+    pub received_at: Instant,
 }
 
 impl RecordedRequest {
@@ -48,6 +50,7 @@ impl RecordedRequest {
             completed: false,
             output_generated: 0,
             hung_up_at: None,
+            received_at: Instant::now(),
         }
     }
 }

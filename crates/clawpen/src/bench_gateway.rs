@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::bench::{BenchServer, Case};
+use crate::bench::{percentile, round2, BenchServer, Case};
 
 const CONNECT: &str = r#"{"type":"req","id":"c","method":"connect","params":{"minProtocol":3,"maxProtocol":3,"client":{"id":"test","mode":"test","version":"1","platform":"linux"}}}"#;
 
@@ -154,8 +154,12 @@ async fn first_token_on(server: &BenchServer, standin: &clawpen_standin::Standin
     };
     eprintln!("gateway bench: first token, {n} runs each way");
     let (mut through, mut base) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    // Where the time goes: chat.send to the call reaching the provider, and the provider's
+    // first chunk to the client's delta.
+    let (mut up, mut down): (Vec<f64>, Vec<f64>) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n + 2 {
         let key = format!("ft-{i}");
+        let seen_before = standin.requests().len();
         let t0 = Instant::now();
         ws.send(Message::Text(json!({"type": "req", "id": key, "method": "chat.send", "params": {"sessionKey": "main", "message": format!("first token {i}"), "idempotencyKey": key}}).to_string().into())).await?;
         let mut first = None;
@@ -172,16 +176,27 @@ async fn first_token_on(server: &BenchServer, standin: &clawpen_standin::Standin
                 _ => {}
             }
         }
+        let reached = standin.requests().get(seen_before).map(|r| r.received_at.saturating_duration_since(t0).as_secs_f64() * 1000.0);
         let d = direct(i).await?;
         // The first two rounds warm both paths up.
         if i >= 2 {
-            through.push(first.ok_or_else(|| anyhow::anyhow!("no delta before the final"))?);
+            let first = first.ok_or_else(|| anyhow::anyhow!("no delta before the final"))?;
+            through.push(first);
             base.push(d);
+            if let Some(r) = reached {
+                up.push(r);
+                down.push(first - r - ttft_ms as f64);
+            }
         }
     }
     let mut extra = serde_json::Map::new();
     extra.insert("what".into(), json!("chat.send through the gateway (agent, meter, provider) to the first delta, against the first text chunk of the same streamed call straight to the provider stand-in"));
     extra.insert("upstream_ttft_ms".into(), json!(ttft_ms));
+    let p = |v: &[f64], q: f64| round2(percentile(v, q));
+    extra.insert("to_provider_p50_ms".into(), json!(p(&up, 50.0)));
+    extra.insert("to_provider_p99_ms".into(), json!(p(&up, 99.0)));
+    extra.insert("from_provider_p50_ms".into(), json!(p(&down, 50.0)));
+    extra.insert("from_provider_p99_ms".into(), json!(p(&down, 99.0)));
     Ok(Case { name: "first-token".into(), samples_ms: through, baseline_ms: Some(base), extra })
 }
 
