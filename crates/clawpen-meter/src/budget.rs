@@ -55,6 +55,9 @@ struct Budget {
     per_second: i64,
     /// The hold of the tenant's latest call, what a lease opened ahead of a run is sized by.
     last_amount: i64,
+    /// Chats of the tenant open now (gateway connections): while any is, its lease is kept
+    /// between messages, so that a message's first call does not wait for the store.
+    pins: u32,
     /// The tenant was paused: calls must ask the store (which refuses while the pause lasts)
     /// instead of carving from what the lease still holds. Cleared when the store grants again.
     ask_store: bool,
@@ -144,11 +147,13 @@ pub struct Budgets {
     /// Leases open in this process; the sweeper leaves them alone.
     leases: Arc<Mutex<std::collections::HashSet<String>>>,
     dirty: Notify,
+    /// The process is shutting down: leases are released even while chats are open.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Budgets {
     pub fn new(store: Store, ttl: Duration) -> Budgets {
-        Budgets { store, ttl, map: Mutex::default(), leases: Arc::default(), dirty: Notify::new() }
+        Budgets { store, ttl, map: Mutex::default(), leases: Arc::default(), dirty: Notify::new(), closing: Default::default() }
     }
 
     fn tenant(&self, tenant: &TenantId) -> Arc<Tenant> {
@@ -260,6 +265,31 @@ impl Budgets {
             b.held = b.in_use() + ask;
         }
         Ok(outcome)
+    }
+
+    /// A chat of the tenant opened (a gateway connection): its lease is kept between messages
+    /// until every chat has closed ([`Budgets::unpin`]), so the first call of each message finds
+    /// it in memory. What the lease holds beyond the calls in flight shows as `reserved` meanwhile;
+    /// the plan's gateway connections bound how many chats a tenant holds open.
+    pub fn pin(&self, tenant: &TenantId) {
+        self.tenant(tenant).state().pins += 1;
+    }
+
+    /// A chat of the tenant closed; with none left open its idle lease is released as usual.
+    pub fn unpin(&self, tenant: &TenantId) {
+        let t = self.tenant(tenant);
+        let mut b = t.state();
+        b.pins = b.pins.saturating_sub(1);
+        if b.pins == 0 && b.carved == 0 {
+            b.idle_since.get_or_insert_with(Instant::now);
+            drop(b);
+            self.dirty.notify_one();
+        }
+    }
+
+    /// From now on idle leases are released whatever chats are open (shutdown).
+    pub fn closing(&self) {
+        self.closing.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A run of the tenant was opened: its first model call follows in a few milliseconds (the
@@ -427,8 +457,9 @@ impl Budgets {
 
     /// Releases the tenant's lease when nothing has used it for [`RELEASE_AFTER`].
     async fn release_if_idle(&self, t: &Tenant, p: &Period) {
+        let closing = self.closing.load(std::sync::atomic::Ordering::Relaxed);
         let idle = |b: &Budget| {
-            b.lease.is_some() && b.in_use() == 0 && b.unflushed.is_empty() && !b.growing && b.idle_since.is_some_and(|at| at.elapsed() >= RELEASE_AFTER)
+            b.lease.is_some() && b.in_use() == 0 && b.unflushed.is_empty() && !b.growing && (b.pins == 0 || closing) && b.idle_since.is_some_and(|at| at.elapsed() >= RELEASE_AFTER)
         };
         let candidate = idle(&t.state());
         if !candidate {

@@ -293,6 +293,28 @@ impl Meter {
         Ok(run)
     }
 
+    /// Keeps `tenant`'s lease between messages while the returned guard lives (a chat
+    /// connection): see [`crate::budget::Budgets::pin`].
+    pub fn keep_lease(self: &Arc<Self>, tenant: &TenantId) -> LeaseKept {
+        self.budgets.pin(tenant);
+        LeaseKept { meter: Arc::clone(self), tenant: tenant.clone() }
+    }
+
+    /// Admits one integration tool call of `caller` in its open run `run` (at most `max_calls`
+    /// per run). Refused like a model call outside a run: 403 `no_run`, 429 `run_exhausted`.
+    pub async fn admit_tool_call(&self, caller: &MeterCaller, run: &str, max_calls: u32) -> Result<(), MeterError> {
+        let now = Self::now_ms();
+        if !valid_run_id(run) {
+            return Err(MeterError::new(StatusCode::FORBIDDEN, "no_run", "Tools are called only during a run the server started: a user's message. This call names no open run of this agent."));
+        }
+        self.load_runs(&caller.agent, now).await?;
+        match self.runs.admit_tool_call(&caller.agent, run, max_calls, now) {
+            Ok(()) => Ok(()),
+            Err(crate::runs::CallRefusal::NoRun) => Err(MeterError::new(StatusCode::FORBIDDEN, "no_run", "Tools are called only during a run the server started: a user's message. This call names no open run of this agent.")),
+            Err(crate::runs::CallRefusal::Exhausted) => Err(MeterError::new(StatusCode::TOO_MANY_REQUESTS, "run_exhausted", format!("This request already made {max_calls} tool calls, the most a request may make."))),
+        }
+    }
+
     /// Closes `agent`'s run `run`: its model calls are refused from now on. (It still counts for
     /// the hour.) Closing a run that is not open changes nothing.
     pub fn close_run(&self, agent: &AgentId, run: &str) {
@@ -769,6 +791,7 @@ impl Meter {
     /// Charges what waits to be charged and releases idle leases, until none is open or
     /// `max` passes (at shutdown).
     pub async fn quiesce(&self, max: Duration) {
+        self.budgets.closing();
         let deadline = tokio::time::Instant::now() + max;
         loop {
             self.flush_once().await;
@@ -893,5 +916,17 @@ fn rewrite_event(endpoint: Endpoint, event: &[u8], seen: &mut StreamUsage, calle
                 None => Some(Bytes::copy_from_slice(event)),
             }
         }
+    }
+}
+
+/// A tenant's lease kept between messages (see [`Meter::keep_lease`]); dropped, it may go.
+pub struct LeaseKept {
+    meter: Arc<Meter>,
+    tenant: TenantId,
+}
+
+impl Drop for LeaseKept {
+    fn drop(&mut self) {
+        self.meter.budgets.unpin(&self.tenant);
     }
 }

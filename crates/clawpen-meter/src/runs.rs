@@ -33,6 +33,8 @@ struct OpenRun {
     until: i64,
     /// Calls admitted so far.
     calls: u32,
+    /// Integration tool calls admitted so far (the broker's, see [`Runs::admit_tool_call`]).
+    tool_calls: u32,
 }
 
 /// One agent's runs.
@@ -93,7 +95,7 @@ impl Runs {
     /// less than `ttl_ms` ago by the server are open again. A second load changes nothing.
     pub fn load(&self, agent: &AgentId, seen: Vec<(String, i64)>, now: i64, ttl_ms: i64) {
         self.lock().entry(agent.clone()).or_insert_with(|| {
-            let open = seen.iter().filter(|(id, at)| is_server_run_id(id) && at + ttl_ms > now).map(|(id, at)| (id.clone(), OpenRun { until: at + ttl_ms, calls: 0 })).collect();
+            let open = seen.iter().filter(|(id, at)| is_server_run_id(id) && at + ttl_ms > now).map(|(id, at)| (id.clone(), OpenRun { until: at + ttl_ms, calls: 0, tool_calls: 0 })).collect();
             AgentRuns { started: seen.into_iter().collect(), open, unwritten: Vec::new(), pruned_at: now }
         });
     }
@@ -110,7 +112,7 @@ impl Runs {
         }
         let id = new_run_id(now);
         a.started.insert(id.clone(), now);
-        a.open.insert(id.clone(), OpenRun { until: now + ttl_ms, calls: 0 });
+        a.open.insert(id.clone(), OpenRun { until: now + ttl_ms, calls: 0, tool_calls: 0 });
         a.unwritten.push((id.clone(), now));
         Some(id)
     }
@@ -135,6 +137,22 @@ impl Runs {
             return Err(CallRefusal::Exhausted);
         }
         r.calls += 1;
+        Ok(())
+    }
+
+    /// Admits one integration tool call in `agent`'s open run `run`, counting it: the broker
+    /// holds a run to the same number of tool calls as the agent's own guard, whatever the agent
+    /// does.
+    pub fn admit_tool_call(&self, agent: &AgentId, run: &str, max_calls: u32, now: i64) -> Result<(), CallRefusal> {
+        let mut all = self.lock();
+        let Some(r) = all.get_mut(agent).and_then(|a| a.open.get_mut(run)) else { return Err(CallRefusal::NoRun) };
+        if r.until <= now {
+            return Err(CallRefusal::NoRun);
+        }
+        if r.tool_calls >= max_calls {
+            return Err(CallRefusal::Exhausted);
+        }
+        r.tool_calls += 1;
         Ok(())
     }
 

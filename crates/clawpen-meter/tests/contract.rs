@@ -472,3 +472,31 @@ async fn opening_a_run_opens_the_lease_before_its_first_call() {
     assert_eq!(held().await, 0, "a lease opened ahead and never used stays held");
     assert_eq!(w.store.account(&w.caller.tenant).await.unwrap().reserved, 0);
 }
+
+/// An open chat keeps the tenant's lease between its messages; when the chat closes the lease
+/// is released like any idle one, and a shutdown releases it even while a chat is open.
+#[tokio::test]
+async fn an_open_chat_keeps_the_lease_between_messages() {
+    let w = World::start(rich_plan()).await;
+    let body = json!({"model": "gpt-test", "messages": user("hello"), "max_tokens": 20});
+    let held = || async { w.store.open_holds(&w.caller.tenant).await.unwrap() };
+    let chat = w.meter.keep_lease(&w.caller.tenant);
+    let run = w.run().await;
+    assert_eq!(w.call(OPENAI, &run, &body).await.0, StatusCode::OK);
+    w.meter.close_run(&w.caller.agent, &run);
+    // Well past the idle release: still held, for the chat's next message.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(held().await, 1, "the chat's lease was released between messages");
+    drop(chat);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while held().await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the lease outlived the chat");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A shutdown does not wait for open chats.
+    let _chat = w.meter.keep_lease(&w.caller.tenant);
+    let run = w.run().await;
+    assert_eq!(w.call(OPENAI, &run, &body).await.0, StatusCode::OK);
+    w.meter.quiesce(Duration::from_secs(5)).await;
+    assert_eq!(held().await, 0, "a shutdown left the chat's lease open");
+}

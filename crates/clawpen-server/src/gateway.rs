@@ -84,7 +84,8 @@ pub async fn connect(State(app): State<App>, RawQuery(query): RawQuery, MaybeUpg
     let app = app.clone();
     // Small buffers: an idle connection should cost little (they grow for a large frame).
     upgrade.max_message_size(FRAME_MAX).max_frame_size(FRAME_MAX).read_buffer_size(4096).write_buffer_size(0).on_upgrade(move |client| async move {
-        let _held = (activity, slot);
+        // The chat keeps the tenant's credit lease between its messages (released when it closes).
+        let _held = (activity, slot, app.meter.keep_lease(&tenant_id));
         let caller = clawpen_meter::MeterCaller { tenant: tenant_id, agent: agent_id };
         relay(app, caller, client, inner).await
     })
