@@ -9,10 +9,22 @@
 //! - `sse`: server-sent event streams, paced for `-slow` models.
 //! - `telegram`: the Telegram Bot API ([`TelegramStandin`]), on the same port.
 //! - [`tls`]: an HTTPS front with a throwaway CA, for clients that must speak TLS.
+//! - `provider`: [`ProviderStandin`], one OAuth provider (Google, GitHub or Slack) on its own
+//!   port; its config, seeded [`Content`] and [`ProviderRequest`] record.
+//! - `oauth`: OAuth 2.0 for the three: authorize (consents at once), token (PKCE S256, refresh,
+//!   rotation), revoke, and the access-token check of their APIs.
+//! - `google`: Calendar v3, Gmail v1 (drafts, and send recorded) and Drive v3.
+//! - `github`: the REST API's issues (pull requests among them) and comments.
+//! - `slack`: the Web API's conversations and `chat.postMessage`.
 
 mod anthropic;
+mod github;
+mod google;
 mod log;
+mod oauth;
 mod openai;
+mod provider;
+mod slack;
 mod sse;
 mod telegram;
 pub mod tls;
@@ -32,6 +44,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use log::RecordedRequest;
+pub use provider::{
+    CalendarEvent, Content, DriveFile, Email, GmailDraft, IssuedTokens, Issue, IssueComment, ProviderKind, ProviderRequest, ProviderStandin, ProviderStandinConfig, SentMail, SlackChannel, SlackMessage,
+};
 pub use telegram::{Delivery, SentMessage, TelegramStandin, Webhook};
 
 /// What the stand-in accepts and how fast it streams.
