@@ -21,6 +21,8 @@ const GMAIL_COMPOSE: &str = "https://www.googleapis.com/auth/gmail.compose";
 const DRIVE: &str = "https://www.googleapis.com/auth/drive.readonly";
 
 fn http() -> reqwest::Client {
+    // The project's one TLS provider (reqwest's rustls has none of its own here).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).user_agent("clawpen-standin-tests").build().unwrap()
 }
 
