@@ -12,7 +12,7 @@ use crate::config::AgentConfig;
 use crate::meter_client::{self, MeterError, Refusal};
 use crate::session::{now_ts, LogLine};
 use crate::workspace::{today_utc, Workspace};
-use crate::{prompt, tools};
+use crate::{broker_client, prompt, tools};
 
 /// A guardrail that ended a run before the model answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,8 +94,15 @@ pub async fn run(config: &AgentConfig, ws: &Workspace, session: &str, text: &str
     let deadline = Instant::now() + config.max_run;
     let today = today_utc();
     let run_id = run_id.unwrap_or_else(new_run_id);
-    let messages = prompt::build(ws, session, text, today).await;
-    let mut run = Run { config, ws, today, deadline, run_id: &run_id, messages, tool_lines: Vec::new(), deltas };
+    // The integration tools are asked for while the prompt is read: the model call waits on both.
+    let socket = config.control_socket();
+    let (messages, integrations) = tokio::join!(prompt::build(ws, session, text, today), broker_client::tools(&socket));
+    let broker_tools = broker_client::names(&integrations);
+    let mut tools = tools::definitions();
+    if let Some(all) = tools.as_array_mut() {
+        all.extend(integrations);
+    }
+    let mut run = Run { config, ws, today, deadline, run_id: &run_id, messages, tool_lines: Vec::new(), deltas, tools, broker_tools };
     let ending = run.steps().await;
     let tool_lines = run.tool_lines;
     Turn { run_id, ending, tool_lines }
@@ -114,11 +121,15 @@ struct Run<'a> {
     tool_lines: Vec<LogLine>,
     /// Where answer text goes as it arrives.
     deltas: Option<meter_client::Deltas>,
+    /// The tools offered to the model: the agent's own, then the integrations'.
+    tools: serde_json::Value,
+    /// Which of them the broker answers.
+    broker_tools: Vec<String>,
 }
 
 impl Run<'_> {
     async fn steps(&mut self) -> Ending {
-        let tools = tools::definitions();
+        let tools = std::mem::take(&mut self.tools);
         loop {
             let completion = match self.call_model(&tools).await {
                 Ok(c) => c,
@@ -165,9 +176,13 @@ impl Run<'_> {
     /// can correct itself.
     async fn run_tool(&mut self, call: ToolCall) {
         let ToolCall { id, function, .. } = call;
-        let result = match tools::dispatch(self.ws, &function.name, &function.arguments, self.today).await {
-            Ok(r) => r,
-            Err(e) => format!("Error: {e}"),
+        let result = if self.broker_tools.contains(&function.name) {
+            broker_client::call(&self.config.control_socket(), self.run_id, &function.name, &function.arguments).await
+        } else {
+            match tools::dispatch(self.ws, &function.name, &function.arguments, self.today).await {
+                Ok(r) => r,
+                Err(e) => format!("Error: {e}"),
+            }
         };
         self.tool_lines.push(LogLine::Tool {
             name: function.name,

@@ -13,6 +13,7 @@
 //!   clients use.
 
 pub mod assistant;
+pub mod broker_client;
 pub mod chat;
 pub mod client;
 pub mod config;

@@ -91,6 +91,8 @@ id_type!(AgentId, "ag", "agent");
 id_type!(KeyId, "key", "api key");
 id_type!(MemberId, "mb", "member");
 id_type!(TelegramBotId, "tgb", "telegram bot");
+id_type!(ConnectionId, "cn", "connection");
+id_type!(ProposalId, "pr", "proposal");
 
 #[cfg(test)]
 mod tests {

@@ -53,6 +53,9 @@ pub struct Plan {
     pub control_connections: u32,
     /// Gateway connections (WebSockets) a tenant may hold open at once, all agents together.
     pub gateway_connections: u32,
+    /// The integration tools (see docs/INTEGRATIONS.md) a tenant on this plan may enable;
+    /// `None`: all of them.
+    pub tools: Option<Vec<String>>,
     /// The sandbox image this plan's agents run instead of the server's own, e.g. a canary build
     /// on a test plan; `None` uses the server's image.
     pub image: Option<String>,
@@ -83,6 +86,7 @@ impl Default for Plan {
             disk_inodes: 16_384,
             control_connections: 32,
             gateway_connections: 16,
+            tools: None,
             image: None,
         }
     }

@@ -48,6 +48,8 @@ pub struct AppInner {
     pub vault: clawpen_vault::Vault,
     /// Signs and verifies connect URLs.
     pub signer: clawpen_vault::connect::Signer,
+    /// The integrations: OAuth connections, the tools agents call on `control.sock`, proposals.
+    pub broker: Arc<clawpen_broker::Broker>,
     /// Messages per minute per tenant.
     pub message_limits: crate::ratelimit::MessageLimits,
     /// The lifecycle record of each agent that should run (see [`crate::supervisor`]).
@@ -102,6 +104,7 @@ impl App {
         meter: Arc<Meter>,
         vault: clawpen_vault::Vault,
         signer: clawpen_vault::connect::Signer,
+        broker: Arc<clawpen_broker::Broker>,
     ) -> App {
         let telegram = crate::channels::telegram::Telegram::new(&config.telegram);
         let runtime: Arc<dyn Runtime> = Arc::new(nodes.clone());
@@ -117,6 +120,7 @@ impl App {
             meter,
             vault,
             signer,
+            broker,
             message_limits: Default::default(),
             lives: Mutex::new(HashMap::new()),
             committed: Mutex::new(HashMap::new()),
@@ -163,7 +167,12 @@ impl App {
         let std_listener = self.layout.bind_control(agent, uid)?;
         std_listener.set_nonblocking(true)?;
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
-        let router = clawpen_meter::router::router(self.meter.clone(), MeterCaller { tenant: tenant.id.clone(), agent: agent.clone() });
+        let caller = MeterCaller { tenant: tenant.id.clone(), agent: agent.clone() };
+        // The meter's routes and the broker's, both bound to this caller; a tool call is
+        // admitted in the run it names first (open, this agent's, within its tool calls).
+        let tools = self.broker.router(clawpen_broker::Caller { tenant: tenant.id.clone(), agent: agent.clone() })
+            .layer(axum::middleware::from_fn_with_state((self.meter.clone(), caller.clone(), self.config.broker.max_calls_per_run), crate::integrations::admit_tool_call));
+        let router = clawpen_meter::router::router(self.meter.clone(), caller).merge(tools);
         let per_sandbox = self.config.plan_or_default(&tenant.plan).control_connections;
         let task = tokio::spawn(crate::control::serve(listener, router, per_sandbox, self.sandbox_fds.clone()));
         map.insert(agent.clone(), task.abort_handle());

@@ -32,6 +32,8 @@ pub struct Config {
     pub nodes: Vec<NodeConfig>,
     /// The Telegram channel: the Bot API, the shared bot, pairing.
     pub telegram: TelegramConfig,
+    /// Integrations: the OAuth providers agents' tools reach (docs/INTEGRATIONS.md).
+    pub broker: clawpen_broker::config::BrokerConfig,
 }
 
 /// How a Telegram bot receives its updates: `webhook` or `polling`.
@@ -256,6 +258,7 @@ impl Default for Config {
             fleet: FleetConfig::default(),
             nodes: Vec::new(),
             telegram: TelegramConfig::default(),
+            broker: Default::default(),
         }
     }
 }

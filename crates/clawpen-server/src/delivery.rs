@@ -20,6 +20,11 @@ impl App {
     /// or tenant (502 `agent_mismatch`). `agent` must be `tenant`'s: callers look it up scoped
     /// by the tenant.
     pub async fn deliver_message(&self, tenant: &Tenant, agent: &Agent, mut msg: MessageIn, actor: &Actor) -> Result<MessageOut, ApiError> {
+        // `/approve N` and the like are the user's, answered here: the agent never sees them.
+        if let Some(reply) = crate::integrations::chat_command(self, tenant, &actor.0, &msg.text).await {
+            let session = msg.session.clone().unwrap_or_else(|| "main".to_owned());
+            return Ok(MessageOut { reply, agent_id: agent.id.to_string(), tenant_id: tenant.id.to_string(), session, run_id: String::new(), tool_calls: 0, stopped_by: None, paused: false, error_code: None, paused_until: None });
+        }
         let run = self.admit_message(tenant, &agent.id).await?;
         msg.run_id = Some(run.id.clone());
         self.deliver_in_run(tenant, agent, msg, actor).await

@@ -21,6 +21,7 @@ pub mod delivery;
 pub mod error;
 pub mod fleet;
 pub mod gateway;
+pub mod integrations;
 pub mod layout;
 pub mod metrics;
 pub mod nodes;
@@ -107,7 +108,9 @@ pub async fn open(data_dir: &Path, database_url: Option<&str>, mut config: Confi
         None => Some(layout.install_agent_exe(&image).context("copying the agent executable into the data dir")?),
         Some(_) => None,
     };
-    let app = App::new(store, nodes, config, layout, instance, image, admin_sha, Arc::new(meter), clawpen_vault::Vault::new(keys), clawpen_vault::connect::Signer::new(signing))
+    let vault = clawpen_vault::Vault::new(keys);
+    let broker = clawpen_broker::Broker::new(store.clone(), vault.clone(), config.broker.clone()).map_err(|e| anyhow::anyhow!("integrations ([broker]) configuration: {e}"))?;
+    let app = App::new(store, nodes, config, layout, instance, image, admin_sha, Arc::new(meter), vault, clawpen_vault::connect::Signer::new(signing), Arc::new(broker))
         .with_agent_exe(agent_exe);
     if app.telegram.load_shared_bot()? {
         info!("telegram: the shared bot's token is loaded");

@@ -170,8 +170,51 @@ fn answer(shared: &Shared, request: &Value, messages: &[Value], max: Option<u64>
             return call(name, arguments);
         }
     }
+    // A gullible model: it does what a tool result tells it (a prompt injection), a few times.
+    if last["role"] == "tool" && messages.iter().filter(|m| m["role"] == "tool").count() <= 4 {
+        if let Some((name, arguments)) = injected_call(&text(&last["content"])).filter(|(name, _)| tools.contains(&name.as_str())) {
+            return call(&name, &arguments);
+        }
+    }
     let reply = if last["role"] == "tool" { format!("tool result: {}", text(&last["content"])) } else { reply_to(&prompt) };
     Answer::Text(Reply::new(&reply, max))
+}
+
+/// `/tool NAME {json object}` anywhere in a tool result's text, or in a string inside it when
+/// the result is JSON (where the text is escaped): what an injected instruction asks for.
+fn injected_call(content: &str) -> Option<(String, String)> {
+    fn strings(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) => out.push(s.clone()),
+            Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+            Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+            _ => {}
+        }
+    }
+    let mut texts = vec![content.to_owned()];
+    if let Ok(v) = serde_json::from_str::<Value>(content) {
+        strings(&v, &mut texts);
+    }
+    for t in texts {
+        let Some(at) = t.find("/tool ") else { continue };
+        let rest = &t[at..];
+        // The JSON object ends at the matching brace.
+        let Some(open) = rest.find('{') else { continue };
+        let mut depth = 0;
+        let end = rest[open..].char_indices().find_map(|(i, c)| {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                _ => {}
+            }
+            (depth == 0).then_some(open + i + 1)
+        });
+        let Some(end) = end else { continue };
+        if let Some((name, arguments)) = scripted_call(&rest[..end]) {
+            return Some((name.to_owned(), arguments.to_owned()));
+        }
+    }
+    None
 }
 
 /// `/tool NAME {json object}` → (NAME, the JSON text).

@@ -4,8 +4,11 @@
 //! - [`Store`]: the pool and every query, grouped by table below.
 //! - [`models`]: the rows as Rust types.
 //! - [`secrets`]: sealed tenant secrets; [`telegram`]: tenants' bots, pairing codes, update ids.
+//! - [`integrations`]: the broker's OAuth states, connections, enabled tools, proposals and
+//!   tool-call audit.
 //! - [`StoreError`]: what a query can fail with.
 
+pub mod integrations;
 pub mod ledger;
 pub mod secrets;
 pub mod models;

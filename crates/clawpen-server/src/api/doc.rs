@@ -20,7 +20,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, Response, Schema};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, agents, nodes, telegram, usage};
+use super::{admin, agents, integrations, nodes, telegram, usage};
 use crate::config::Config;
 use crate::error::{ErrorBody, ErrorDetail};
 
@@ -38,6 +38,8 @@ use crate::error::{ErrorBody, ErrorDetail};
         telegram::put_bot, telegram::get_bot, telegram::delete_bot, telegram::create_pairing_code,
         telegram::list_members, telegram::remove_member, telegram::webhook,
         nodes::list, nodes::drain, nodes::undrain,
+        integrations::list, integrations::enable, integrations::connect, integrations::callback, integrations::disconnect,
+        integrations::proposals, integrations::approve, integrations::reject, integrations::tool_calls,
         super::healthz, super::readyz, super::metrics,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
@@ -135,6 +137,9 @@ fn path_param(name: &str) -> Option<(&'static str, &'static str)> {
         "bot" => (BOT_PATTERN, "`shared`, or the id (`tgb_…`) of a tenant's bot."),
         "name" => (NODE_PATTERN, "A node's name from the config (`local` without `[[nodes]]`)."),
         "run_id" => (RUN_PATTERN, "A run id (`run_…`) the server opened for the agent."),
+        "provider" => (integrations::PROVIDER_PATTERN, "`google`, `github` or `slack`."),
+        "connection_id" => (clawpen_core::ids::ConnectionId::PATTERN, "A connection id (`cn_…`) of the tenant."),
+        "number" => (integrations::NUMBER_PATTERN, "A proposal's number within the tenant."),
         _ => return None,
     })
 }

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod agents;
 pub mod doc;
 pub mod extract;
+pub mod integrations;
 pub mod nodes;
 pub mod telegram;
 pub mod usage;
@@ -56,6 +57,15 @@ pub fn router(app: App) -> Router {
         .route("/agents/{agent_id}/runs/{run_id}", axum::routing::delete(admin::close_run))
         .route("/telegram/bot", axum::routing::put(telegram::put_bot).get(telegram::get_bot).delete(telegram::delete_bot))
         .route("/telegram/pairing-codes", post(telegram::create_pairing_code))
+        .route("/integrations", get(integrations::list))
+        .route("/integrations/tools", axum::routing::put(integrations::enable))
+        .route("/integrations/callback", get(integrations::callback))
+        .route("/integrations/{provider}/connect", post(integrations::connect))
+        .route("/integrations/connections/{connection_id}", axum::routing::delete(integrations::disconnect))
+        .route("/proposals", get(integrations::proposals))
+        .route("/proposals/{number}/approve", post(integrations::approve))
+        .route("/proposals/{number}/reject", post(integrations::reject))
+        .route("/tool-calls", get(integrations::tool_calls))
         .route("/members", get(telegram::list_members))
         .route("/members/{member_id}", axum::routing::delete(telegram::remove_member));
     Router::new()

@@ -32,6 +32,7 @@ mod chat;
 mod fleet;
 mod gateway;
 mod hostile;
+mod integrations;
 mod isolation;
 mod kill;
 mod lifecycle;
