@@ -33,6 +33,10 @@ pub enum Scenario {
     /// Tenant B's message round trip while tenant A's sandbox holds as many connections to its
     /// control socket as it can open, against B's round trip on the quiet server.
     Hostile,
+    /// An integration tool call from the agent's side of control.sock through the broker to the
+    /// provider stand-in, against the same provider request straight to the stand-in; and the
+    /// same call answered from the broker's cache.
+    Tools,
 }
 
 #[derive(Args)]
@@ -42,7 +46,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 20)]
     agents: usize,
     /// Requests per worker in each case (meter: a quarter of it in the cases that wait on the
-    /// provider); requests each way (gateway).
+    /// provider); requests each way (gateway, tools).
     #[arg(long, default_value_t = 200)]
     requests: usize,
     /// The upstream stand-in's time to answer (its time to first token) in the meter's standard
@@ -113,6 +117,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Density => ("density", crate::bench_density::run(args.agents).await?),
         Scenario::Claim => ("claim", crate::bench_claim::run(args.agents).await?),
         Scenario::Hostile => ("hostile", crate::bench_hostile::run(args.requests, args.connections.unwrap_or(25_000)).await?),
+        Scenario::Tools => ("tools", crate::bench_tools::run(args.requests).await?),
     };
     let out = json!({"scenario": scenario, "cases": cases.iter().map(Case::to_json).collect::<Vec<_>>()});
     if args.json {

@@ -4,7 +4,8 @@
 //! - `main.rs`: the command line and its dispatch.
 //! - `image_cmd`: `clawpen image build` and the image check shared by `up` and `doctor`.
 //! - `doctor`: `clawpen doctor`.
-//! - `bench`: `clawpen bench SCENARIO --json`; `bench_meter`: its `meter` scenario.
+//! - `bench`: `clawpen bench SCENARIO --json`; `bench_meter`: its `meter` scenario; `bench_tools`:
+//!   its `tools` scenario (the broker).
 //! - `admin`: offline admin commands on a data dir.
 
 mod admin;
@@ -15,6 +16,7 @@ mod bench_gateway;
 mod bench_hostile;
 mod bench_wake;
 mod bench_meter;
+mod bench_tools;
 mod vault_cmd;
 mod doctor;
 mod image_cmd;

@@ -76,6 +76,10 @@ pub fn document(config: &Config) -> serde_json::Value {
             plan["enum"] = values.into();
         }
     }
+    // The tools a tenant may enable: the broker's catalogue.
+    if let Some(items) = doc.pointer_mut("/components/schemas/EnableTools/properties/tools/items") {
+        items["enum"] = clawpen_broker::catalogue::definitions().map(|d| serde_json::Value::from(d.name)).collect::<Vec<_>>().into();
+    }
     doc
 }
 

@@ -158,8 +158,8 @@ pub async fn connect(State(app): State<App>, caller: TenantCaller, Path(provider
 #[into_params(parameter_in = Query)]
 pub struct CallbackQuery {
     /// What the server gave the provider when the connection began.
-    #[param(max_length = 256, nullable = false)]
-    pub state: Option<String>,
+    #[param(min_length = 1, max_length = 256)]
+    pub state: String,
     /// The provider's authorization code.
     #[param(max_length = 2048, nullable = false)]
     pub code: Option<String>,
@@ -170,20 +170,21 @@ pub struct CallbackQuery {
 
 #[utoipa::path(get, path = "/api/v1/integrations/callback", tag = "integrations", params(CallbackQuery),
     responses((status = 200, description = "The account is connected.", body = ConnectionView),
-        (status = 400, description = "The provider refused, or the link is used, expired or not one (`invalid_state`, `consent_refused`): start connecting again.", body = ErrorBody),
+        (status = 403, description = "The provider did not connect the account (`consent_refused`), or the link is used, expired or not one (`invalid_state`): start connecting again.", body = ErrorBody),
         (status = 502, description = "The provider did not give a token for the code (`provider_error`).", body = ErrorBody)))]
 /// Where the provider sends the person back: the code is exchanged for tokens, sealed in the
 /// vault. The `state` works once.
 pub async fn callback(State(app): State<App>, ApiQuery(q): ApiQuery<CallbackQuery>) -> Result<Json<ConnectionView>, ApiError> {
     if let Some(e) = q.error {
         let e: String = e.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "consent_refused", format!("the provider did not connect the account ({e}); start connecting again")));
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "consent_refused", format!("the provider did not connect the account ({e}); start connecting again")));
     }
-    let (Some(state), Some(code)) = (q.state, q.code) else {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_state", "this connection link has no state or code; start connecting again"));
+    let Some(code) = q.code else {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "invalid_state", "this connection link has no code; start connecting again"));
     };
-    let c = app.broker.finish_connect(&state, &code, None).await.map_err(|e| match e.code() {
-        "not_found" | "unknown_provider" => ApiError::new(StatusCode::BAD_REQUEST, "invalid_state", e.to_string()),
+    // A link that is not (or no longer) one: refused like a forged one, whatever the reason.
+    let c = app.broker.finish_connect(&q.state, &code, None).await.map_err(|e| match e.code() {
+        "not_found" | "unknown_provider" | "invalid_state" | "invalid_request" | "wrong_member" => ApiError::new(StatusCode::FORBIDDEN, "invalid_state", e.to_string()),
         _ => broker_error(e),
     })?;
     Ok(Json(c.into()))

@@ -61,7 +61,7 @@ async fn connect(s: &TestServer, key: &str, provider: &str) -> Value {
     assert_eq!(status, 200, "{c}");
     // The link works once.
     let again = browser.get(s.url(&format!("/api/v1/integrations/callback{query}"))).send().await.unwrap();
-    assert_eq!(again.status(), 400, "a used state must not connect again");
+    assert_eq!(again.status(), 403, "a used state must not connect again");
     c
 }
 
@@ -167,12 +167,18 @@ async fn a_poisoned_email_issue_or_event_makes_nothing_happen_without_the_user()
     }
     let db = String::from_utf8_lossy(&db);
     let (_, view) = s.get("/api/v1/integrations", &key).await;
+    let (_, audit_calls) = s.get("/api/v1/tool-calls", &key).await;
+    let (_, audit) = s.get("/api/v1/audit", &s.admin).await;
+    let (_, proposals_now) = s.get("/api/v1/proposals?pending=false", &key).await;
     let log = s.log();
     for t in &tokens {
         assert!(!db.contains(t.as_str()), "a token is in the database file");
         assert!(!log.contains(t.as_str()), "a token is in the server log");
-        assert!(!view.to_string().contains(t.as_str()), "a token is in an API answer");
+        for answer in [&view, &audit_calls, &audit, &proposals_now] {
+            assert!(!answer.to_string().contains(t.as_str()), "a token is in an API answer: {answer}");
+        }
     }
+    assert!(audit.to_string().contains("integrations.connect"), "the connection is in the audit log: {audit}");
     // Nor in the sandbox's environment and files.
     let inspect = std::process::Command::new("docker").args(["inspect", &s.container(agent)]).output().unwrap();
     let inspect = String::from_utf8_lossy(&inspect.stdout);
