@@ -68,6 +68,12 @@ const HISTORY_TEXT_MAX: usize = 12_000;
 const V3_DELTA_EVERY: Duration = Duration::from_millis(100);
 /// Messages that stop a session's runs instead of starting one (OpenClaw's stop commands).
 const STOP_WORDS: [&str; 6] = ["/stop", "stop", "esc", "abort", "wait", "exit"];
+
+/// Whether a `chat.send` message is a stop command (OpenClaw's: it aborts the session's runs
+/// instead of starting one).
+pub fn is_stop_command(message: &str) -> bool {
+    STOP_WORDS.contains(&message.trim().to_lowercase().as_str())
+}
 /// Method families a sandboxed agent has nothing for.
 const NOT_HERE: [&str; 16] = [
     "node.", "exec.", "device.", "config.", "approval", "wizard.", "update.", "skills.", "cron.", "channels.", "talk.", "tts.", "voicewake.", "system-", "logs.", "agents.create",
@@ -414,7 +420,7 @@ async fn chat_send(s: &Arc<AgentState>, out: &Arc<Out>, version: u64, runs: &mut
         };
     }
     let message: String = message.chars().filter(|c| !c.is_control() || matches!(c, '\t' | '\n' | '\r')).collect();
-    if STOP_WORDS.contains(&message.trim().to_lowercase().as_str()) {
+    if is_stop_command(&message) {
         let ids = abort_session(s, out, version, runs, outcomes, &session, None).await;
         return res_ok(id, json!({"ok": true, "aborted": !ids.is_empty(), "runIds": ids}));
     }

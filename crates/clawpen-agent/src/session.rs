@@ -61,25 +61,20 @@ pub async fn append(ws: &Workspace, session: &str, lines: &[LogLine]) -> std::io
     ws.append(&[&dir, &file], buf).await
 }
 
-/// The newest user and assistant messages that fit in `budget` bytes as sent (JSON), oldest first.
-///
-/// Tool lines are left out: what a tool did lives on in MEMORY.md and the notes, which the prompt
-/// already carries. Lines of a refused or failed turn are left out too, so a refusal never reads
-/// to the model as something it said.
-pub async fn history(ws: &Workspace, session: &str, budget: usize) -> std::io::Result<Vec<ChatMessage>> {
-    let (rel, max, keep) = history_read(session, budget);
-    let Some(tail) = ws.read_bounded(&[&rel[0], &rel[1]], max, keep).await? else { return Ok(Vec::new()) };
-    Ok(history_of(&tail, budget))
-}
-
-/// What [`history`] reads: the session log's file, how much of it, and which end.
+/// What a session's history is read from, for a prompt of `budget` bytes of history: the session
+/// log's file, how much of it, and which end.
 pub fn history_read(session: &str, budget: usize) -> (Vec<String>, usize, Keep) {
     // JSON escapes and the other fields make a line longer than its content; four times the
     // budget is read so that escaping rarely costs a turn that would fit.
     (rel(session).to_vec(), budget.saturating_mul(4), Keep::Tail)
 }
 
-/// The messages of a session log's tail that fit in `budget`.
+/// Of a session log's tail (read as [`history_read`] says): the newest user and assistant
+/// messages that fit in `budget` bytes as sent (JSON), oldest first.
+///
+/// Tool lines are left out: what a tool did lives on in MEMORY.md and the notes, which the prompt
+/// already carries. Lines of a refused or failed turn are left out too, so a refusal never reads
+/// to the model as something it said.
 pub fn history_of(tail: &crate::workspace::Bounded, budget: usize) -> Vec<ChatMessage> {
     fit(tail.text.lines().filter_map(|l| serde_json::from_str::<LogLine>(l).ok()), budget)
 }

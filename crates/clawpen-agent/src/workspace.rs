@@ -49,27 +49,14 @@ impl Workspace {
     /// `Ok(None)` when the file (or a directory on the way) does not exist.
     pub async fn read_bounded(&self, rel: &[&str], max: usize, keep: Keep) -> io::Result<Option<Bounded>> {
         let (root, rel) = (self.root.clone(), owned(rel));
-        blocking(move || match resolve_sync(&root, &borrowed(&rel), false)? {
-            Some(path) => read_bounded_sync(&path, max, keep),
-            None => Ok(None),
-        })
-        .await
+        blocking(move || read_rel_sync(&root, &borrowed(&rel), max, keep)).await
     }
 
     /// [`Workspace::read_bounded`] of several files in one trip to the blocking pool (each trip
     /// costs a thread wake-up; a prompt reads six files before its model call).
     pub async fn read_many(&self, files: Vec<(Vec<String>, usize, Keep)>) -> io::Result<Vec<io::Result<Option<Bounded>>>> {
         let root = self.root.clone();
-        blocking(move || {
-            Ok(files
-                .into_iter()
-                .map(|(rel, max, keep)| match resolve_sync(&root, &borrowed(&rel), false)? {
-                    Some(path) => read_bounded_sync(&path, max, keep),
-                    None => Ok(None),
-                })
-                .collect())
-        })
-        .await
+        blocking(move || Ok(files.into_iter().map(|(rel, max, keep)| read_rel_sync(&root, &borrowed(&rel), max, keep)).collect())).await
     }
 
     /// Appends `text` to the file at `rel` as whole lines, creating the file and its directories.
@@ -168,6 +155,15 @@ fn open(path: &Path, opts: &mut OpenOptions) -> io::Result<File> {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
     }
     Ok(f)
+}
+
+/// [`read_bounded_sync`] of the file at `rel` below `root`; `None` when it (or a directory on
+/// the way) does not exist.
+fn read_rel_sync(root: &Path, rel: &[&str], max: usize, keep: Keep) -> io::Result<Option<Bounded>> {
+    match resolve_sync(root, rel, false)? {
+        Some(path) => read_bounded_sync(&path, max, keep),
+        None => Ok(None),
+    }
 }
 
 fn read_bounded_sync(path: &Path, max: usize, keep: Keep) -> io::Result<Option<Bounded>> {

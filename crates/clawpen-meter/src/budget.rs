@@ -116,6 +116,20 @@ async fn grow_lease(store: &Store, t: &Tenant, grow: &Reserve<'_>, p: &Period) -
     Ok(grown)
 }
 
+/// Opens the lease `open` in the store and, when the store grants it, makes it the tenant's in
+/// memory (holding `open.amount` beyond what is in use). The caller holds the tenant's store step.
+async fn open_lease(store: &Store, leases: &Mutex<std::collections::HashSet<String>>, t: &Tenant, open: &Reserve<'_>, p: &Period) -> clawpen_store::Result<Result<(), Refusal>> {
+    let outcome = store.reserve(open, p).await?;
+    if outcome.is_ok() {
+        leases.lock().expect("leases").insert(open.hold_id.to_owned());
+        let mut b = t.state();
+        b.lease = Some(open.hold_id.to_owned());
+        b.ask_store = false;
+        b.held = b.in_use() + open.amount;
+    }
+    Ok(outcome)
+}
+
 /// One tenant's budget.
 #[derive(Default)]
 struct Tenant {
@@ -255,16 +269,7 @@ impl Budgets {
 
     async fn open(&self, t: &Tenant, r: &Reserve<'_>, ask: i64, expires_at: i64, p: &Period, new_lease_id: &impl Fn() -> String) -> clawpen_store::Result<Result<(), Refusal>> {
         let id = new_lease_id();
-        let open = Reserve { hold_id: &id, amount: ask, expires_at, ..r.clone() };
-        let outcome = self.store.reserve(&open, p).await?;
-        if outcome.is_ok() {
-            self.leases.lock().expect("leases").insert(id.clone());
-            let mut b = t.state();
-            b.lease = Some(id);
-            b.ask_store = false;
-            b.held = b.in_use() + ask;
-        }
-        Ok(outcome)
+        open_lease(&self.store, &self.leases, t, &Reserve { hold_id: &id, amount: ask, expires_at, ..r.clone() }, p).await
     }
 
     /// A chat of the tenant opened (a gateway connection): its lease is kept between messages
@@ -319,13 +324,9 @@ impl Budgets {
             }
             let id = new_lease_id();
             let open = Reserve { hold_id: &id, tenant: &tenant, agent: &agent, amount, monthly_cap, expires_at };
-            if let Ok(Ok(())) = store.reserve(&open, &p).await {
-                leases.lock().expect("leases").insert(id.clone());
-                let mut b = t.state();
-                b.lease = Some(id);
-                b.ask_store = false;
-                b.held = b.in_use() + amount;
+            if let Ok(Ok(())) = open_lease(&store, &leases, &t, &open, &p).await {
                 // Released like any idle lease if the call never comes.
+                let mut b = t.state();
                 if b.carved == 0 {
                     b.idle_since = Some(Instant::now());
                 }

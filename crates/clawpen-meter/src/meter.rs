@@ -304,13 +304,14 @@ impl Meter {
     /// per run). Refused like a model call outside a run: 403 `no_run`, 429 `run_exhausted`.
     pub async fn admit_tool_call(&self, caller: &MeterCaller, run: &str, max_calls: u32) -> Result<(), MeterError> {
         let now = Self::now_ms();
+        let no_run = || MeterError::new(StatusCode::FORBIDDEN, "no_run", "Tools are called only during a run the server started: a user's message. This call names no open run of this agent.");
         if !valid_run_id(run) {
-            return Err(MeterError::new(StatusCode::FORBIDDEN, "no_run", "Tools are called only during a run the server started: a user's message. This call names no open run of this agent."));
+            return Err(no_run());
         }
         self.load_runs(&caller.agent, now).await?;
         match self.runs.admit_tool_call(&caller.agent, run, max_calls, now) {
             Ok(()) => Ok(()),
-            Err(crate::runs::CallRefusal::NoRun) => Err(MeterError::new(StatusCode::FORBIDDEN, "no_run", "Tools are called only during a run the server started: a user's message. This call names no open run of this agent.")),
+            Err(crate::runs::CallRefusal::NoRun) => Err(no_run()),
             Err(crate::runs::CallRefusal::Exhausted) => Err(MeterError::new(StatusCode::TOO_MANY_REQUESTS, "run_exhausted", format!("This request already made {max_calls} tool calls, the most a request may make."))),
         }
     }

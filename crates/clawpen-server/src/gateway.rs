@@ -159,8 +159,7 @@ async fn upward(app: &App, caller: &clawpen_meter::MeterCaller, by_key: &std::sy
     // Without a key the agent refuses the request (OpenClaw requires one: it is the run's
     // id); a stop command stops runs instead of starting one. Neither opens a run.
     let Some(key) = v["params"]["idempotencyKey"].as_str().filter(|k| !k.is_empty()).map(str::to_owned) else { return Upward::Forward(text.to_owned()) };
-    let stop = ["/stop", "stop", "esc", "abort", "wait", "exit"];
-    if v["params"]["message"].as_str().is_some_and(|m| stop.contains(&m.trim().to_lowercase().as_str())) {
+    if v["params"]["message"].as_str().is_some_and(clawpen_agent::gateway::is_stop_command) {
         return Upward::Forward(text.to_owned());
     }
     let known = by_key.lock().expect("runs").get(&key).cloned();

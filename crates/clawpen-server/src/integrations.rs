@@ -15,7 +15,7 @@ use clawpen_store::Tenant;
 /// (one the server opened for a user's message), and the run may make at most `max` tool calls.
 /// The agent cannot make its own runs, so a sandbox cannot call tools on its own.
 pub async fn admit_tool_call(State((meter, caller, max)): State<(Arc<Meter>, MeterCaller, u32)>, req: Request, next: Next) -> Response {
-    if req.uri().path() == "/v1/tools/call" {
+    if req.uri().path() == clawpen_agent::broker_client::CALL_PATH {
         let run = req.headers().get(clawpen_agent::meter_client::RUN_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         if let Err(e) = meter.admit_tool_call(&caller, &run, max).await {
             let body = serde_json::json!({"ok": false, "content": null, "untrusted": false, "error": {"code": e.code(), "message": e.message()}});

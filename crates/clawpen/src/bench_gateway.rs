@@ -117,7 +117,9 @@ async fn first_token(n: usize, ttft_ms: u64) -> anyhow::Result<Case> {
     result
 }
 
-async fn first_token_on(server: &BenchServer, standin: &clawpen_standin::Standin, key: &str, n: usize, ttft_ms: u64) -> anyhow::Result<Case> {
+/// A tenant with one running agent on `server`: the tenant, its API key, the agent's id, and a
+/// gateway URL for it.
+async fn running_agent(server: &BenchServer) -> anyhow::Result<(clawpen_store::Tenant, String, String, String)> {
     let app = &server.app;
     let tenant = app.store.create_tenant("bench", "bench", app.config.sandbox.uid_base).await?;
     let (_, token) = app.store.create_api_key(&tenant.id).await?;
@@ -127,6 +129,12 @@ async fn first_token_on(server: &BenchServer, standin: &clawpen_standin::Standin
     let c: Value = http.post(format!("{}/api/v1/agents/{id}/connect-url", server.base)).bearer_auth(&token).send().await?.json().await?;
     let query = c["url"].as_str().and_then(|u| u.split_once('?')).map(|(_, q)| q.to_owned()).ok_or_else(|| anyhow::anyhow!("no connect URL: {c}"))?;
     let url = format!("{}/gateway/connect?{query}", server.base.replacen("http://", "ws://", 1));
+    Ok((tenant, token, id, url))
+}
+
+async fn first_token_on(server: &BenchServer, standin: &clawpen_standin::Standin, key: &str, n: usize, ttft_ms: u64) -> anyhow::Result<Case> {
+    let (_, _, _, url) = running_agent(server).await?;
+    let http = reqwest::Client::new();
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(small()), false).await?;
     let challenge = next_json(&mut ws).await?;
     anyhow::ensure!(challenge["event"] == "connect.challenge", "no challenge: {challenge}");
@@ -207,14 +215,8 @@ fn has_text(buf: &str) -> bool {
 
 async fn run_on(server: &BenchServer, requests: usize, connections: usize) -> anyhow::Result<Vec<Case>> {
     let app = &server.app;
-    let tenant = app.store.create_tenant("bench", "bench", app.config.sandbox.uid_base).await?;
-    let (_, token) = app.store.create_api_key(&tenant.id).await?;
+    let (tenant, token, id, url) = running_agent(server).await?;
     let http = reqwest::Client::new();
-    let agent: Value = http.post(format!("{}/api/v1/agents", server.base)).bearer_auth(&token).json(&json!({"name": "bench", "start": true})).send().await?.json().await?;
-    let id = agent["id"].as_str().ok_or_else(|| anyhow::anyhow!("create failed: {agent}"))?.to_owned();
-    let c: Value = http.post(format!("{}/api/v1/agents/{id}/connect-url", server.base)).bearer_auth(&token).send().await?.json().await?;
-    let query = c["url"].as_str().and_then(|u| u.split_once('?')).map(|(_, q)| q.to_owned()).ok_or_else(|| anyhow::anyhow!("no connect URL: {c}"))?;
-    let url = format!("{}/gateway/connect?{query}", server.base.replacen("http://", "ws://", 1));
     let agent_id = clawpen_core::ids::AgentId::parse(&id).map_err(|e| anyhow::anyhow!("{e}"))?;
     let addr = app.addr_of(&app.store.get_tenant(&tenant.id).await?, &agent_id).await.map_err(|e| anyhow::anyhow!(e.message))?;
 
