@@ -212,6 +212,24 @@ mod tests {
     }
 
     #[test]
+    fn tool_calls_are_admitted_only_in_an_open_run_of_the_agent_and_counted_apart() {
+        let runs = Runs::default();
+        let (a, b) = (AgentId::new(), AgentId::new());
+        runs.load(&a, Vec::new(), 0, 1_000);
+        let r = runs.open(&a, 5, 0, 1_000).unwrap();
+        assert_eq!(runs.admit_tool_call(&a, &r, 2, 10), Ok(()));
+        assert_eq!(runs.admit_tool_call(&a, &r, 2, 10), Ok(()));
+        assert_eq!(runs.admit_tool_call(&a, &r, 2, 10), Err(CallRefusal::Exhausted), "2 tool calls a run");
+        assert_eq!(runs.admit_call(&a, &r, 2, 10), Ok(()), "model calls are counted apart");
+        assert_eq!(runs.admit_tool_call(&b, &r, 9, 10), Err(CallRefusal::NoRun), "another agent's run");
+        assert_eq!(runs.admit_tool_call(&a, "run_made_up", 9, 10), Err(CallRefusal::NoRun));
+        assert_eq!(runs.admit_tool_call(&a, &r, 9, 1_000), Err(CallRefusal::NoRun), "expired");
+        let r2 = runs.open(&a, 5, 20, 1_000).unwrap();
+        runs.close(&a, &r2);
+        assert_eq!(runs.admit_tool_call(&a, &r2, 9, 30), Err(CallRefusal::NoRun), "closed");
+    }
+
+    #[test]
     fn a_restart_reopens_recent_server_runs_only() {
         let runs = Runs::default();
         let a = AgentId::new();
