@@ -343,7 +343,10 @@ async fn connected(s: Arc<AgentState>, socket: WebSocket, version: u64) {
             }
             other => invalid(&id, &format!("unknown method: {other}")),
         };
-        out.send(frame).await;
+        // Null: the handler answered itself (an ack that must precede its events).
+        if !frame.is_null() {
+            out.send(frame).await;
+        }
     }
     // The client went away: its runs stop (and with them their model calls); what they had
     // written is kept in the session.
@@ -427,6 +430,12 @@ async fn chat_send(s: &Arc<AgentState>, out: &Arc<Out>, version: u64, runs: &mut
     if message.trim().is_empty() {
         return invalid(id, "message or attachment required");
     }
+    // A command the server answered itself (`/approve N`, `/proposals` …, which only the
+    // user may give): the answer is the reply, and the model never sees either.
+    if let Some(reply) = params["clawpenCommandReply"].as_str() {
+        command_reply(out, outcomes, id, key, &session_key, reply).await;
+        return Value::Null;
+    }
     // The server relaying this opened the run in the meter (its id is what the model calls
     // carry); without one (the gateway used alone, in tests) the run's own id stands in.
     let meter_run = match &params["clawpenRunId"] {
@@ -439,6 +448,19 @@ async fn chat_send(s: &Arc<AgentState>, out: &Arc<Out>, version: u64, runs: &mut
     let handle = tokio::spawn(run(s.clone(), out.clone(), version, key.to_owned(), session_key.clone(), session.clone(), message.clone(), meter_run, progress.clone(), outcomes.clone()));
     runs.insert(key.to_owned(), Running { session_key, session, handle, progress, text: message, asked_at });
     res_ok(id, json!({"runId": key, "status": "started"}))
+}
+
+/// The run of a command the server answered: acknowledged, then ended at once with the
+/// server's answer as its final message (the ack is sent here so it comes before the events).
+async fn command_reply(out: &Out, outcomes: &Mutex<HashMap<String, Outcome>>, id: &Value, key: &str, session_key: &Value, reply: &str) {
+    out.send(res_ok(id, json!({"runId": key, "status": "started"}))).await;
+    let progress = Progress::default();
+    let lifecycle = |phase: &str| json!({"runId": key, "seq": progress.next_seq(), "stream": "lifecycle", "ts": session::now_ms(), "sessionKey": session_key, "data": {"phase": phase}});
+    out.event("agent", lifecycle("start")).await;
+    out.event("agent", lifecycle("end")).await;
+    let message = json!({"role": "assistant", "content": [{"type": "text", "text": reply}], "timestamp": session::now_ms()});
+    out.event("chat", json!({"runId": key, "sessionKey": session_key, "seq": progress.next_seq(), "state": "final", "message": message, "stopReason": "stop"})).await;
+    remember(outcomes, key, Outcome::Ok);
 }
 
 /// One run: the turn, with its answer passed on as it is written, then its end.

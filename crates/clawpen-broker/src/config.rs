@@ -1,5 +1,5 @@
 //! The `[broker]` section: where providers send the user back, limits, and one table per
-//! provider (`[broker.providers.google]`, `.github`, `.slack`). A provider left out cannot be
+//! provider (`[broker.providers.google]`, `.github`, `.slack`, `.trello`, `.notion`). A provider left out cannot be
 //! connected. Every endpoint has the real provider's URL as its default, so a deployment gives
 //! only the client id and where its secret is; tests point them at stand-ins.
 //!
@@ -61,6 +61,10 @@ pub struct Providers {
     pub github: Option<ProviderConfig>,
     #[serde(deserialize_with = "slack")]
     pub slack: Option<ProviderConfig>,
+    #[serde(deserialize_with = "trello")]
+    pub trello: Option<ProviderConfig>,
+    #[serde(deserialize_with = "notion")]
+    pub notion: Option<ProviderConfig>,
 }
 
 impl Providers {
@@ -69,7 +73,21 @@ impl Providers {
             Provider::Google => self.google.as_ref(),
             Provider::Github => self.github.as_ref(),
             Provider::Slack => self.slack.as_ref(),
+            Provider::Trello => self.trello.as_ref(),
+            Provider::Notion => self.notion.as_ref(),
         }
+    }
+
+    /// Sets the table of `p`.
+    pub fn set(&mut self, p: Provider, c: ProviderConfig) {
+        let slot = match p {
+            Provider::Google => &mut self.google,
+            Provider::Github => &mut self.github,
+            Provider::Slack => &mut self.slack,
+            Provider::Trello => &mut self.trello,
+            Provider::Notion => &mut self.notion,
+        };
+        *slot = Some(c);
     }
 }
 
@@ -88,8 +106,10 @@ pub struct ProviderConfig {
     /// Where codes and refresh tokens are exchanged (form-encoded POST).
     pub token_url: String,
     /// Where a grant is revoked at disconnect (Google `POST …/revoke`; GitHub
-    /// `DELETE …/applications/{client_id}/grant`; Slack `…/api/auth.revoke`).
-    pub revoke_url: String,
+    /// `DELETE …/applications/{client_id}/grant`; Slack `…/api/auth.revoke`; Notion
+    /// `POST …/v1/oauth/revoke`). Trello has none: the user removes the app in their Atlassian
+    /// account, and disconnecting deletes what clawpen holds.
+    pub revoke_url: Option<String>,
     /// The API every tool's path is under.
     pub api_base: String,
 }
@@ -116,6 +136,12 @@ fn github<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ProviderConfig>, D::
 fn slack<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ProviderConfig>, D::Error> {
     Ok(Some(ProviderConfig::filled(Provider::Slack, ProviderFile::deserialize(d)?)))
 }
+fn trello<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ProviderConfig>, D::Error> {
+    Ok(Some(ProviderConfig::filled(Provider::Trello, ProviderFile::deserialize(d)?)))
+}
+fn notion<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ProviderConfig>, D::Error> {
+    Ok(Some(ProviderConfig::filled(Provider::Notion, ProviderFile::deserialize(d)?)))
+}
 
 /// The real endpoints of each provider: (authorize, token, API base).
 pub fn default_endpoints(p: Provider) -> (&'static str, &'static str, &'static str) {
@@ -123,15 +149,20 @@ pub fn default_endpoints(p: Provider) -> (&'static str, &'static str, &'static s
         Provider::Google => ("https://accounts.google.com/o/oauth2/v2/auth", "https://oauth2.googleapis.com/token", "https://www.googleapis.com"),
         Provider::Github => ("https://github.com/login/oauth/authorize", "https://github.com/login/oauth/access_token", "https://api.github.com"),
         Provider::Slack => ("https://slack.com/oauth/v2/authorize", "https://slack.com/api/oauth.v2.access", "https://slack.com"),
+        // Trello's OAuth 2.0 is Atlassian's (3LO, with PKCE); its REST API is version 1.
+        Provider::Trello => ("https://auth.atlassian.com/authorize", "https://auth.atlassian.com/oauth/token", "https://api.trello.com/1"),
+        Provider::Notion => ("https://api.notion.com/v1/oauth/authorize", "https://api.notion.com/v1/oauth/token", "https://api.notion.com"),
     }
 }
 
-fn default_revoke(p: Provider, api_base: &str, client_id: &str) -> String {
+fn default_revoke(p: Provider, api_base: &str, client_id: &str) -> Option<String> {
     let api = api_base.trim_end_matches('/');
     match p {
-        Provider::Google => "https://oauth2.googleapis.com/revoke".to_owned(),
-        Provider::Github => format!("{api}/applications/{}/grant", crate::http::segment(client_id)),
-        Provider::Slack => format!("{api}/api/auth.revoke"),
+        Provider::Google => Some("https://oauth2.googleapis.com/revoke".to_owned()),
+        Provider::Github => Some(format!("{api}/applications/{}/grant", crate::http::segment(client_id))),
+        Provider::Slack => Some(format!("{api}/api/auth.revoke")),
+        Provider::Trello => None,
+        Provider::Notion => Some(format!("{api}/v1/oauth/revoke")),
     }
 }
 
@@ -150,7 +181,7 @@ impl ProviderConfig {
     }
 
     /// Every endpoint under one base URL (a stand-in such as `clawpen_standin::ProviderStandin`):
-    /// the provider's real paths on that host, and the API at `{base}`.
+    /// the provider's real paths on that host, and the API at `{base}` (Trello's at `{base}/1`).
     pub fn at(p: Provider, base: &str, client_id: &str, secret_env: &str) -> ProviderConfig {
         let base = base.trim_end_matches('/');
         let (authorize, token, _) = default_endpoints(p);
@@ -162,14 +193,14 @@ impl ProviderConfig {
             authorize_url: Some(path(authorize)),
             token_url: Some(path(token)),
             revoke_url: (p == Provider::Google).then(|| format!("{base}/revoke")),
-            api_base: Some(base.to_owned()),
+            api_base: Some(if p == Provider::Trello { format!("{base}/1") } else { base.to_owned() }),
         })
     }
 
     fn filled(p: Provider, f: ProviderFile) -> ProviderConfig {
         let (authorize, token, api) = default_endpoints(p);
         let api_base = f.api_base.unwrap_or_else(|| api.to_owned());
-        let revoke_url = f.revoke_url.unwrap_or_else(|| default_revoke(p, &api_base, &f.client_id));
+        let revoke_url = f.revoke_url.or_else(|| default_revoke(p, &api_base, &f.client_id));
         ProviderConfig {
             client_id: f.client_id,
             client_secret_env: f.client_secret_env,
@@ -190,7 +221,7 @@ pub(crate) struct ResolvedProvider {
     pub client_secret: Secret<String>,
     pub authorize_url: reqwest::Url,
     pub token_url: reqwest::Url,
-    pub revoke_url: reqwest::Url,
+    pub revoke_url: Option<reqwest::Url>,
     pub api_base: reqwest::Url,
 }
 
@@ -246,7 +277,7 @@ impl BrokerConfig {
                 client_secret: read_secret(p, c)?,
                 authorize_url: parse_url(p, "authorize_url", &c.authorize_url)?,
                 token_url: parse_url(p, "token_url", &c.token_url)?,
-                revoke_url: parse_url(p, "revoke_url", &c.revoke_url)?,
+                revoke_url: c.revoke_url.as_deref().map(|u| parse_url(p, "revoke_url", u)).transpose()?,
                 api_base,
             });
         }
@@ -276,16 +307,20 @@ mod tests {
         let gh = c.providers.github.unwrap();
         assert_eq!(gh.authorize_url, "https://github.com/login/oauth/authorize");
         assert_eq!(gh.token_url, "https://github.com/login/oauth/access_token");
-        assert_eq!(gh.revoke_url, "https://api.github.com/applications/Iv1.abc/grant");
+        assert_eq!(gh.revoke_url.as_deref(), Some("https://api.github.com/applications/Iv1.abc/grant"));
         assert!(c.providers.google.is_none());
         assert_eq!(c.cache_secs, 30);
         let bad = serde_json::from_str::<BrokerConfig>(r#"{"providers": {"github": {"client_id": "x", "client_secret": "inline"}}}"#);
         assert!(bad.is_err(), "an inline secret is an unknown key");
         assert!(serde_json::from_str::<BrokerConfig>(r#"{"providers": {"gitlab": {"client_id": "x"}}}"#).is_err());
         let at = ProviderConfig::at(Provider::Slack, "http://127.0.0.1:9/", "id", "V");
-        assert_eq!((at.authorize_url.as_str(), at.token_url.as_str(), at.revoke_url.as_str(), at.api_base.as_str()), ("http://127.0.0.1:9/oauth/v2/authorize", "http://127.0.0.1:9/api/oauth.v2.access", "http://127.0.0.1:9/api/auth.revoke", "http://127.0.0.1:9"));
+        assert_eq!((at.authorize_url.as_str(), at.token_url.as_str(), at.revoke_url.as_deref(), at.api_base.as_str()), ("http://127.0.0.1:9/oauth/v2/authorize", "http://127.0.0.1:9/api/oauth.v2.access", Some("http://127.0.0.1:9/api/auth.revoke"), "http://127.0.0.1:9"));
         let at = ProviderConfig::at(Provider::Google, "http://127.0.0.1:9", "id", "V");
-        assert_eq!((at.authorize_url.as_str(), at.token_url.as_str(), at.revoke_url.as_str()), ("http://127.0.0.1:9/o/oauth2/v2/auth", "http://127.0.0.1:9/token", "http://127.0.0.1:9/revoke"));
+        assert_eq!((at.authorize_url.as_str(), at.token_url.as_str(), at.revoke_url.as_deref()), ("http://127.0.0.1:9/o/oauth2/v2/auth", "http://127.0.0.1:9/token", Some("http://127.0.0.1:9/revoke")));
+        let at = ProviderConfig::at(Provider::Trello, "http://127.0.0.1:9", "id", "V");
+        assert_eq!((at.authorize_url.as_str(), at.token_url.as_str(), at.revoke_url.as_deref(), at.api_base.as_str()), ("http://127.0.0.1:9/authorize", "http://127.0.0.1:9/oauth/token", None, "http://127.0.0.1:9/1"));
+        let at = ProviderConfig::at(Provider::Notion, "http://127.0.0.1:9", "id", "V");
+        assert_eq!((at.authorize_url.as_str(), at.token_url.as_str(), at.revoke_url.as_deref(), at.api_base.as_str()), ("http://127.0.0.1:9/v1/oauth/authorize", "http://127.0.0.1:9/v1/oauth/token", Some("http://127.0.0.1:9/v1/oauth/revoke"), "http://127.0.0.1:9"));
     }
 
     #[test]

@@ -142,9 +142,15 @@ impl ApiRequest {
         ApiRequest { method: Method::POST, url: join(base, path, &[]), json: Some(body) }
     }
 
-    /// The last line: only GET, and POST to the two write endpoints the catalogue knows
-    /// (Gmail drafts, GitHub issue comments); never a send endpoint or a Slack method that
-    /// posts, updates or deletes; never off the base's host.
+    /// `PUT {base}{path}` with a JSON body.
+    pub fn put(base: &Url, path: &str, body: serde_json::Value) -> ApiRequest {
+        ApiRequest { method: Method::PUT, url: join(base, path, &[]), json: Some(body) }
+    }
+
+    /// The last line: only GET; POST to Notion's search (a read) and to the write endpoints the
+    /// catalogue knows (Gmail drafts, GitHub issue comments, Notion comments); PUT of a Trello
+    /// card's fields, never its `closed` (archiving); never a send endpoint or a Slack method
+    /// that posts, updates or deletes; never DELETE or PATCH; never off the base's host.
     pub fn check(&self, base: &Url) -> Result<(), &'static str> {
         if self.url.host_str() != base.host_str() || self.url.port_or_known_default() != base.port_or_known_default() || self.url.scheme() != base.scheme() {
             return Err("the request left the provider's API host");
@@ -165,9 +171,20 @@ impl ApiRequest {
             Method::POST => {
                 let gmail_draft = rest == "/gmail/v1/users/me/drafts";
                 let github_comment = segments.len() == 7 && segments[1] == "repos" && segments[4] == "issues" && segments[6] == "comments";
-                if gmail_draft || github_comment { Ok(()) } else { Err("the broker writes only Gmail drafts and GitHub comments") }
+                let notion = rest == "/v1/search" || rest == "/v1/comments";
+                if gmail_draft || github_comment || notion { Ok(()) } else { Err("the broker writes only Gmail drafts and GitHub and Notion comments") }
             }
-            _ => Err("the broker only reads, and writes a draft or a comment when approved"),
+            Method::PUT => {
+                let trello_card = segments.len() == 3 && segments[1] == "cards";
+                if !trello_card {
+                    return Err("the broker updates only Trello cards");
+                }
+                if self.json.as_ref().is_some_and(|b| b.get("closed").is_some()) {
+                    return Err("the broker never archives or deletes a card");
+                }
+                Ok(())
+            }
+            _ => Err("the broker only reads, and writes a draft, a comment or a card's fields when approved"),
         }
     }
 }
@@ -226,6 +243,21 @@ mod tests {
         let mut del = ApiRequest::get(&h, "/repos/a/b", &[]);
         del.method = Method::DELETE;
         assert!(del.check(&h).is_err());
+        let t = Url::parse("https://api.trello.com/1").unwrap();
+        assert!(ApiRequest::put(&t, "/cards/5f0000000000000000000001", serde_json::json!({"name": "x"})).check(&t).is_ok());
+        assert!(ApiRequest::put(&t, "/cards/5f0000000000000000000001", serde_json::json!({"closed": true})).check(&t).is_err());
+        assert!(ApiRequest::put(&t, "/boards/5f0000000000000000000001", serde_json::json!({"name": "x"})).check(&t).is_err());
+        assert!(ApiRequest::post(&t, "/cards", serde_json::json!({})).check(&t).is_err());
+        let mut del = ApiRequest::get(&t, "/cards/5f0000000000000000000001", &[]);
+        del.method = Method::DELETE;
+        assert!(del.check(&t).is_err());
+        let n = Url::parse("https://api.notion.com").unwrap();
+        assert!(ApiRequest::post(&n, "/v1/search", serde_json::json!({})).check(&n).is_ok());
+        assert!(ApiRequest::post(&n, "/v1/comments", serde_json::json!({})).check(&n).is_ok());
+        assert!(ApiRequest::post(&n, "/v1/pages", serde_json::json!({})).check(&n).is_err());
+        let mut patch = ApiRequest::put(&n, "/v1/blocks/x/children", serde_json::json!({}));
+        patch.method = Method::PATCH;
+        assert!(patch.check(&n).is_err());
         let mut off = ApiRequest::get(&h, "/x", &[]);
         off.url = Url::parse("https://evil.example/x").unwrap();
         assert!(off.check(&h).is_err());

@@ -190,7 +190,7 @@ pub struct ToolCallRecord {
 pub enum BrokerError {
     #[error("{0}")]
     Config(String),
-    #[error("no provider named {0:?}: google, github or slack")]
+    #[error("no provider named {0:?}: google, github, slack, trello or notion")]
     UnknownProvider(String),
     #[error("{0} is not set up on this server (no [broker.providers.{1}] section)")]
     NotConfigured(&'static str, &'static str),
@@ -521,11 +521,8 @@ impl Broker {
         })?;
         let asked: Vec<String> = taken.scopes.split_whitespace().map(str::to_owned).collect();
         let scopes = set.scopes.clone().unwrap_or(asked);
-        let account = match p.kind {
-            Provider::Google => catalogue::google::account(self, p, &set.access_token, &scopes).await,
-            Provider::Github => catalogue::github::account(self, p, &set.access_token).await,
-            Provider::Slack => catalogue::slack::account(self, p, &set.access_token).await,
-        }
+        let account = catalogue::account(self, p, &set.access_token, &scopes)
+        .await
         .map(|a| catalogue::cut_str(&a.replace(|c: char| c.is_control(), ""), 200));
         let (purpose, token) = match (&set.refresh_token, set.expires_in) {
             (Some(rt), _) => (REFRESH_TOKEN_PURPOSE, rt.clone()),
@@ -588,7 +585,7 @@ impl Broker {
             let s = slot.lock().await;
             access = s.access.as_ref().filter(|a| a.expires_at.is_none_or(|e| e > self.clock.now_ms())).map(|a| a.token.clone());
         }
-        if access.is_none() && p.kind != Provider::Google && conn.status == STATUS_CONNECTED {
+        if access.is_none() && matches!(p.kind, Provider::Github | Provider::Slack) && conn.status == STATUS_CONNECTED {
             // GitHub and Slack revoke with an access token: get one.
             access = self.access_token(p, conn, None).await.ok().map(|(t, _)| t);
         }
@@ -713,11 +710,7 @@ impl Broker {
         match def.kind {
             Kind::Draft => Ok(ToolOutcome::ok(catalogue::slack::prepare_reply(args)?, false)),
             Kind::Propose => {
-                let draft = match def.provider {
-                    Provider::Google => catalogue::google::propose(&x, def.name, args).await?,
-                    Provider::Github => catalogue::github::propose(&x, def.name, args).await?,
-                    Provider::Slack => return Err(ToolError::internal("Slack has no write tool")),
-                };
+                let draft = catalogue::propose(&x, def, args).await?;
                 let payload = draft.payload.to_string();
                 let new = NewProposal {
                     agent_id: &caller.agent,
@@ -747,11 +740,7 @@ impl Broker {
                     self.runs.mark_untrusted(&caller.agent, run);
                     return Ok(ToolOutcome::ok(content, true));
                 }
-                let data = match def.provider {
-                    Provider::Google => catalogue::google::read(&x, def.name, args).await?,
-                    Provider::Github => catalogue::github::read(&x, def.name, args).await?,
-                    Provider::Slack => catalogue::slack::read(&x, def.name, args).await?,
-                };
+                let data = catalogue::read(&x, def, args).await?;
                 let content = catalogue::untrusted(def.source, catalogue::fit(data, def.result_cap));
                 if self.config.cache_secs > 0 {
                     self.cache.put(key, tenant, now + self.config.cache_secs as i64 * 1000, now, content.clone());
@@ -767,11 +756,7 @@ impl Broker {
     pub(crate) async fn get_with_token(&self, p: &ResolvedProvider, token: &Secret<String>, path: &str, query: &[(&str, String)]) -> Option<Value> {
         let req = http::ApiRequest::get(&p.api_base, path, query);
         req.check(&p.api_base).ok()?;
-        let mut rb = self.http.request(req.method, req.url).bearer_auth(token.expose());
-        rb = match p.kind {
-            Provider::Github => rb.header(reqwest::header::ACCEPT, "application/vnd.github+json").header("X-GitHub-Api-Version", "2022-11-28"),
-            _ => rb.header(reqwest::header::ACCEPT, "application/json"),
-        };
+        let rb = catalogue::api_headers(p.kind, self.http.request(req.method, req.url).bearer_auth(token.expose()));
         let ans = self.http.send(rb).await.ok()?;
         if !(200..300).contains(&ans.status) {
             return None;
@@ -816,16 +801,13 @@ impl Broker {
             return Err(oauth::needs_reconnecting(kind));
         }
         let payload: Value = serde_json::from_str(&row.payload).map_err(|_| ToolError::internal("the proposal's payload is damaged"))?;
-        let x = Exec { broker: self, provider: p, conn: &conn };
-        match kind {
-            Provider::Google => catalogue::google::perform(&x, &row.tool, &payload).await,
-            Provider::Github => {
-                // The payload is the tool's own arguments: checked against its schema again.
-                self.catalogue.get(&row.tool).ok_or_else(|| ToolError::internal("unknown tool"))?.validate(&payload)?;
-                catalogue::github::perform(&x, &row.tool, &payload).await
-            }
-            Provider::Slack => Err(ToolError::internal("Slack has no write tool")),
+        if kind != Provider::Google {
+            // The payload is the tool's own arguments (Google's also carries the thread a draft
+            // answers): checked against its schema again.
+            self.catalogue.get(&row.tool).ok_or_else(|| ToolError::internal("unknown tool"))?.validate(&payload)?;
         }
+        let x = Exec { broker: self, provider: p, conn: &conn };
+        catalogue::perform(&x, &row.tool, &payload).await
     }
 
     /// Rejects a pending proposal: nothing is written.

@@ -3,16 +3,22 @@
 //! access tokens once per connection however many calls wait, and revoking at disconnect.
 //!
 //! Wire details, as the providers speak them:
-//! - token endpoints take `application/x-www-form-urlencoded` bodies with the client secret in
-//!   them; GitHub answers JSON only when asked (`Accept: application/json`) and errors with
-//!   status 200 and `{"error": …}`; Slack errors with 200 and `{"ok": false, "error": …}` and
-//!   gives a user token under `authed_user` for a code grant with user scopes;
-//! - Google's refresh answers carry no new refresh token (the old one stays); GitHub's and
-//!   Slack's rotate it: the new one is sealed and stored before the connection's lock is let go,
-//!   so no race can lose it;
+//! - Google's, GitHub's and Slack's token endpoints take `application/x-www-form-urlencoded`
+//!   bodies with the client secret in them; Trello's (Atlassian's) a JSON body with the secret
+//!   in it; Notion's a JSON body, the client authenticated with HTTP Basic. GitHub answers JSON
+//!   only when asked (`Accept: application/json`) and errors with status 200 and
+//!   `{"error": …}`; Slack errors with 200 and `{"ok": false, "error": …}` and gives a user
+//!   token under `authed_user` for a code grant with user scopes;
+//! - PKCE goes to every provider but Notion, which does not take it (its code is bound to the
+//!   client secret and the redirect URI only);
+//! - Google's refresh answers carry no new refresh token (the old one stays); GitHub's, Slack's,
+//!   Trello's and Notion's rotate it: the new one is sealed and stored before the connection's
+//!   lock is let go, so no race can lose it;
 //! - a refused refresh token (`invalid_grant`; GitHub `bad_refresh_token`; Slack
 //!   `invalid_refresh_token`) marks the connection `needs_reconnecting`, once: calls after that
-//!   are answered without asking the provider again.
+//!   are answered without asking the provider again;
+//! - Trello has no revoke endpoint: disconnecting deletes the tokens here, and the user removes
+//!   the app in their Atlassian account.
 //!
 //! Tokens are [`Secret`]s: no `Debug`, error or log line here shows one.
 
@@ -93,8 +99,10 @@ pub(crate) fn authorize_url(p: &ResolvedProvider, redirect_uri: &str, scopes: &[
         q.append_pair("client_id", &p.client_id);
         q.append_pair("redirect_uri", redirect_uri);
         q.append_pair("state", state);
-        q.append_pair("code_challenge", challenge);
-        q.append_pair("code_challenge_method", "S256");
+        if p.kind != Provider::Notion {
+            q.append_pair("code_challenge", challenge);
+            q.append_pair("code_challenge_method", "S256");
+        }
         match p.kind {
             Provider::Google => {
                 q.append_pair("response_type", "code");
@@ -109,6 +117,19 @@ pub(crate) fn authorize_url(p: &ResolvedProvider, redirect_uri: &str, scopes: &[
             Provider::Slack => {
                 // User scopes: the broker acts as the person, not as a bot.
                 q.append_pair("user_scope", &scopes.join(","));
+            }
+            Provider::Trello => {
+                q.append_pair("response_type", "code");
+                // `offline_access`: a refresh token.
+                let mut all = scopes.to_vec();
+                all.push("offline_access".to_owned());
+                q.append_pair("scope", &all.join(" "));
+                q.append_pair("prompt", "consent");
+            }
+            Provider::Notion => {
+                // No scopes: a Notion integration's capabilities are set where it is registered.
+                q.append_pair("response_type", "code");
+                q.append_pair("owner", "user");
             }
         }
     }
@@ -164,13 +185,16 @@ fn is_invalid_grant(p: Provider, code: &str) -> bool {
         Provider::Google => code == "invalid_grant",
         Provider::Github => matches!(code, "bad_refresh_token" | "invalid_grant"),
         Provider::Slack => matches!(code, "invalid_refresh_token" | "invalid_grant" | "token_revoked" | "token_expired"),
+        Provider::Trello | Provider::Notion => code == "invalid_grant",
     }
 }
 
 fn scopes_of(v: Option<&Value>) -> Option<Vec<String>> {
     let s = v?.as_str()?;
     let out: Vec<String> = s.split([' ', ',']).filter(|x| !x.is_empty()).map(str::to_owned).collect();
-    // GitHub Apps answer `""`: their permissions are the app's, not scopes.
+    // GitHub Apps answer `""`: their permissions are the app's, not scopes. Trello's answer
+    // names `offline_access`, which is how a refresh token was asked for, not a tool's scope.
+    let out: Vec<String> = out.into_iter().filter(|s| s != "offline_access").collect();
     (!out.is_empty()).then_some(out)
 }
 
@@ -182,9 +206,21 @@ fn as_secs(v: Option<&Value>) -> Option<i64> {
     }
 }
 
-/// Posts a form to the token endpoint and reads a [`TokenSet`].
-async fn token_request(http: &Http, p: &ResolvedProvider, form: &[(&str, &str)]) -> Result<TokenSet, OAuthError> {
-    let rb = http.request(Method::POST, p.token_url.clone()).header(reqwest::header::ACCEPT, "application/json").form(form);
+fn json_object<'a>(fields: impl Iterator<Item = (&'a str, &'a str)>) -> serde_json::Map<String, Value> {
+    fields.map(|(k, v)| (k.to_owned(), Value::from(v))).collect()
+}
+
+/// Posts `fields` to the token endpoint, with the client's credentials the way the provider takes
+/// them, and reads a [`TokenSet`].
+async fn token_request(http: &Http, p: &ResolvedProvider, fields: &[(&str, &str)]) -> Result<TokenSet, OAuthError> {
+    let secret = p.client_secret.expose().as_str();
+    let rb = http.request(Method::POST, p.token_url.clone()).header(reqwest::header::ACCEPT, "application/json");
+    let with_client = || [("client_id", p.client_id.as_str()), ("client_secret", secret)].into_iter().chain(fields.iter().copied());
+    let rb = match p.kind {
+        Provider::Google | Provider::Github | Provider::Slack => rb.form(&with_client().collect::<Vec<_>>()),
+        Provider::Trello => rb.json(&json_object(with_client())),
+        Provider::Notion => rb.basic_auth(&p.client_id, Some(secret)).json(&json_object(fields.iter().copied())),
+    };
     let ans = http.send(rb).await.map_err(|e| OAuthError::Unreachable(e.to_string()))?;
     let Some(json) = ans.json() else {
         return Err(OAuthError::Invalid(format!("HTTP {} without a JSON body", ans.status)));
@@ -208,32 +244,41 @@ async fn token_request(http: &Http, p: &ResolvedProvider, form: &[(&str, &str)])
 
 /// Exchanges an authorization code (with its PKCE verifier) for tokens.
 pub(crate) async fn exchange_code(http: &Http, p: &ResolvedProvider, redirect_uri: &str, code: &str, verifier: &str) -> Result<TokenSet, OAuthError> {
-    let secret = p.client_secret.expose().as_str();
-    let mut form = vec![("client_id", p.client_id.as_str()), ("client_secret", secret), ("code", code), ("redirect_uri", redirect_uri), ("code_verifier", verifier)];
-    if p.kind == Provider::Google {
-        form.push(("grant_type", "authorization_code"));
+    let mut fields = vec![("code", code), ("redirect_uri", redirect_uri)];
+    if p.kind != Provider::Notion {
+        fields.push(("code_verifier", verifier));
     }
-    token_request(http, p, &form).await
+    if !matches!(p.kind, Provider::Github | Provider::Slack) {
+        fields.push(("grant_type", "authorization_code"));
+    }
+    token_request(http, p, &fields).await
 }
 
 /// Trades a refresh token for a new access token (and, where the provider rotates them, a new
 /// refresh token).
 pub(crate) async fn refresh(http: &Http, p: &ResolvedProvider, refresh_token: &str) -> Result<TokenSet, OAuthError> {
-    let form = [("client_id", p.client_id.as_str()), ("client_secret", p.client_secret.expose().as_str()), ("grant_type", "refresh_token"), ("refresh_token", refresh_token)];
-    token_request(http, p, &form).await
+    token_request(http, p, &[("grant_type", "refresh_token"), ("refresh_token", refresh_token)]).await
 }
 
-/// Revokes a grant at the provider, with whichever token it wants: Google the refresh token
-/// (which ends the whole grant) or the access token; GitHub and Slack an access token.
+/// Revokes a grant at the provider, with whichever token it wants: Google and Notion the
+/// refresh token (which ends the whole grant) or the access token; GitHub and Slack an access
+/// token. A provider without a revoke endpoint (Trello) has nothing to do here.
 pub(crate) async fn revoke(http: &Http, p: &ResolvedProvider, access: Option<&Secret<String>>, refresh: Option<&Secret<String>>) -> Result<(), OAuthError> {
+    let Some(revoke_url) = p.revoke_url.clone() else {
+        return Ok(());
+    };
     let rb = match p.kind {
         Provider::Google => {
             let token = refresh.or(access).ok_or_else(|| OAuthError::Invalid("no token to revoke".into()))?;
-            http.request(Method::POST, p.revoke_url.clone()).form(&[("token", token.expose().as_str())])
+            http.request(Method::POST, revoke_url).form(&[("token", token.expose().as_str())])
+        }
+        Provider::Notion => {
+            let token = refresh.or(access).ok_or_else(|| OAuthError::Invalid("no token to revoke".into()))?;
+            http.request(Method::POST, revoke_url).basic_auth(&p.client_id, Some(p.client_secret.expose())).json(&serde_json::json!({"token": token.expose()}))
         }
         Provider::Github => {
             let token = access.ok_or_else(|| OAuthError::Invalid("no access token to revoke the grant with".into()))?;
-            http.request(Method::DELETE, p.revoke_url.clone())
+            http.request(Method::DELETE, revoke_url)
                 .basic_auth(&p.client_id, Some(p.client_secret.expose()))
                 .header(reqwest::header::ACCEPT, "application/vnd.github+json")
                 .header("X-GitHub-Api-Version", "2022-11-28")
@@ -241,7 +286,13 @@ pub(crate) async fn revoke(http: &Http, p: &ResolvedProvider, access: Option<&Se
         }
         Provider::Slack => {
             let token = access.ok_or_else(|| OAuthError::Invalid("no access token to revoke".into()))?;
-            http.request(Method::POST, p.revoke_url.clone()).bearer_auth(token.expose())
+            http.request(Method::POST, revoke_url).bearer_auth(token.expose())
+        }
+        // Trello has no revoke endpoint; one set in the config file is called with the access
+        // token, as Bearer.
+        Provider::Trello => {
+            let token = access.ok_or_else(|| OAuthError::Invalid("no access token to revoke".into()))?;
+            http.request(Method::POST, revoke_url).bearer_auth(token.expose())
         }
     };
     let ans = http.send(rb).await.map_err(|e| OAuthError::Unreachable(e.to_string()))?;

@@ -1,6 +1,6 @@
-//! The broker against clawpen-standin's Google, GitHub and Slack (their real paths, shapes and
-//! errors): the whole consent through the stand-in's authorize redirect, every read tool, a
-//! proposal approved, refreshing after expiry, and a revoked grant.
+//! The broker against clawpen-standin's Google, GitHub, Slack, Trello and Notion (their real
+//! paths, shapes and errors): the whole consent through the stand-in's authorize redirect, every
+//! read tool, a proposal approved, refreshing after expiry, and a revoked grant.
 
 use std::sync::Arc;
 
@@ -30,11 +30,7 @@ async fn setup(kind: ProviderKind, provider: Provider) -> Setup {
     p.client_secret_env = None;
     p.client_secret_file = Some(secret);
     let mut config = BrokerConfig { redirect_uri: Some("https://clawpen.test/api/v1/integrations/callback".into()), cache_secs: 0, ..BrokerConfig::default() };
-    match provider {
-        Provider::Google => config.providers.google = Some(p),
-        Provider::Github => config.providers.github = Some(p),
-        Provider::Slack => config.providers.slack = Some(p),
-    }
+    config.providers.set(provider, p);
     let store = Store::for_testing(dir.path()).await.unwrap();
     let tenant = store.create_tenant("t", "free", 100_000).await.unwrap().id;
     let vault = Vault::new(Keyring::from_env_value(&"6b".repeat(32)).unwrap());
@@ -61,7 +57,9 @@ impl Setup {
         match self.standin.kind() {
             ProviderKind::Google => "google",
             ProviderKind::Github => "github",
-            _ => "slack",
+            ProviderKind::Slack => "slack",
+            ProviderKind::Trello => "trello",
+            ProviderKind::Notion => "notion",
         }
     }
 
@@ -179,4 +177,100 @@ async fn slack() {
     assert_eq!(s.standin.token_requests("refresh_token"), 1);
     s.broker.disconnect(&s.tenant, &c.id).await.unwrap();
     assert!(s.standin.requests().iter().any(|r| r.path == "/api/auth.revoke" && r.status == 200));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trello() {
+    let s = setup(ProviderKind::Trello, Provider::Trello).await;
+    let c = s.connect().await;
+    assert_eq!(c.status, "connected");
+    assert!(c.account.as_deref().is_some_and(|a| a.contains("@alice")), "{c:?}");
+    assert_eq!(c.scopes, ["read:board:trello", "read:card:trello", "write:card:trello"], "offline_access is how a refresh token is asked for, not a scope");
+    let authorize = s.standin.requests().into_iter().find(|r| r.path == "/authorize").unwrap();
+    assert!(authorize.query.contains("code_challenge_method=S256") && authorize.query.contains("offline_access"), "{}", authorize.query);
+
+    let boards = s.call("trello_list_boards", json!({})).await;
+    let board = data(&boards)["boards"][0]["id"].as_str().unwrap().to_owned();
+    let cards = s.call("trello_list_cards", json!({"board_id": board})).await;
+    let cards = data(&cards).clone();
+    let dentist = cards["cards"].as_array().unwrap().iter().find(|c| c["name"] == "Book the dentist").unwrap().clone();
+    assert!(dentist["list"].is_string(), "{dentist}");
+    let done = cards["lists"].as_array().unwrap().iter().find(|l| l["name"] == "Done").unwrap()["id"].as_str().unwrap().to_owned();
+    let only = s.call("trello_list_cards", json!({"board_id": board, "list_id": done})).await;
+    assert!(data(&only)["cards"].as_array().unwrap().iter().all(|c| c["list_id"] == done.as_str()));
+
+    // A change is a proposal that names the card; approved, the card changes and nothing else.
+    let bad = s.call("trello_update_card", json!({"card_id": dentist["id"]})).await;
+    assert_eq!(bad.error.unwrap().code, "invalid_arguments", "a change of nothing");
+    let closed = s.call("trello_update_card", json!({"card_id": dentist["id"], "closed": true})).await;
+    assert!(closed.error.unwrap().message.contains("`closed`"), "archiving is no argument");
+    let o = s.call("trello_update_card", json!({"card_id": dentist["id"], "list_id": done, "due_complete": true})).await;
+    assert!(o.ok, "{o:?}");
+    assert!(o.content["target"].as_str().unwrap().contains("Book the dentist"), "{o:?}");
+    assert!(s.standin.writes().is_empty(), "nothing written before approval");
+    let p = s.broker.approve(&s.tenant, "mb_owner", 1).await.unwrap();
+    assert_eq!(p.state, "approved", "{p:?}");
+    let updates = s.standin.trello_updates();
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    assert_eq!(s.standin.writes().len(), 1, "only the card's PUT");
+    assert!(s.standin.trello_other_writes().is_empty());
+    let moved = s.call("trello_list_cards", json!({"board_id": board, "list_id": done})).await;
+    assert!(data(&moved)["cards"].as_array().unwrap().iter().any(|c| c["name"] == "Book the dentist" && c["due_complete"] == true), "{moved:?}");
+
+    // Rotating refresh tokens: twenty calls across an expiry, one refresh; still good after.
+    s.standin.expire_access_tokens();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (b, t, board) = (s.broker.clone(), s.tenant.clone(), board.clone());
+        tasks.push(tokio::spawn(async move { b.call(&Caller { tenant: t, agent: AgentId::new() }, "run_2", "trello_list_cards", json!({"board_id": board})).await }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap().ok);
+    }
+    assert_eq!(s.standin.token_requests("refresh_token"), 1);
+    s.standin.expire_access_tokens();
+    assert!(s.call("trello_list_boards", json!({})).await.ok, "the rotated refresh token was kept");
+    s.standin.revoke_all();
+    s.standin.expire_access_tokens();
+    assert_eq!(s.call("trello_list_boards", json!({})).await.error.unwrap().code, "needs_reconnecting");
+    // No revoke endpoint: disconnecting deletes what clawpen holds and asks nothing of Trello.
+    let before = s.standin.requests().len();
+    s.broker.disconnect(&s.tenant, &c.id).await.unwrap();
+    assert_eq!(s.standin.requests().len(), before);
+    assert!(s.broker.connections(&s.tenant).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notion() {
+    let s = setup(ProviderKind::Notion, Provider::Notion).await;
+    let c = s.connect().await;
+    assert_eq!(c.status, "connected");
+    assert!(c.account.as_deref().is_some_and(|a| a.contains("Alice")), "{c:?}");
+    let token = s.standin.requests().into_iter().find(|r| r.path == "/v1/oauth/token").unwrap();
+    assert!(token.authorization.as_deref().is_some_and(|a| a.starts_with("Basic ")) && !token.body.contains("standin-client-secret"), "the client authenticates with Basic: {token:?}");
+
+    let found = s.call("notion_search", json!({"query": "lisbon"})).await;
+    let page = data(&found)["results"][0].clone();
+    assert_eq!(page["title"], "Trip to Lisbon", "{found:?}");
+    let nodash = page["id"].as_str().unwrap().replace('-', "");
+    let read = s.call("notion_read_page", json!({"page_id": nodash})).await;
+    assert!(data(&read)["text"].as_str().unwrap().lines().count() >= 2, "{read:?}");
+    let dashed = format!("/v1/pages/{}", page["id"].as_str().unwrap());
+    assert!(s.standin.requests().iter().any(|r| r.path == dashed && r.status == 200), "an id without dashes is sent dashed");
+    assert!(s.standin.writes().is_empty(), "a search is no write");
+
+    let o = s.call("notion_comment", json!({"page_id": page["id"], "text": "Don't forget the sunscreen."})).await;
+    assert!(o.ok, "{o:?}");
+    assert!(o.content["target"].as_str().unwrap().contains("Trip to Lisbon"), "{o:?}");
+    assert!(s.standin.notion_comments().is_empty());
+    let p = s.broker.approve(&s.tenant, "mb_owner", 1).await.unwrap();
+    assert_eq!(p.state, "approved", "{p:?}");
+    assert_eq!(s.standin.notion_comments().len(), 1);
+    assert!(s.standin.notion_other_writes().is_empty(), "the page itself was not edited");
+
+    s.standin.expire_access_tokens();
+    assert!(s.call("notion_search", json!({})).await.ok);
+    assert_eq!(s.standin.token_requests("refresh_token"), 1);
+    s.broker.disconnect(&s.tenant, &c.id).await.unwrap();
+    assert!(s.standin.requests().iter().any(|r| r.path == "/v1/oauth/revoke" && r.status == 200), "revoked at Notion");
 }

@@ -138,6 +138,16 @@ enum ProbeCmd {
         #[arg(long, default_value_t = 10_000_000)]
         max: u64,
     },
+    /// Calls the broker's tools on control.sock as the sandbox pleases: GET /v1/tools, then
+    /// TOOL with ARGS (JSON) once per RUN (`-` for no run header at all).
+    ToolCalls {
+        #[arg(long)]
+        tool: String,
+        #[arg(long)]
+        args: String,
+        #[arg(long = "run", value_name = "RUN", required = true)]
+        runs: Vec<String>,
+    },
     /// Makes PATH a sparse file of BYTES.
     Sparse {
         #[arg(long)]
@@ -172,6 +182,7 @@ fn main() {
         ProbeCmd::FillDisk { dir, max_mib } => sockets::fill_disk(&dir, max_mib),
         ProbeCmd::FillInodes { dir, max } => sockets::fill_inodes(&dir, max),
         ProbeCmd::Sparse { path, bytes } => sockets::sparse(&path, bytes),
+        ProbeCmd::ToolCalls { tool, args, runs } => sockets::tool_calls(&tool, &args, &runs),
     };
     let mut stdout = io::stdout().lock();
     let _ = writeln!(stdout, "{out}");

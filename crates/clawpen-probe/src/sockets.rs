@@ -356,3 +356,44 @@ pub fn sparse(path: &str, bytes: u64) -> Value {
         Err(e) => json!({ "ok": false, "errno": e.raw_os_error(), "error": e.to_string() }),
     }
 }
+
+/// One HTTP/1.1 request on control.sock: the status and the body as JSON (or its text).
+fn control_request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Value {
+    let mut s = match UnixStream::connect(run_path("control.sock")) {
+        Ok(s) => s,
+        Err(e) => return json!({"error": e.to_string()}),
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: meter\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    if let Err(e) = s.write_all(req.as_bytes()) {
+        return json!({"error": e.to_string()});
+    }
+    let mut answer = Vec::new();
+    let _ = s.take(1 << 20).read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    let status: u16 = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    // A chunked body: the JSON is between the first size line and the last.
+    let json = body.find('{').and_then(|i| body.rfind('}').map(|j| &body[i..=j])).and_then(|j| serde_json::from_str::<Value>(j).ok());
+    json!({"status": status, "body": json.unwrap_or_else(|| Value::String(body.chars().take(2000).collect()))})
+}
+
+/// Lists the tools, then calls `tool` with `args` once per run id (`-`: without the header).
+pub fn tool_calls(tool: &str, args: &str, runs: &[String]) -> Value {
+    let listed = control_request("GET", "/v1/tools", &[], "");
+    let args: Value = serde_json::from_str(args).unwrap_or(Value::String(args.to_owned()));
+    let body = json!({"name": tool, "arguments": args}).to_string();
+    let calls: Vec<Value> = runs
+        .iter()
+        .map(|run| {
+            let headers: Vec<(&str, &str)> = if run == "-" { Vec::new() } else { vec![("x-clawpen-run", run.as_str())] };
+            json!({"run": run, "answer": control_request("POST", "/v1/tools/call", &headers, &body)})
+        })
+        .collect();
+    json!({"tools": listed, "calls": calls})
+}

@@ -20,14 +20,20 @@ impl App {
     /// or tenant (502 `agent_mismatch`). `agent` must be `tenant`'s: callers look it up scoped
     /// by the tenant.
     pub async fn deliver_message(&self, tenant: &Tenant, agent: &Agent, mut msg: MessageIn, actor: &Actor) -> Result<MessageOut, ApiError> {
-        // `/approve N` and the like are the user's, answered here: the agent never sees them.
-        if let Some(reply) = crate::integrations::chat_command(self, tenant, &actor.0, &msg.text).await {
-            let session = msg.session.clone().unwrap_or_else(|| "main".to_owned());
-            return Ok(MessageOut { reply, agent_id: agent.id.to_string(), tenant_id: tenant.id.to_string(), session, run_id: String::new(), tool_calls: 0, stopped_by: None, paused: false, error_code: None, paused_until: None });
+        if let Some(out) = self.command_reply(tenant, agent, &msg, actor).await {
+            return Ok(out);
         }
         let run = self.admit_message(tenant, &agent.id).await?;
         msg.run_id = Some(run.id.clone());
         self.deliver_in_run(tenant, agent, msg, actor).await
+    }
+
+    /// `/approve N` and the like are the user's, answered here, whatever door they came
+    /// through: the agent never sees them. `None`: the message is not such a command.
+    pub async fn command_reply(&self, tenant: &Tenant, agent: &Agent, msg: &MessageIn, actor: &Actor) -> Option<MessageOut> {
+        let reply = crate::integrations::chat_command(self, &tenant.id, &actor.0, &msg.text).await?;
+        let session = msg.session.clone().unwrap_or_else(|| "main".to_owned());
+        Some(MessageOut { reply, agent_id: agent.id.to_string(), tenant_id: tenant.id.to_string(), session, run_id: String::new(), tool_calls: 0, stopped_by: None, paused: false, error_code: None, paused_until: None })
     }
 
     /// [`App::deliver_message`], with the reply as it is written: the agent's events, each

@@ -20,6 +20,9 @@ use crate::app::App;
 use crate::error::ApiError;
 use crate::fleet::Actor;
 
+/// Who acts through a gateway connection, in the audit log: whoever holds its signed URL.
+const GATEWAY_ACTOR: &str = "gateway";
+
 /// Largest frame relayed either way.
 const FRAME_MAX: usize = 256 * 1024;
 
@@ -63,7 +66,7 @@ pub async fn connect(State(app): State<App>, RawQuery(query): RawQuery, MaybeUpg
         let most = app.config.plan_or_default(&tenant.plan).gateway_connections;
         return refuse(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", format!("this tenant already holds {most} gateway connections, the most its plan allows; close one and try again"));
     };
-    let actor = Actor("gateway".into());
+    let actor = Actor(GATEWAY_ACTOR.into());
     // The connection keeps the agent awake from here until it closes.
     let activity = app.activity(&agent_id);
     if let Err(e) = app.wake_for(&tenant, &agent_id, &actor, "woken by a connection").await {
@@ -161,6 +164,16 @@ async fn upward(app: &App, caller: &clawpen_meter::MeterCaller, by_key: &std::sy
     let Some(key) = v["params"]["idempotencyKey"].as_str().filter(|k| !k.is_empty()).map(str::to_owned) else { return Upward::Forward(text.to_owned()) };
     if v["params"]["message"].as_str().is_some_and(clawpen_agent::gateway::is_stop_command) {
         return Upward::Forward(text.to_owned());
+    }
+    // `/approve N` and the like are the user's, answered here; the agent only shows the
+    // answer (and only the server may give one: a client's own is dropped).
+    let message = v["params"]["message"].as_str().unwrap_or_default().to_owned();
+    if let Some(reply) = crate::integrations::chat_command(app, &caller.tenant, GATEWAY_ACTOR, &message).await {
+        v["params"]["clawpenCommandReply"] = serde_json::Value::String(reply);
+        return Upward::Forward(v.to_string());
+    }
+    if let Some(params) = v["params"].as_object_mut() {
+        params.remove("clawpenCommandReply");
     }
     let known = by_key.lock().expect("runs").get(&key).cloned();
     let run = match known {

@@ -9,18 +9,21 @@
 //! - `sse`: server-sent event streams, paced for `-slow` models.
 //! - `telegram`: the Telegram Bot API ([`TelegramStandin`]), on the same port.
 //! - [`tls`]: an HTTPS front with a throwaway CA, for clients that must speak TLS.
-//! - `provider`: [`ProviderStandin`], one OAuth provider (Google, GitHub or Slack) on its own
-//!   port; its config, seeded [`Content`] and [`ProviderRequest`] record.
-//! - `oauth`: OAuth 2.0 for the three: authorize (consents at once), token (PKCE S256, refresh,
+//! - `provider`: [`ProviderStandin`], one OAuth provider (Google, GitHub, Slack, Trello or Notion)
+//!   on its own port; its config, seeded [`Content`] and [`ProviderRequest`] record.
+//! - `oauth`: OAuth 2.0 for the five: authorize (consents at once), token (PKCE S256, refresh,
 //!   rotation), revoke, and the access-token check of their APIs.
 //! - `google`: Calendar v3, Gmail v1 (drafts, and send recorded) and Drive v3.
 //! - `github`: the REST API's issues (pull requests among them) and comments.
 //! - `slack`: the Web API's conversations and `chat.postMessage`.
+//! - `trello`: the REST API's member, boards, lists and cards (updates recorded).
+//! - `notion`: the API's bot user, search, pages, blocks and comments (recorded).
 
 mod anthropic;
 mod github;
 mod google;
 mod log;
+mod notion;
 mod oauth;
 mod openai;
 mod provider;
@@ -29,6 +32,7 @@ mod sse;
 mod telegram;
 pub mod tls;
 mod tokens;
+mod trello;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,7 +49,8 @@ use tokio::task::JoinHandle;
 
 pub use log::RecordedRequest;
 pub use provider::{
-    CalendarEvent, Content, DriveFile, Email, GmailDraft, IssuedTokens, Issue, IssueComment, ProviderKind, ProviderRequest, ProviderStandin, ProviderStandinConfig, SentMail, SlackChannel, SlackMessage,
+    CalendarEvent, Content, DriveFile, Email, GmailDraft, IssuedTokens, Issue, IssueComment, NotionComment, NotionPage, ProviderKind, ProviderRequest, ProviderStandin, ProviderStandinConfig, SentMail,
+    SlackChannel, SlackMessage, TrelloBoard, TrelloCard, TrelloList, TrelloUpdate,
 };
 pub use telegram::{Delivery, SentMessage, TelegramStandin, Webhook};
 

@@ -1,8 +1,10 @@
-//! OAuth 2.0 as the three providers run it, shared: the authorization endpoint (no human: it
+//! OAuth 2.0 as the five providers run it, shared: the authorization endpoint (no human: it
 //! consents at once and redirects back with a code), the token endpoint (code exchange with PKCE
-//! S256, refresh, rotation for GitHub and Slack), revocation, and the access-token check the APIs
-//! use. Each provider's own paths, token formats, error codes and status codes are chosen here by
-//! [`ProviderKind`].
+//! S256, which Notion does not take, refresh, rotation for GitHub, Slack, Trello and Notion),
+//! revocation (none at Trello), and the access-token check the APIs use. Each provider's own
+//! paths, token formats, error codes and status codes are chosen here by [`ProviderKind`]: Trello
+//! is Atlassian's 3LO (auth.atlassian.com, JSON token requests), Notion authenticates the client
+//! with HTTP Basic only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -16,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::provider::{json_response, percent_decode, Inner, Req, Shared};
 use crate::ProviderKind;
 
-/// How long an authorization code can be exchanged (all three: 10 minutes).
+/// How long an authorization code can be exchanged (all of them: 10 minutes).
 const CODE_LIFETIME: Duration = Duration::from_secs(600);
 /// GitHub's `refresh_token_expires_in` (six months).
 const GITHUB_REFRESH_TTL: u64 = 15_897_600;
@@ -33,6 +35,8 @@ const SLACK_SCOPES: &[&str] = &[
     "channels:read", "channels:history", "groups:read", "groups:history", "im:read", "im:history", "mpim:read", "mpim:history", "chat:write", "users:read", "users:read.email", "search:read",
     "reactions:read", "team:read",
 ];
+/// Trello scopes (Atlassian 3LO's granular Trello scopes) the authorization endpoint knows.
+const TRELLO_SCOPES: &[&str] = &["read:board:trello", "read:card:trello", "write:card:trello", "read:member:trello", "offline_access"];
 
 /// The authorization codes, grants and tokens issued, and the token endpoint's request counts.
 #[derive(Default)]
@@ -51,7 +55,8 @@ pub(crate) struct Tokens {
 struct Code {
     redirect_uri: String,
     scopes: Vec<String>,
-    challenge: String,
+    /// The PKCE challenge; `None` for Notion, which takes none.
+    challenge: Option<String>,
     /// Whether the exchange gives a refresh token (Google: only with `access_type=offline`).
     offline: bool,
     used: bool,
@@ -126,6 +131,12 @@ impl Tokens {
             (ProviderKind::Slack, Kind::Code) => format!("4724469134.{n}.standin"),
             (ProviderKind::Slack, Kind::Access) => format!("xoxe.xoxp-1-standin-{n:06}"),
             (ProviderKind::Slack, Kind::Refresh) => format!("xoxe-1-standin-{n:06}"),
+            (ProviderKind::Trello, Kind::Code) => format!("standin-trello-code-{n:06}"),
+            (ProviderKind::Trello, Kind::Access) => format!("ATOAstandin{n:064x}"),
+            (ProviderKind::Trello, Kind::Refresh) => format!("ATRTstandin{n:064x}"),
+            (ProviderKind::Notion, Kind::Code) => format!("standin-notion-code-{n:06}"),
+            (ProviderKind::Notion, Kind::Access) => format!("ntn_standin_access_{n:06}"),
+            (ProviderKind::Notion, Kind::Refresh) => format!("nrt_standin_refresh_{n:06}"),
         }
     }
 
@@ -199,6 +210,8 @@ pub(crate) fn is_oauth_path(kind: ProviderKind, path: &str) -> bool {
         ProviderKind::Google => matches!(path, "/o/oauth2/v2/auth" | "/o/oauth2/auth" | "/token" | "/o/oauth2/token" | "/revoke" | "/o/oauth2/revoke"),
         ProviderKind::Github => matches!(path, "/login/oauth/authorize" | "/login/oauth/access_token") || path.starts_with("/applications/"),
         ProviderKind::Slack => matches!(path, "/oauth/v2/authorize" | "/api/oauth.v2.access" | "/api/auth.revoke"),
+        ProviderKind::Trello => matches!(path, "/authorize" | "/oauth/token"),
+        ProviderKind::Notion => matches!(path, "/v1/oauth/authorize" | "/v1/oauth/token" | "/v1/oauth/revoke"),
     }
 }
 
@@ -206,11 +219,14 @@ pub(crate) fn is_oauth_path(kind: ProviderKind, path: &str) -> bool {
 pub(crate) fn route(shared: &Shared, inner: &mut Inner, req: &Req) -> Option<Response> {
     use ProviderKind::*;
     let response = match (shared.kind, req.path.as_str()) {
-        (Google, "/o/oauth2/v2/auth" | "/o/oauth2/auth") | (Github, "/login/oauth/authorize") | (Slack, "/oauth/v2/authorize") => authorize(shared, &mut inner.tokens, req),
-        (Google, "/token" | "/o/oauth2/token") | (Github, "/login/oauth/access_token") | (Slack, "/api/oauth.v2.access") => token(shared, inner, req),
+        (Google, "/o/oauth2/v2/auth" | "/o/oauth2/auth") | (Github, "/login/oauth/authorize") | (Slack, "/oauth/v2/authorize") | (Trello, "/authorize") | (Notion, "/v1/oauth/authorize") => {
+            authorize(shared, &mut inner.tokens, req)
+        }
+        (Google, "/token" | "/o/oauth2/token") | (Github, "/login/oauth/access_token") | (Slack, "/api/oauth.v2.access") | (Trello, "/oauth/token") | (Notion, "/v1/oauth/token") => token(shared, inner, req),
         (Google, "/revoke" | "/o/oauth2/revoke") => google_revoke(&mut inner.tokens, req),
         (Github, path) if path.starts_with("/applications/") => github_revoke(shared, &mut inner.tokens, req),
         (Slack, "/api/auth.revoke") => slack_revoke(&mut inner.tokens, req),
+        (Notion, "/v1/oauth/revoke") => notion_revoke(shared, &mut inner.tokens, req),
         _ => return None,
     };
     Some(response)
@@ -248,13 +264,16 @@ fn requested_scopes(kind: ProviderKind, req: &Req) -> Result<Vec<String>, String
             }
         }
         ProviderKind::Github => Ok(split(req.q("scope").unwrap_or_default()).into_iter().filter(|s| GITHUB_SCOPES.contains(&s.as_str())).collect()),
-        ProviderKind::Slack => {
-            let scopes = split(req.q("user_scope").unwrap_or_default());
-            match scopes.iter().find(|s| !SLACK_SCOPES.contains(&s.as_str())) {
+        ProviderKind::Slack | ProviderKind::Trello => {
+            let (param, known) = if kind == ProviderKind::Slack { ("user_scope", SLACK_SCOPES) } else { ("scope", TRELLO_SCOPES) };
+            let scopes = split(req.q(param).unwrap_or_default());
+            match scopes.iter().find(|s| !known.contains(&s.as_str())) {
                 Some(bad) => Err(bad.clone()),
                 None => Ok(scopes),
             }
         }
+        // Capabilities are set on the integration, not asked for: the grant has them all.
+        ProviderKind::Notion => Ok(Vec::new()),
     }
 }
 
@@ -265,6 +284,7 @@ pub(crate) fn s256(verifier: &str) -> String {
 
 /// The authorization endpoint: validates the request, then consents at once.
 fn authorize(shared: &Shared, tokens: &mut Tokens, req: &Req) -> Response {
+    use ProviderKind::*;
     let kind = shared.kind;
     if req.method != Method::GET {
         return error_page(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "The authorization endpoint takes GET.");
@@ -274,8 +294,8 @@ fn authorize(shared: &Shared, tokens: &mut Tokens, req: &Req) -> Response {
     }
     let redirect_uri = match req.q("redirect_uri") {
         Some(uri) => uri.to_owned(),
-        // GitHub and Slack fall back to the registered callback.
-        None if kind != ProviderKind::Google && !shared.redirect_uris.is_empty() => shared.redirect_uris[0].clone(),
+        // GitHub, Slack and Notion fall back to the registered callback.
+        None if matches!(kind, Github | Slack | Notion) && !shared.redirect_uris.is_empty() => shared.redirect_uris[0].clone(),
         None => return error_page(StatusCode::BAD_REQUEST, "invalid_request", "Missing required parameter: redirect_uri"),
     };
     let registered = shared.redirect_uris.is_empty() || shared.redirect_uris.contains(&redirect_uri);
@@ -286,27 +306,41 @@ fn authorize(shared: &Shared, tokens: &mut Tokens, req: &Req) -> Response {
     let fail = |error: &str, description: &str| redirect(&redirect_uri, vec![("error", error.to_owned()), ("error_description", description.to_owned())], state);
     match req.q("response_type") {
         Some("code") => {}
-        None if kind != ProviderKind::Google => {}
+        None if matches!(kind, Github | Slack) => {}
         None => return fail("invalid_request", "Required parameter is missing: response_type"),
         Some(other) => return fail("unsupported_response_type", &format!("Unsupported response_type: {other}")),
     }
-    if req.q("code_challenge_method") != Some("S256") {
-        return fail("invalid_request", "code_challenge_method must be S256");
+    if kind == Notion && req.q("owner") != Some("user") {
+        return fail("invalid_request", "owner must be user");
     }
-    let challenge = req.q("code_challenge").unwrap_or_default();
-    if challenge.len() != 43 || !challenge.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return fail("invalid_request", "Invalid code_challenge: it must be BASE64URL(SHA256(code_verifier)) without padding");
-    }
+    // Notion does not take PKCE: a challenge sent is ignored.
+    let challenge = match kind {
+        Notion => None,
+        _ => {
+            if req.q("code_challenge_method") != Some("S256") {
+                return fail("invalid_request", "code_challenge_method must be S256");
+            }
+            let challenge = req.q("code_challenge").unwrap_or_default();
+            if challenge.len() != 43 || !challenge.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return fail("invalid_request", "Invalid code_challenge: it must be BASE64URL(SHA256(code_verifier)) without padding");
+            }
+            Some(challenge.to_owned())
+        }
+    };
     let scopes = match requested_scopes(kind, req) {
-        Ok(scopes) if scopes.is_empty() && kind == ProviderKind::Google => return fail("invalid_request", "Missing required parameter: scope"),
+        Ok(scopes) if scopes.is_empty() && matches!(kind, Google | Trello) => return fail("invalid_request", "Missing required parameter: scope"),
         Ok(scopes) => scopes,
         Err(bad) => return fail("invalid_scope", &format!("Invalid scope: {bad}")),
     };
-    let offline = kind != ProviderKind::Google || req.q("access_type") == Some("offline");
+    let offline = match kind {
+        Google => req.q("access_type") == Some("offline"),
+        Trello => scopes.iter().any(|s| s == "offline_access"),
+        _ => true,
+    };
     let code = tokens.mint(kind, Kind::Code);
-    tokens.codes.insert(code.clone(), Code { redirect_uri: redirect_uri.clone(), scopes: scopes.clone(), challenge: challenge.to_owned(), offline, used: false, issued: Instant::now() });
+    tokens.codes.insert(code.clone(), Code { redirect_uri: redirect_uri.clone(), scopes: scopes.clone(), challenge, offline, used: false, issued: Instant::now() });
     let mut params = vec![("code", code)];
-    if kind == ProviderKind::Google {
+    if kind == Google {
         params.push(("scope", scopes.join(" ")));
     }
     redirect(&redirect_uri, params, state)
@@ -348,7 +382,7 @@ fn token(shared: &Shared, inner: &mut Inner, req: &Req) -> Response {
     let grant_type = match params.get("grant_type") {
         Some(g) => g.clone(),
         // GitHub's and Slack's code exchange needs no grant_type.
-        None if kind != ProviderKind::Google && params.contains_key("code") => "authorization_code".to_owned(),
+        None if matches!(kind, ProviderKind::Github | ProviderKind::Slack) && params.contains_key("code") => "authorization_code".to_owned(),
         None => String::new(),
     };
     *inner.tokens.requests.entry(grant_type.clone()).or_default() += 1;
@@ -364,11 +398,12 @@ fn token(shared: &Shared, inner: &mut Inner, req: &Req) -> Response {
 }
 
 /// The client's credentials: HTTP Basic (RFC 6749 §2.3.1: form-encoded id and secret), else the
-/// `client_id` and `client_secret` parameters.
+/// `client_id` and `client_secret` parameters (not at Notion: Basic only).
 fn client_auth(shared: &Shared, req: &Req, params: &BTreeMap<String, String>) -> Result<(), TokenError> {
     let basic = req.auth_token(&["Basic"]).and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok()).and_then(|b| String::from_utf8(b).ok());
     let (id, secret) = match basic.as_deref().and_then(|b| b.split_once(':')) {
         Some((id, secret)) => (Some(percent_decode(id, true)), Some(percent_decode(secret, true))),
+        None if shared.kind == ProviderKind::Notion => (None, None),
         None => (params.get("client_id").cloned(), params.get("client_secret").cloned()),
     };
     if id.as_deref() != Some(shared.client_id.as_str()) {
@@ -385,14 +420,16 @@ fn exchange(shared: &Shared, tokens: &mut Tokens, params: &BTreeMap<String, Stri
     let code_param = params.get("code").ok_or(TokenError::BadCode)?;
     let code = tokens.codes.get_mut(code_param).filter(|c| !c.used && c.issued.elapsed() < CODE_LIFETIME).ok_or(TokenError::BadCode)?;
     match params.get("redirect_uri") {
-        None if kind == ProviderKind::Google => return Err(TokenError::Request("Missing required parameter: redirect_uri")),
+        None if matches!(kind, ProviderKind::Google | ProviderKind::Trello) => return Err(TokenError::Request("Missing required parameter: redirect_uri")),
         Some(uri) if *uri != code.redirect_uri => return Err(TokenError::RedirectMismatch),
         _ => {}
     }
-    let verifier = params.get("code_verifier").ok_or(TokenError::Verifier("Missing code verifier."))?;
-    if s256(verifier) != code.challenge {
-        // The code stays usable: only a successful exchange uses it up.
-        return Err(TokenError::Verifier("Invalid code verifier."));
+    if let Some(challenge) = &code.challenge {
+        let verifier = params.get("code_verifier").ok_or(TokenError::Verifier("Missing code verifier."))?;
+        if s256(verifier) != *challenge {
+            // The code stays usable: only a successful exchange uses it up.
+            return Err(TokenError::Verifier("Invalid code verifier."));
+        }
     }
     code.used = true;
     let (scopes, offline) = (code.scopes.clone(), code.offline);
@@ -467,6 +504,22 @@ fn token_answer(shared: &Shared, inner: &Inner, req: &Req, issued: Issued) -> Re
             };
             json_response(StatusCode::OK, &body)
         }
+        ProviderKind::Trello => {
+            let mut body = json!({"access_token": issued.access_token, "expires_in": ttl, "scope": issued.scopes.join(" "), "token_type": "Bearer"});
+            if let Some(refresh) = issued.refresh_token {
+                body["refresh_token"] = refresh.into();
+            }
+            json_response(StatusCode::OK, &body)
+        }
+        ProviderKind::Notion => {
+            let c = &inner.content;
+            let body = json!({
+                "access_token": issued.access_token, "token_type": "bearer", "refresh_token": issued.refresh_token, "expires_in": ttl, "bot_id": crate::notion::BOT_ID,
+                "workspace_id": crate::notion::WORKSPACE_ID, "workspace_name": c.notion_workspace_name, "workspace_icon": null, "owner": {"type": "user", "user": crate::notion::owner_json(c)},
+                "duplicated_template_id": null, "request_id": crate::notion::request_id(inner),
+            });
+            json_response(StatusCode::OK, &body)
+        }
     }
 }
 
@@ -517,6 +570,49 @@ fn token_error(kind: ProviderKind, req: &Req, error: TokenError) -> Response {
             };
             json_response(StatusCode::OK, &json!({"ok": false, "error": code}))
         }
+        ProviderKind::Trello => {
+            let (status, code, description) = match &error {
+                TokenError::UnknownClient | TokenError::BadSecret => (StatusCode::UNAUTHORIZED, "access_denied", "Unauthorized".to_owned()),
+                TokenError::Request(message) => (StatusCode::BAD_REQUEST, "invalid_request", message.to_string()),
+                TokenError::BadCode => (StatusCode::FORBIDDEN, "invalid_grant", "Invalid authorization code".to_owned()),
+                TokenError::Verifier(message) => (StatusCode::FORBIDDEN, "invalid_grant", message.to_string()),
+                TokenError::RedirectMismatch => (StatusCode::FORBIDDEN, "invalid_grant", "redirect_uri is not the one of the authorization request".to_owned()),
+                TokenError::BadRefresh => (StatusCode::FORBIDDEN, "invalid_grant", "Unknown or invalid refresh token.".to_owned()),
+                TokenError::UnsupportedGrant(grant) => (StatusCode::FORBIDDEN, "unsupported_grant_type", format!("Unsupported grant type: {grant}")),
+            };
+            json_response(status, &json!({"error": code, "error_description": description}))
+        }
+        ProviderKind::Notion => {
+            let (status, code, description) = match &error {
+                TokenError::UnknownClient | TokenError::BadSecret => (StatusCode::UNAUTHORIZED, "invalid_client", "Client authentication failed: send the client id and secret with HTTP Basic.".to_owned()),
+                TokenError::Request(message) => (StatusCode::BAD_REQUEST, "invalid_request", message.to_string()),
+                TokenError::BadCode | TokenError::Verifier(_) => (StatusCode::BAD_REQUEST, "invalid_grant", "Invalid code.".to_owned()),
+                TokenError::RedirectMismatch => (StatusCode::BAD_REQUEST, "invalid_grant", "Invalid redirect_uri.".to_owned()),
+                TokenError::BadRefresh => (StatusCode::BAD_REQUEST, "invalid_grant", "Invalid refresh token.".to_owned()),
+                TokenError::UnsupportedGrant(grant) => (StatusCode::BAD_REQUEST, "unsupported_grant_type", format!("Unsupported grant_type: {grant}")),
+            };
+            json_response(status, &json!({"error": code, "error_description": description}))
+        }
+    }
+}
+
+/// Notion's `POST /v1/oauth/revoke`: the client's Basic credentials and `{"token": …}` (an access
+/// or refresh token), whose whole grant goes.
+fn notion_revoke(shared: &Shared, tokens: &mut Tokens, req: &Req) -> Response {
+    if req.method != Method::POST {
+        return error_page(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "The revocation endpoint takes POST.");
+    }
+    let params = req.params();
+    if let Err(error) = client_auth(shared, req, &params) {
+        return token_error(ProviderKind::Notion, req, error);
+    }
+    let Some(token) = params.get("token").filter(|t| !t.is_empty()) else {
+        return token_error(ProviderKind::Notion, req, TokenError::Request("body.token should be defined"));
+    };
+    if tokens.revoke_token(token) {
+        json_response(StatusCode::OK, &json!({}))
+    } else {
+        json_response(StatusCode::BAD_REQUEST, &json!({"error": "invalid_grant", "error_description": "The token is invalid or already revoked."}))
     }
 }
 

@@ -1,6 +1,6 @@
-//! The OAuth provider stand-ins ([`ProviderStandin`]): Google, GitHub and Slack, each on a loopback
-//! port of its own with its OAuth 2.0 endpoints (`oauth`) and its REST API (`google`, `github`,
-//! `slack`) on that one port. Every request is recorded on arrival, then answered under one lock:
+//! The OAuth provider stand-ins ([`ProviderStandin`]): Google, GitHub, Slack, Trello and Notion,
+//! each on a loopback port of its own with its OAuth 2.0 endpoints (`oauth`) and its REST API
+//! (`google`, `github`, `slack`, `trello`, `notion`) on that one port. Every request is recorded on arrival, then answered under one lock:
 //! concurrent requests are served one at a time, in the order they took the lock, so that 20
 //! refreshes racing with one rotating refresh token give exactly one success.
 
@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::{github, google, oauth, slack};
+use crate::{github, google, notion, oauth, slack, trello};
 
 /// Which provider a [`ProviderStandin`] plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,6 +32,12 @@ pub enum ProviderKind {
     Github,
     /// Slack: OAuth v2 with user scopes and token rotation, the Web API's conversations.
     Slack,
+    /// Trello: OAuth 2.0 (Atlassian 3LO, auth.atlassian.com) with PKCE and rotating refresh
+    /// tokens, the REST API's boards, lists and cards (api.trello.com/1).
+    Trello,
+    /// Notion: OAuth of a public integration (HTTP Basic client auth, rotating refresh tokens),
+    /// the API's search, pages, blocks and comments (api.notion.com/v1).
+    Notion,
 }
 
 /// What a [`ProviderStandin`] accepts and the content its API serves.
@@ -39,7 +45,8 @@ pub enum ProviderKind {
 pub struct ProviderStandinConfig {
     /// The one registered OAuth client.
     pub client_id: String,
-    /// Its secret, sent to the token endpoint as a form field or with HTTP Basic.
+    /// Its secret, sent to the token endpoint as a form field (Trello: a JSON field) or with HTTP
+    /// Basic (Notion: Basic only).
     pub client_secret: String,
     /// Lifetime of an access token (the `expires_in` of token answers). 0 issues tokens that are
     /// already expired.
@@ -86,6 +93,24 @@ pub struct Content {
     pub slack_channels: Vec<SlackChannel>,
     /// Slack messages, in any order (they are served by `ts`).
     pub slack_messages: Vec<SlackMessage>,
+    /// The Trello member the tokens belong to (`username`).
+    pub trello_username: String,
+    /// Its `fullName`.
+    pub trello_full_name: String,
+    /// Trello boards (the member is on all of them).
+    pub trello_boards: Vec<TrelloBoard>,
+    /// Trello lists; a list naming an unknown board creates it.
+    pub trello_lists: Vec<TrelloList>,
+    /// Trello cards; a card naming an unknown board or list creates it.
+    pub trello_cards: Vec<TrelloCard>,
+    /// The Notion workspace the integration is installed in.
+    pub notion_workspace_name: String,
+    /// The Notion user who installed it (the `owner` of the token answers).
+    pub notion_user_name: String,
+    /// That user's email.
+    pub notion_user_email: String,
+    /// Notion pages shared with the integration (all at the workspace's top level).
+    pub notion_pages: Vec<NotionPage>,
 }
 
 /// An event of the Google calendar.
@@ -272,10 +297,103 @@ impl SlackMessage {
     }
 }
 
+/// A Trello board.
+#[derive(Debug, Clone, Default)]
+pub struct TrelloBoard {
+    /// 24 hex digits; empty: `5f00000000000000000b0001`, … (the first free one, in order).
+    pub id: String,
+    /// The name.
+    pub name: String,
+    /// The description (`desc`).
+    pub desc: String,
+}
+
+impl TrelloBoard {
+    /// A board without a description.
+    pub fn new(name: &str) -> Self {
+        Self { name: name.into(), ..Self::default() }
+    }
+}
+
+/// A list of a Trello board.
+#[derive(Debug, Clone, Default)]
+pub struct TrelloList {
+    /// 24 hex digits; empty: `5f00000000000000000a0001`, … (the first free one, in order).
+    pub id: String,
+    /// The board's id or name (stored as the id); empty: the first board.
+    pub board: String,
+    /// The name.
+    pub name: String,
+}
+
+impl TrelloList {
+    /// A list of `board` (id or name).
+    pub fn new(board: &str, name: &str) -> Self {
+        Self { board: board.into(), name: name.into(), ..Self::default() }
+    }
+}
+
+/// A Trello card.
+#[derive(Debug, Clone, Default)]
+pub struct TrelloCard {
+    /// 24 hex digits; empty: `5f00000000000000000c0001`, … (the first free one, in order).
+    pub id: String,
+    /// The board's id or name (stored as the id); empty: the list's board, else the first board.
+    pub board: String,
+    /// The list's id or name on that board (stored as the id); empty: the board's first list.
+    pub list: String,
+    /// The name.
+    pub name: String,
+    /// The description (Markdown).
+    pub desc: String,
+    /// The due time, RFC 3339 or a date (served as `2025-06-04T09:00:00.000Z`); `None`: no due date.
+    pub due: Option<String>,
+    /// `dueComplete`.
+    pub due_complete: bool,
+    /// Archived (`closed`): left out of a board's cards unless `filter=all` or `closed`.
+    pub closed: bool,
+    /// Label names (each a label of the board, its id and color derived from the name).
+    pub labels: Vec<String>,
+    /// `dateLastActivity`, RFC 3339; empty: a day before the start. A `PUT` sets it to now.
+    pub last_activity: String,
+}
+
+impl TrelloCard {
+    /// An open card of `list` (id or name) on `board` (id or name), without due date or labels.
+    pub fn new(board: &str, list: &str, name: &str, desc: &str) -> Self {
+        Self { board: board.into(), list: list.into(), name: name.into(), desc: desc.into(), ..Self::default() }
+    }
+}
+
+/// A Notion page, at the workspace's top level.
+#[derive(Debug, Clone, Default)]
+pub struct NotionPage {
+    /// A UUID (with or without dashes; stored with them); empty: `00000000-0000-4000-8000-000000000001`, … in order.
+    pub id: String,
+    /// The title.
+    pub title: String,
+    /// Its blocks, one a string: a paragraph, or `# `, `## `, `### ` a heading (`heading_1`, …)
+    /// and `- ` a `bulleted_list_item`.
+    pub paragraphs: Vec<String>,
+    /// RFC 3339; empty: a day before the start.
+    pub last_edited_time: String,
+}
+
+impl NotionPage {
+    /// A page with these blocks.
+    pub fn new(title: &str, paragraphs: &[&str]) -> Self {
+        Self { title: title.into(), paragraphs: paragraphs.iter().map(|p| p.to_string()).collect(), ..Self::default() }
+    }
+}
+
 impl Content {
-    /// The accounts of [`Content::default`] without any events, emails, files, issues, channels or messages.
+    /// The accounts of [`Content::default`] without any events, emails, files, issues, channels,
+    /// messages, boards, lists, cards or pages.
     pub fn empty() -> Self {
-        Content { calendar_events: Vec::new(), emails: Vec::new(), drive_files: Vec::new(), issues: Vec::new(), github_repos: Vec::new(), slack_channels: Vec::new(), slack_messages: Vec::new(), ..Content::default() }
+        Content {
+            calendar_events: Vec::new(), emails: Vec::new(), drive_files: Vec::new(), issues: Vec::new(), github_repos: Vec::new(), slack_channels: Vec::new(), slack_messages: Vec::new(),
+            trello_boards: Vec::new(), trello_lists: Vec::new(), trello_cards: Vec::new(), notion_pages: Vec::new(), ..Content::default()
+        }
     }
 }
 
@@ -284,7 +402,9 @@ impl Default for Content {
     /// them multipart) and 3 Drive files (2 Google Docs, 1 text file); GitHub user `alice` with
     /// `acme/app`: issues 1 and 2 and pull request 3; Slack workspace `Acme` (`T0STANDIN`), user
     /// `U0ALICE`, channels `general` (public) and `project-x` (private) with 4 messages, one a
-    /// thread with a reply.
+    /// thread with a reply; Trello member `alice` with board `Family`, lists `To do`, `Doing`,
+    /// `Done` and 3 cards (`Pay the rent` due in 3 days); Notion workspace `Alice's Notion` of
+    /// `Alice` with 3 pages (`Trip to Lisbon`, `Recipes`, `Reading list`).
     fn default() -> Self {
         let now = now_minute();
         let day = |days: i64, h: u8, m: u8| rfc3339((now.date() + time::Duration::days(days)).with_time(time::Time::from_hms(h, m, 0).unwrap_or(time::Time::MIDNIGHT)).assume_utc());
@@ -325,6 +445,26 @@ impl Default for Content {
                 SlackMessage { ts: all_hands.clone(), ..SlackMessage::new("C0GENERAL", "U0CAROL", "Reminder: all-hands at 3pm today.") },
                 SlackMessage { ts: ts(170, 300), ..SlackMessage::reply("C0GENERAL", &all_hands, "U0ALICE", "Will it be recorded?") },
                 SlackMessage { ts: ts(60, 400), ..SlackMessage::new("C0PROJECTX", "U0BOB", "The launch moved to next Tuesday.") },
+            ],
+            trello_username: "alice".into(),
+            trello_full_name: "Alice Example".into(),
+            trello_boards: vec![TrelloBoard { desc: "Family chores and plans.".into(), ..TrelloBoard::new("Family") }],
+            trello_lists: vec![TrelloList::new("Family", "To do"), TrelloList::new("Family", "Doing"), TrelloList::new("Family", "Done")],
+            trello_cards: vec![
+                TrelloCard { labels: labels(&["health"]), last_activity: ago(50), ..TrelloCard::new("Family", "To do", "Book the dentist", "") },
+                TrelloCard { last_activity: ago(6), ..TrelloCard::new("Family", "Doing", "Plan the trip", "Lisbon in May: flights, hotel, and a packing list.") },
+                TrelloCard { due: Some(day(3, 9, 0)), labels: labels(&["money"]), last_activity: ago(30), ..TrelloCard::new("Family", "To do", "Pay the rent", "Transfer to the landlord.") },
+            ],
+            notion_workspace_name: "Alice's Notion".into(),
+            notion_user_name: "Alice".into(),
+            notion_user_email: "alice@example.com".into(),
+            notion_pages: vec![
+                NotionPage {
+                    last_edited_time: ago(3),
+                    ..NotionPage::new("Trip to Lisbon", &["Flights: TP1351 on Friday at 09:05, back on Monday.", "## Packing list", "- Passport", "- Sunscreen", "- Travel adapter"])
+                },
+                NotionPage { last_edited_time: ago(28), ..NotionPage::new("Recipes", &["## Pasta al limone", "Zest two lemons, then toss with butter, parmesan and the pasta water."]) },
+                NotionPage { last_edited_time: ago(80), ..NotionPage::new("Reading list", &["Books for the summer:", "- The Left Hand of Darkness", "- Piranesi"]) },
             ],
         }
     }
@@ -389,6 +529,31 @@ impl SentMail {
     }
 }
 
+/// A Trello card changed with `PUT /1/cards/{id}` (recorded when applied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrelloUpdate {
+    /// The card's id.
+    pub card_id: String,
+    /// The parameters of the request, from the query string and the body (JSON or form; the
+    /// body's win, JSON non-strings as their JSON text), `key` and `token` left out.
+    pub fields: BTreeMap<String, String>,
+}
+
+/// A comment made with Notion's `POST /v1/comments`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotionComment {
+    /// The comment's id (a UUID).
+    pub id: String,
+    /// The page it is on (with dashes).
+    pub page_id: String,
+    /// Its discussion: a new one, or the one of `discussion_id` for a reply.
+    pub discussion_id: String,
+    /// Its text: the `plain_text` (or `text.content`) of its rich text items, joined.
+    pub text: String,
+    /// When it was made (`2025-06-04T09:00:00.000Z`).
+    pub created_time: String,
+}
+
 /// Tokens minted by [`ProviderStandin::issue_tokens`], as if an authorization had been completed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuedTokens {
@@ -418,6 +583,8 @@ pub(crate) struct Inner {
     pub(crate) content: Content,
     pub(crate) drafts: Vec<GmailDraft>,
     pub(crate) sent: Vec<SentMail>,
+    pub(crate) trello_updates: Vec<TrelloUpdate>,
+    pub(crate) notion_comments: Vec<NotionComment>,
     /// Numbers messages, drafts, comments and posts made through the API.
     pub(crate) counter: u64,
     /// The next issue comment id.
@@ -437,8 +604,11 @@ impl Inner {
         self.counter
     }
 
-    /// Assigns what is empty: ids in order, times, the default repo, channel ids for names.
+    /// Assigns what is empty: ids in order, times, the default repo, channel ids for names,
+    /// Trello board and list ids for names, Notion page ids.
     fn fill(&mut self, started: OffsetDateTime) {
+        trello::fill(&mut self.content, started);
+        notion::fill(&mut self.content, started);
         let now = rfc3339(started);
         let c = &mut self.content;
         for (i, e) in c.calendar_events.iter_mut().enumerate() {
@@ -524,7 +694,10 @@ impl ProviderStandin {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let started = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or_else(|_| OffsetDateTime::now_utc());
-        let mut inner = Inner { log: Vec::new(), tokens: oauth::Tokens::default(), content: config.content, drafts: Vec::new(), sent: Vec::new(), counter: 0, next_comment: 1_000_001 };
+        let mut inner = Inner {
+            log: Vec::new(), tokens: oauth::Tokens::default(), content: config.content, drafts: Vec::new(), sent: Vec::new(), trello_updates: Vec::new(), notion_comments: Vec::new(), counter: 0,
+            next_comment: 1_000_001,
+        };
         inner.fill(started);
         let shared = Arc::new(Shared {
             kind,
@@ -563,7 +736,8 @@ impl ProviderStandin {
 
     /// The requests that would change something at the provider: `POST`, `PUT`, `PATCH` or
     /// `DELETE` to an API path (Slack: any Web API method that is not a read, whatever the HTTP
-    /// method), whether or not the stand-in implements it. OAuth (authorize, token, revoke) is not here.
+    /// method; Notion: not `POST /v1/search` nor a `…/query`), whether or not the stand-in
+    /// implements it. OAuth (authorize, token, revoke) is not here.
     pub fn writes(&self) -> Vec<ProviderRequest> {
         let kind = self.shared.kind;
         self.requests().into_iter().filter(|r| is_write(kind, &r.method, &r.path)).collect()
@@ -594,7 +768,10 @@ impl ProviderStandin {
     }
 
     /// Mints a grant with `scopes` without the authorization flow (not recorded, not counted), for
-    /// tests that start from a connected account. Google's refresh token is as with `access_type=offline`.
+    /// tests that start from a connected account. Google's refresh token is as with `access_type=offline`,
+    /// Trello's as with `offline_access`. Notion's `scopes` are the integration's capabilities
+    /// (`read_content`, `update_content`, `insert_content`, `read_comments`, `insert_comments`):
+    /// none is all of them, as the authorization flow grants.
     pub fn issue_tokens(&self, scopes: &[&str]) -> IssuedTokens {
         let kind = self.shared.kind;
         let ttl = self.shared.ttl;
@@ -610,6 +787,35 @@ impl ProviderStandin {
     /// Gmail: the drafts made with `drafts.create` and not sent.
     pub fn drafts(&self) -> Vec<GmailDraft> {
         self.shared.lock().drafts.clone()
+    }
+
+    /// Trello: the card updates (`PUT /1/cards/{id}`) applied, in order.
+    pub fn trello_updates(&self) -> Vec<TrelloUpdate> {
+        self.shared.lock().trello_updates.clone()
+    }
+
+    /// Trello: the [`writes`](Self::writes) other than card updates (`POST /1/cards`,
+    /// `DELETE /1/cards/{id}`, any other write path), answered or refused. Empty for other providers.
+    pub fn trello_other_writes(&self) -> Vec<ProviderRequest> {
+        match self.shared.kind {
+            ProviderKind::Trello => self.writes().into_iter().filter(|r| !trello::is_card_update(&r.method, &r.path)).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Notion: the comments made with `POST /v1/comments`, in order.
+    pub fn notion_comments(&self) -> Vec<NotionComment> {
+        self.shared.lock().notion_comments.clone()
+    }
+
+    /// Notion: the [`writes`](Self::writes) other than `POST /v1/comments` (`PATCH /v1/pages/{id}`,
+    /// `POST /v1/pages`, `PATCH` or `DELETE /v1/blocks/{id}`, `PATCH /v1/blocks/{id}/children`,
+    /// any other write path), answered or refused. Empty for other providers.
+    pub fn notion_other_writes(&self) -> Vec<ProviderRequest> {
+        match self.shared.kind {
+            ProviderKind::Notion => self.writes().into_iter().filter(|r| !notion::is_comment_create(&r.method, &r.path)).collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// The content as it is now (with assigned ids, posted comments and Slack posts).
@@ -651,6 +857,16 @@ impl ProviderStandin {
         self.add(|c| c.slack_messages.push(message), |c| c.slack_messages.last().map(|m| m.ts.clone()))
     }
 
+    /// Adds a Trello card (creating its board or list if it names an unknown one); returns its id.
+    pub fn add_trello_card(&self, card: TrelloCard) -> String {
+        self.add(|c| c.trello_cards.push(card), |c| c.trello_cards.last().map(|c| c.id.clone()))
+    }
+
+    /// Adds a Notion page; returns its id (with dashes).
+    pub fn add_notion_page(&self, page: NotionPage) -> String {
+        self.add(|c| c.notion_pages.push(page), |c| c.notion_pages.last().map(|p| p.id.clone()))
+    }
+
     fn add(&self, push: impl FnOnce(&mut Content), id: impl FnOnce(&Content) -> Option<String>) -> String {
         let mut inner = self.shared.lock();
         push(&mut inner.content);
@@ -671,6 +887,7 @@ fn is_write(kind: ProviderKind, method: &str, path: &str) -> bool {
     }
     match kind {
         ProviderKind::Slack => path.strip_prefix("/api/").is_some_and(|m| !slack::is_read_method(m)),
+        ProviderKind::Notion => matches!(method, "POST" | "PUT" | "PATCH" | "DELETE") && !notion::is_read_post(path),
         _ => matches!(method, "POST" | "PUT" | "PATCH" | "DELETE"),
     }
 }
@@ -696,6 +913,8 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, hea
             ProviderKind::Google => google::api(&shared, inner, &req),
             ProviderKind::Github => github::api(&shared, inner, &req),
             ProviderKind::Slack => slack::api(&shared, inner, &req),
+            ProviderKind::Trello => trello::api(&shared, inner, &req),
+            ProviderKind::Notion => notion::api(&shared, inner, &req),
         },
     };
     inner.log[index].status = response.status().as_u16();

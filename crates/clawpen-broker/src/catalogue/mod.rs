@@ -1,17 +1,20 @@
-//! The tools: one module per provider ([`google`], [`github`], [`slack`]), each a list of
+//! The tools: one module per provider ([`google`], [`github`], [`slack`], [`trello`],
+//! [`notion`]), each a list of
 //! [`ToolDef`]s and the code that runs them. A tool is a JSON Schema for its arguments (checked
 //! with `jsonschema`, `additionalProperties: false`, a tight pattern per id), the scopes it
 //! needs, a fixed method and path under the provider's API base, the fields it returns and a
 //! cap on its result's size. Nothing here deletes, sends mail, posts a message, fetches an
-//! arbitrary URL or runs code; the two writes (a Gmail draft, a GitHub comment) are proposals a
-//! person approves.
+//! arbitrary URL or runs code; the writes (a Gmail draft, a GitHub comment, a Trello card's
+//! fields, a Notion comment) are proposals a person approves.
 //!
 //! Results are trimmed to their fields and cap ([`fit`]) and handed to the model wrapped as
 //! untrusted content ([`untrusted`]).
 
 pub mod github;
 pub mod google;
+pub mod notion;
 pub mod slack;
+pub mod trello;
 
 use std::fmt;
 
@@ -31,17 +34,21 @@ pub enum Provider {
     Google,
     Github,
     Slack,
+    Trello,
+    Notion,
 }
 
 impl Provider {
-    pub const ALL: [Provider; 3] = [Provider::Google, Provider::Github, Provider::Slack];
+    pub const ALL: [Provider; 5] = [Provider::Google, Provider::Github, Provider::Slack, Provider::Trello, Provider::Notion];
 
-    /// As in config keys, the store and the API: `google`, `github`, `slack`.
+    /// As in config keys, the store and the API: `google`, `github`, `slack`, `trello`, `notion`.
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::Google => "google",
             Provider::Github => "github",
             Provider::Slack => "slack",
+            Provider::Trello => "trello",
+            Provider::Notion => "notion",
         }
     }
 
@@ -51,6 +58,8 @@ impl Provider {
             Provider::Google => "Google",
             Provider::Github => "GitHub",
             Provider::Slack => "Slack",
+            Provider::Trello => "Trello",
+            Provider::Notion => "Notion",
         }
     }
 
@@ -126,7 +135,7 @@ pub(crate) struct Entry {
 
 /// Every tool definition.
 pub fn definitions() -> impl Iterator<Item = &'static ToolDef> {
-    google::TOOLS.iter().chain(github::TOOLS).chain(slack::TOOLS)
+    google::TOOLS.iter().chain(github::TOOLS).chain(slack::TOOLS).chain(trello::TOOLS).chain(notion::TOOLS)
 }
 
 impl Catalogue {
@@ -421,6 +430,64 @@ pub(crate) struct Draft {
 
 // ---- running a tool against a connection ----
 
+/// The Notion API version the Notion tools are written against.
+pub(crate) const NOTION_VERSION: &str = "2022-06-28";
+
+/// What every request to `kind`'s API carries besides the token.
+pub(crate) fn api_headers(kind: Provider, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    use reqwest::header::ACCEPT;
+    match kind {
+        Provider::Github => rb.header(ACCEPT, "application/vnd.github+json").header("X-GitHub-Api-Version", "2022-11-28"),
+        Provider::Notion => rb.header(ACCEPT, "application/json").header("Notion-Version", NOTION_VERSION),
+        Provider::Google | Provider::Slack | Provider::Trello => rb.header(ACCEPT, "application/json"),
+    }
+}
+
+/// Runs a read tool of any provider.
+pub(crate) async fn read(x: &Exec<'_>, def: &ToolDef, args: &Value) -> Result<Value, ToolError> {
+    match def.provider {
+        Provider::Google => google::read(x, def.name, args).await,
+        Provider::Github => github::read(x, def.name, args).await,
+        Provider::Slack => slack::read(x, def.name, args).await,
+        Provider::Trello => trello::read(x, def.name, args).await,
+        Provider::Notion => notion::read(x, def.name, args).await,
+    }
+}
+
+/// Makes the proposal of a write tool: what it would write where (reading, where it helps the
+/// person approving, what the target is now).
+pub(crate) async fn propose(x: &Exec<'_>, def: &ToolDef, args: &Value) -> Result<Draft, ToolError> {
+    match def.provider {
+        Provider::Google => google::propose(x, def.name, args).await,
+        Provider::Github => github::propose(x, def.name, args).await,
+        Provider::Trello => trello::propose(x, def.name, args).await,
+        Provider::Notion => notion::propose(x, def.name, args).await,
+        Provider::Slack => Err(ToolError::internal("Slack has no write tool")),
+    }
+}
+
+/// Performs an approved proposal's write.
+pub(crate) async fn perform(x: &Exec<'_>, tool: &str, payload: &Value) -> Result<String, ToolError> {
+    match x.provider.kind {
+        Provider::Google => google::perform(x, tool, payload).await,
+        Provider::Github => github::perform(x, tool, payload).await,
+        Provider::Trello => trello::perform(x, tool, payload).await,
+        Provider::Notion => notion::perform(x, tool, payload).await,
+        Provider::Slack => Err(ToolError::internal("Slack has no write tool")),
+    }
+}
+
+/// The connected account, as shown, right after a code grant.
+pub(crate) async fn account(b: &Broker, p: &ResolvedProvider, token: &clawpen_vault::Secret<String>, scopes: &[String]) -> Option<String> {
+    match p.kind {
+        Provider::Google => google::account(b, p, token, scopes).await,
+        Provider::Github => github::account(b, p, token).await,
+        Provider::Slack => slack::account(b, p, token).await,
+        Provider::Trello => trello::account(b, p, token).await,
+        Provider::Notion => notion::account(b, p, token).await,
+    }
+}
+
 /// One tool call's view of its connection: sends [`ApiRequest`]s with the connection's token,
 /// refreshing it once on a 401.
 pub(crate) struct Exec<'a> {
@@ -441,16 +508,16 @@ impl Exec<'_> {
         ApiRequest::post(&self.provider.api_base, path, body)
     }
 
+    pub fn put(&self, path: &str, body: Value) -> ApiRequest {
+        ApiRequest::put(&self.provider.api_base, path, body)
+    }
+
     fn name(&self) -> &'static str {
         self.provider.kind.display()
     }
 
     async fn once(&self, req: &ApiRequest, token: &clawpen_vault::Secret<String>) -> Result<Answer, ToolError> {
-        let mut rb = self.broker.http.request(req.method.clone(), req.url.clone()).bearer_auth(token.expose());
-        rb = match self.provider.kind {
-            crate::catalogue::Provider::Github => rb.header(reqwest::header::ACCEPT, "application/vnd.github+json").header("X-GitHub-Api-Version", "2022-11-28"),
-            _ => rb.header(reqwest::header::ACCEPT, "application/json"),
-        };
+        let mut rb = api_headers(self.provider.kind, self.broker.http.request(req.method.clone(), req.url.clone()).bearer_auth(token.expose()));
         if let Some(body) = &req.json {
             rb = rb.json(body);
         }
@@ -570,7 +637,7 @@ mod tests {
                 assert!(err.message.contains(&format!("`{extra}`")), "{}: {}", e.def.name, err.message);
             }
         }
-        assert_eq!(names.len(), 14);
+        assert_eq!(names.len(), 20);
     }
 
     #[test]

@@ -43,11 +43,7 @@ async fn harness_with(tune: impl FnOnce(&mut BrokerConfig)) -> Harness {
         let mut c = ProviderConfig::at(p, &format!("{base}/{}", p.as_str()), &format!("{}-client", p.as_str()), "UNUSED");
         c.client_secret_env = None;
         c.client_secret_file = Some(secret.clone());
-        match p {
-            Provider::Google => config.providers.google = Some(c),
-            Provider::Github => config.providers.github = Some(c),
-            Provider::Slack => config.providers.slack = Some(c),
-        }
+        config.providers.set(p, c);
     }
     tune(&mut config);
     let store = Store::for_testing(dir.path()).await.unwrap();
@@ -588,8 +584,8 @@ async fn the_tools_listed_are_the_enabled_connected_and_granted_ones() {
     assert_eq!(error_of(&o).0, "scope_missing");
     let o = h.broker.call(&caller(&t), "run_1", "drive_search", json!({"query": "x"})).await;
     assert_eq!(error_of(&o).0, "tool_not_enabled");
-    assert_eq!(h.broker.catalogue().len(), 14);
-    assert_eq!(h.broker.catalogue().iter().filter(|t| t.writes).map(|t| t.name.as_str()).collect::<Vec<_>>(), ["gmail_create_draft", "github_comment"]);
+    assert_eq!(h.broker.catalogue().len(), 20);
+    assert_eq!(h.broker.catalogue().iter().filter(|t| t.writes).map(|t| t.name.as_str()).collect::<Vec<_>>(), ["gmail_create_draft", "github_comment", "trello_update_card", "notion_comment"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

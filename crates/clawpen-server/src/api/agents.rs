@@ -177,6 +177,9 @@ pub async fn send_message(State(app): State<App>, caller: TenantCaller, AgentPat
     let msg = MessageIn { text: body.text, session: body.session, run_id: None };
     let wants_stream = headers.get("accept").and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
     if wants_stream {
+        if let Some(out) = app.command_reply(&caller.tenant, &agent, &msg, &caller.actor()).await {
+            return Ok(command_events(out).into_response());
+        }
         let stream = app.deliver_message_stream(&caller.tenant, &agent, msg, &caller.actor()).await?;
         return Ok(reply_events(stream).into_response());
     }
@@ -201,6 +204,15 @@ impl From<clawpen_agent::protocol::MessageOut> for MessageReply {
             paused_until: out.paused_until,
         }
     }
+}
+
+/// A command's answer (`/approve N` …) as the events of a streamed reply: all of it as one
+/// `delta`, then `done`.
+fn command_events(out: clawpen_agent::protocol::MessageOut) -> axum::response::sse::Sse<impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>> {
+    use axum::response::sse::Event;
+    let delta = Event::default().event("delta").data(serde_json::json!({ "text": out.reply }).to_string());
+    let done = Event::default().event("done").data(serde_json::to_string(&MessageReply::from(out)).unwrap_or_default());
+    axum::response::sse::Sse::new(futures_util::stream::iter([Ok(delta), Ok(done)]))
 }
 
 /// A streamed reply as server-sent events (see [`send_message`]).

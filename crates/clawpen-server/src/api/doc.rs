@@ -141,7 +141,7 @@ fn path_param(name: &str) -> Option<(&'static str, &'static str)> {
         "bot" => (BOT_PATTERN, "`shared`, or the id (`tgb_…`) of a tenant's bot."),
         "name" => (NODE_PATTERN, "A node's name from the config (`local` without `[[nodes]]`)."),
         "run_id" => (RUN_PATTERN, "A run id (`run_…`) the server opened for the agent."),
-        "provider" => (integrations::PROVIDER_PATTERN, "`google`, `github` or `slack`."),
+        "provider" => (integrations::PROVIDER_PATTERN, "`google`, `github`, `slack`, `trello` or `notion`."),
         "connection_id" => (clawpen_core::ids::ConnectionId::PATTERN, "A connection id (`cn_…`) of the tenant."),
         "number" => (integrations::NUMBER_PATTERN, "A proposal's number within the tenant."),
         _ => return None,

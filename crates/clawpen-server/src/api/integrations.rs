@@ -17,7 +17,7 @@ use crate::app::App;
 use crate::error::{ApiError, ErrorBody};
 
 /// Providers a connection can be made to.
-pub const PROVIDER_PATTERN: &str = "^(google|github|slack)$";
+pub const PROVIDER_PATTERN: &str = "^(google|github|slack|trello|notion)$";
 /// A proposal's number within its tenant.
 pub const NUMBER_PATTERN: &str = "^[1-9][0-9]{0,15}$";
 
@@ -43,7 +43,7 @@ fn member(caller: &TenantCaller) -> String {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ToolView {
     pub name: String,
-    /// `google`, `github` or `slack`.
+    /// `google`, `github`, `slack`, `trello` or `notion`.
     pub provider: String,
     pub description: String,
     /// The OAuth scopes it needs.
@@ -147,7 +147,7 @@ pub struct ConnectStart {
         (status = 409, description = "This server has no OAuth app for the provider (`not_configured`): the operator sets `[broker.providers.<name>]`.", body = ErrorBody)))]
 /// Begins connecting a provider account (OAuth 2.0 authorization code with PKCE).
 pub async fn connect(State(app): State<App>, caller: TenantCaller, Path(provider): Path<String>) -> Result<Json<ConnectStart>, ApiError> {
-    if !matches!(provider.as_str(), "google" | "github" | "slack") {
+    if clawpen_broker::Provider::parse(&provider).is_none() {
         return Err(ApiError::not_found("provider"));
     }
     let authorize_url = app.broker.begin_connect(&caller.tenant.id, &member(&caller), &provider).await.map_err(broker_error)?;

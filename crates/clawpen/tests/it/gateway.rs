@@ -8,7 +8,7 @@ use reqwest::Method;
 use crate::harness::TestServer;
 
 /// The connect URL of an agent, pointed at this server (`ws://`).
-async fn connect_url(s: &TestServer, key: &str, agent: &str) -> String {
+pub(crate) async fn connect_url(s: &TestServer, key: &str, agent: &str) -> String {
     let (st, c) = s.call(Method::POST, &format!("/api/v1/agents/{agent}/connect-url"), Some(key), None).await;
     assert_eq!(st, 200, "{c}");
     let query = c["url"].as_str().unwrap().split_once('?').unwrap().1.to_owned();

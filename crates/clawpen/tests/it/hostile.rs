@@ -305,3 +305,39 @@ async fn a_sandbox_cannot_forge_or_drive_the_log_its_owner_reads() {
     assert!(!line.chars().any(|c| c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c)), "no control character reaches the reader: {line:?}");
     assert!(line.contains("\\u{1b}[2J"), "escapes are shown, not acted on: {line}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_calls_no_tool_outside_a_run_the_server_opened_for_it() {
+    let s = TestServer::start_with_probe("", "").await;
+    let (_, key_a) = s.tenant("alpha").await;
+    let (_, key_b) = s.tenant("beta").await;
+    let a = s.agent(&key_a, "a", true).await["id"].as_str().unwrap().to_owned();
+    let b = s.agent(&key_b, "b", true).await["id"].as_str().unwrap().to_owned();
+    let (st, en) = s.put("/api/v1/integrations/tools", &key_a, json!({"tools": ["gmail_search"]})).await;
+    assert_eq!(st, 200, "{en}");
+    // B's open run (its id is what a sandbox might steal or guess) and one of A's own.
+    let (_, run_b) = s.post(&format!("/api/v1/agents/{b}/runs"), &s.admin.clone(), json!({})).await;
+    let (_, run_a) = s.post(&format!("/api/v1/agents/{a}/runs"), &s.admin.clone(), json!({})).await;
+    let (run_a, run_b) = (run_a["run_id"].as_str().unwrap().to_owned(), run_b["run_id"].as_str().unwrap().to_owned());
+    let args = r#"{"query": "invoice", "connection": "cn_aaaaaaaaaaaaaaaaaaaaaaaaaa"}"#;
+    let (_, v) = s.probe(&a, &["tool-calls", "--tool", "gmail_search", "--args", args, "--run", "-", "--run", "run_forged_by_the_sandbox", "--run", &run_b, "--run", &run_a]);
+    assert_eq!(v["tools"]["status"], 200, "{v}");
+    let calls = v["calls"].as_array().unwrap();
+    // No run, a made-up run, another tenant's run: refused before the broker, with why.
+    for c in &calls[..3] {
+        let status = c["answer"]["status"].as_u64().unwrap();
+        assert!((400..500).contains(&status) && c["answer"]["body"]["error"]["code"] == "no_run", "{c}");
+    }
+    // In its own run the call reaches the broker, which refuses the argument that names a
+    // connection: no argument chooses whose account is used.
+    let own = &calls[3]["answer"];
+    assert_eq!(own["status"], 200, "{own}");
+    assert_eq!(own["body"]["error"]["code"], "invalid_arguments", "{own}");
+    assert!(own["body"]["error"]["message"].as_str().unwrap().contains("`connection`"), "{own}");
+    // Only that call is A's in the audit; B's has none, and B keeps answering.
+    let (_, calls_a) = s.get("/api/v1/tool-calls", &key_a).await;
+    assert_eq!(calls_a["calls"].as_array().unwrap().len(), 1, "{calls_a}");
+    let (_, calls_b) = s.get("/api/v1/tool-calls", &key_b).await;
+    assert_eq!(calls_b["calls"], json!([]), "{calls_b}");
+    others_answer(&s, &key_b, &b, "after A's tool calls").await;
+}

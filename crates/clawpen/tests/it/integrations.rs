@@ -144,10 +144,25 @@ async fn a_poisoned_email_issue_or_event_makes_nothing_happen_without_the_user()
     assert_eq!(google.drafts().len(), 1, "{:?}", google.writes());
     assert!(google.sent_mail().is_empty(), "mail was sent");
     assert!(google.writes().iter().all(|w| !w.path.contains("send")), "{:?}", google.writes());
-    // The GitHub comment is rejected: never posted.
+    // The GitHub comment is listed in a streamed chat (SSE) and rejected in an OpenClaw chat
+    // through the gateway: never posted.
     let other = proposals.iter().find(|p| p["tool"] == "github_comment").unwrap()["number"].as_i64().unwrap();
-    let (st, p) = s.post(&format!("/api/v1/proposals/{other}/reject"), &key, json!({})).await;
-    assert_eq!((st, p["state"].as_str()), (200, Some("rejected")), "{p}");
+    let sse = reqwest::Client::new().post(format!("{}/api/v1/agents/{agent}/messages", s.base)).bearer_auth(&key).header("accept", "text/event-stream").json(&json!({"text": "/proposals"})).send().await.unwrap();
+    let sse = sse.text().await.unwrap();
+    assert!(sse.contains("event: delta") && sse.contains("event: done") && sse.contains(&format!("#{other}: github_comment")), "{sse}");
+    let url = crate::gateway::connect_url(&s, &key, agent).await;
+    let out = tokio::process::Command::new("python3")
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/test_gateway_commands.py")])
+        .env("CLAWPEN_CONNECT_URL", &url)
+        .env("CLAWPEN_PROPOSAL", other.to_string())
+        .output()
+        .await
+        .expect("python3 with `pip install -r tests/python/requirements.txt`");
+    let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && report.contains("1 passed"), "{report}\nserver log:\n{}", s.log());
+    let (_, p) = s.get("/api/v1/proposals?pending=false", &key).await;
+    let p = p["proposals"].as_array().unwrap().iter().find(|p| p["number"] == other).unwrap().clone();
+    assert_eq!(p["state"], "rejected", "{p}");
     assert!(github.writes().is_empty());
 
     // Every call is in the audit, with a digest of its arguments and never the arguments.
