@@ -26,6 +26,10 @@ pub struct MessageIn {
     /// makes up an id (which only a fake meter accepts: tests of the agent alone).
     #[serde(default)]
     pub run_id: Option<String>,
+    /// The server's greeting of a freshly deployed agent: `text` is kept in the session as the
+    /// agent's own first message and answered back, without a model call.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub greeting: bool,
 }
 
 /// `POST /messages` response. Sent with status 200 whenever the user gets an answer: the model's,

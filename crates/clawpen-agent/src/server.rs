@@ -120,6 +120,10 @@ async fn message(State(s): State<Arc<AgentState>>, headers: axum::http::HeaderMa
     let wants_stream = headers.get("accept").and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
     match checked(m) {
         Err(r) => r.into_response(),
+        Ok((session, m)) if m.greeting => match greet(&s, &session, m.text).await {
+            Ok(out) => Json(out).into_response(),
+            Err((status, e)) => reject(status, e).into_response(),
+        },
         Ok((session, m)) if wants_stream => stream_turn(s, session, m).into_response(),
         Ok((session, m)) => match turn(&s, &session, m.text, m.run_id, None).await {
             Ok(out) => Json(out).into_response(),
@@ -208,6 +212,19 @@ pub(crate) async fn turn(s: &AgentState, session: &str, text: String, run_id: Op
         }
         Err(e) => return Err((StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write the session log: {e}"))),
     }
+    Ok(out)
+}
+
+/// The server's greeting: kept in the session as the agent's first words, no model call.
+async fn greet(s: &AgentState, session: &str, text: String) -> Result<MessageOut, (StatusCode, String)> {
+    let config = s.config();
+    if !config.is_claimed() {
+        return Err((StatusCode::CONFLICT, "this sandbox is in the warm pool and has no agent yet".to_owned()));
+    }
+    let line = LogLine::Assistant { content: text.clone(), ts: now_ts(), run: None, stopped_by: None, error_code: None };
+    session::append(&s.workspace, session, &[line]).await.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write the session log: {e}")))?;
+    let mut out = answer(&config, session, "", 0, Ending::Answer(text)).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    out.run_id = String::new();
     Ok(out)
 }
 

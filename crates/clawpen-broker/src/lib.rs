@@ -432,6 +432,11 @@ impl Broker {
         &self.config
     }
 
+    /// Whether this server has an OAuth app for `p` (`[broker.providers.<p>]`).
+    pub fn is_configured(&self, p: Provider) -> bool {
+        self.provider(p).is_some()
+    }
+
     fn provider(&self, p: Provider) -> Option<&ResolvedProvider> {
         self.providers.iter().find(|r| r.kind == p)
     }

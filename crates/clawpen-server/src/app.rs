@@ -52,6 +52,10 @@ pub struct AppInner {
     pub broker: Arc<clawpen_broker::Broker>,
     /// Messages per minute per tenant.
     pub message_limits: crate::ratelimit::MessageLimits,
+    /// Console sign-in attempts, per account and in all.
+    pub login_limits: crate::console::auth::LoginLimits,
+    /// The console's usage chart: the settled days of each tenant's month.
+    pub spend_days: crate::console::SpendDays,
     /// The lifecycle record of each agent that should run (see [`crate::supervisor`]).
     pub lives: Mutex<HashMap<AgentId, clawpen_core::lifecycle::Life>>,
     /// MiB of plan memory committed, per holder (an agent's sandbox, or a warm-pool sandbox):
@@ -122,6 +126,8 @@ impl App {
             signer,
             broker,
             message_limits: Default::default(),
+            login_limits: Default::default(),
+            spend_days: Default::default(),
             lives: Mutex::new(HashMap::new()),
             committed: Mutex::new(HashMap::new()),
             nodes,

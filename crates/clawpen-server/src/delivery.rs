@@ -12,6 +12,9 @@ use crate::app::App;
 use crate::error::ApiError;
 use crate::fleet::Actor;
 
+/// What a freshly deployed agent says first.
+pub const GREETING: &str = "I'm live! I'm your new assistant. Tell me about yourself, or ask me anything.";
+
 impl App {
     /// Takes one message from the tenant's allowance (429 `rate_limited` when spent), wakes the
     /// agent from whichever tier it sleeps in (503 `wake_failed` when it cannot, 503 `node_full`
@@ -25,6 +28,13 @@ impl App {
         }
         let run = self.admit_message(tenant, &agent.id).await?;
         msg.run_id = Some(run.id.clone());
+        self.deliver_in_run(tenant, agent, msg, actor).await
+    }
+
+    /// Has a freshly deployed agent greet its owner with [`GREETING`]: kept in its main session
+    /// as its first message (no model call, no run), so every chat shows it.
+    pub async fn greet(&self, tenant: &Tenant, agent: &Agent, actor: &Actor) -> Result<MessageOut, ApiError> {
+        let msg = MessageIn { text: GREETING.to_owned(), session: None, run_id: None, greeting: true };
         self.deliver_in_run(tenant, agent, msg, actor).await
     }
 

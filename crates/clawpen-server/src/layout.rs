@@ -250,6 +250,29 @@ impl Layout {
         run.bind_socket(clawpen_core::spec::CONTROL_SOCKET, &staging, uid, 0o600)
     }
 
+    /// The agent's workspace by handle; `None` when its filesystem is not mounted here (the
+    /// agent is archived, or was never made on this node).
+    pub fn workspace(&self, agent: &AgentId) -> std::io::Result<Option<SandboxDir>> {
+        let root = self.agent_root(agent);
+        if !volume::is_mounted(&root)? {
+            return Ok(None);
+        }
+        Ok(Some(SandboxDir::open(&root)?.subdir("workspace")?))
+    }
+
+    /// Replaces the file `name` of the workspace dir `dir` (the workspace or one of its subdirs)
+    /// with `contents`, owned by `uid`: written new in the staging dir (root's, on the same
+    /// filesystem) and renamed over the name, so a link the sandbox put there is replaced,
+    /// never followed.
+    pub fn replace_workspace_file(&self, agent: &AgentId, dir: &SandboxDir, name: &str, uid: u32, contents: &[u8]) -> std::io::Result<()> {
+        let staging = SandboxDir::open(&self.agent_root(agent))?.subdir(STAGING)?;
+        let tmp = format!(".edit.{:016x}", rand::random::<u64>());
+        staging.create_file(&tmp, 0o600, uid, contents)?;
+        dir.rename_into(&staging, &tmp, name).inspect_err(|_| {
+            let _ = staging.remove_file(&tmp);
+        })
+    }
+
     /// Space and inodes the agent's filesystem has and uses; `None` when it is not mounted.
     pub fn disk_usage(&self, agent: &AgentId) -> std::io::Result<Option<clawpen_hostfs::dir::Usage>> {
         let root = self.agent_root(agent);

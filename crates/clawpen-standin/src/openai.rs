@@ -176,8 +176,20 @@ fn answer(shared: &Shared, request: &Value, messages: &[Value], max: Option<u64>
             return call(&name, &arguments);
         }
     }
-    let reply = if last["role"] == "tool" { format!("tool result: {}", text(&last["content"])) } else { reply_to(&prompt) };
+    let mut reply = if last["role"] == "tool" { format!("tool result: {}", text(&last["content"])) } else { reply_to(&prompt) };
+    if let Some(name) = sign_off(messages) {
+        reply.push_str(&format!(" — {name}"));
+    }
     Answer::Text(Reply::new(&reply, max))
+}
+
+/// A persona that says `Sign off as NAME.` in the system prompt: the model follows it, so a
+/// test sees an edited persona reach the next reply.
+fn sign_off(messages: &[Value]) -> Option<String> {
+    let system = messages.iter().filter(|m| m["role"] == "system").map(|m| text(&m["content"])).collect::<Vec<_>>().join("\n");
+    let at = system.find("Sign off as ")? + "Sign off as ".len();
+    let name: String = system[at..].chars().take_while(|c| *c != '.' && *c != '\n').take(40).collect();
+    (!name.trim().is_empty()).then(|| name.trim().to_owned())
 }
 
 /// `/tool NAME {json object}` anywhere in a tool result's text, or in a string inside it when

@@ -492,6 +492,21 @@ impl Store {
             .collect()
     }
 
+    /// Micro-credits a tenant spent per UTC day in `[since_ms, until_ms)`: (day number since
+    /// the epoch, spent), oldest first; days without calls are left out.
+    pub async fn spend_by_day(&self, tenant: &TenantId, since_ms: i64, until_ms: i64) -> Result<Vec<(i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT CAST(at / 86400000 AS BIGINT) AS day, CAST(COALESCE(SUM(cost), 0) AS BIGINT) AS spent FROM calls \
+             WHERE tenant_id = $1 AND at >= $2 AND at < $3 GROUP BY CAST(at / 86400000 AS BIGINT) ORDER BY day",
+        )
+        .bind(tenant.as_str())
+        .bind(since_ms)
+        .bind(until_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("day")?, r.try_get("spent")?))).collect()
+    }
+
     /// The newest calls of a tenant.
     pub async fn recent_calls(&self, tenant: &TenantId, limit: i64) -> Result<Vec<CallRecord>> {
         let rows = sqlx::query(

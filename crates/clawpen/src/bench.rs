@@ -37,6 +37,9 @@ pub enum Scenario {
     /// provider stand-in, against the same provider request straight to the stand-in; and the
     /// same call answered from the broker's cache.
     Tools,
+    /// Time to the first byte of the console's agents and usage pages for a signed-in member of
+    /// a tenant with 100 agents and a month of calls.
+    Console,
 }
 
 #[derive(Args)]
@@ -118,6 +121,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Claim => ("claim", crate::bench_claim::run(args.agents).await?),
         Scenario::Hostile => ("hostile", crate::bench_hostile::run(args.requests, args.connections.unwrap_or(25_000)).await?),
         Scenario::Tools => ("tools", crate::bench_tools::run(args.requests).await?),
+        Scenario::Console => ("console", crate::bench_console::run(args.requests).await?),
     };
     let out = json!({"scenario": scenario, "cases": cases.iter().map(Case::to_json).collect::<Vec<_>>()});
     if args.json {

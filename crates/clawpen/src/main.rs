@@ -11,6 +11,7 @@
 mod admin;
 mod bench;
 mod bench_claim;
+mod bench_console;
 mod bench_density;
 mod bench_gateway;
 mod bench_hostile;

@@ -50,7 +50,7 @@ impl Harness {
     }
 
     async fn send_in(&self, text: &str, session: Option<&str>) -> Result<MessageOut, ClientError> {
-        self.send_msg(MessageIn { text: text.to_owned(), session: session.map(str::to_owned), run_id: None }).await
+        self.send_msg(MessageIn { text: text.to_owned(), session: session.map(str::to_owned), run_id: None, greeting: false }).await
     }
 
     async fn send_msg(&self, msg: MessageIn) -> Result<MessageOut, ClientError> {
@@ -369,14 +369,14 @@ async fn the_run_the_server_opened_is_the_one_sent_to_the_meter() {
     h.meter.push(tool_calls(&[("a", "remember", r#"{"fact": "x"}"#)]));
     h.meter.push(text("done"));
     let given = "run_0123456789abcdef0123456789ab";
-    let out = h.send_msg(MessageIn { text: "remember".into(), session: None, run_id: Some(given.into()) }).await.expect("reply");
+    let out = h.send_msg(MessageIn { text: "remember".into(), session: None, run_id: Some(given.into()), greeting: false }).await.expect("reply");
     assert_eq!(out.run_id, given, "echoed");
     let runs: Vec<Option<String>> = h.meter.seen().iter().map(|s| s.run.clone()).collect();
     assert_eq!(runs, vec![Some(given.to_owned()), Some(given.to_owned())], "every call of the run carries the server's id");
     let lines = h.session_lines("main");
     assert!(lines.iter().all(|l| l["run"] == given), "{lines:?}");
     // An id the meter could not take is refused before any call.
-    let bad = h.send_msg(MessageIn { text: "x".into(), session: None, run_id: Some("no spaces allowed".into()) }).await;
+    let bad = h.send_msg(MessageIn { text: "x".into(), session: None, run_id: Some("no spaces allowed".into()), greeting: false }).await;
     assert!(bad.is_err(), "{bad:?}");
     assert_eq!(h.meter.seen().len(), 2);
 }

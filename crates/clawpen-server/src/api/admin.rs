@@ -115,7 +115,17 @@ pub async fn add_member(State(app): State<App>, _: Admin, TenantPath(id): Tenant
     if !name_ok {
         return Err(ApiError::invalid("display_name: 1-128 characters, no control characters"));
     }
-    let m = app.store.add_member(&id, body.kind.as_str(), &body.external_id, &body.display_name).await?;
+    let external_id = match (&body.password, body.kind) {
+        (None, _) => body.external_id.clone(),
+        (Some(p), MemberKind::Web) if (12..=256).contains(&p.chars().count()) => body.external_id.to_lowercase(),
+        (Some(_), MemberKind::Web) => return Err(ApiError::invalid("password: 12 to 256 characters")),
+        (Some(_), MemberKind::Telegram) => return Err(ApiError::conflict("a Telegram member signs in through Telegram: only a web member has a console password")),
+    };
+    let m = app.store.add_member(&id, body.kind.as_str(), &external_id, &body.display_name).await?;
+    if let Some(p) = body.password {
+        let hash = tokio::task::spawn_blocking(move || crate::console::auth::hash_password(&p)).await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        app.store.set_password(&m.id, &hash).await?;
+    }
     let detail = serde_json::json!({"member_id": m.id.to_string(), "kind": m.kind});
     let _ = app.store.audit(clawpen_store::NewAudit { tenant: Some(&id), agent: None, actor: "admin", action: "member.add", reason: "requested", detail: Some(&detail) }).await;
     Ok((StatusCode::CREATED, Json(m.into())))

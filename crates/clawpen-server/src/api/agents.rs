@@ -174,7 +174,7 @@ pub async fn send_message(State(app): State<App>, caller: TenantCaller, AgentPat
     if body.session.as_deref().is_some_and(|s| s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')) {
         return Err(ApiError::invalid("session: must be 1 to 64 of [A-Za-z0-9_-]"));
     }
-    let msg = MessageIn { text: body.text, session: body.session, run_id: None };
+    let msg = MessageIn { text: body.text, session: body.session, run_id: None, greeting: false };
     let wants_stream = headers.get("accept").and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
     if wants_stream {
         if let Some(out) = app.command_reply(&caller.tenant, &agent, &msg, &caller.actor()).await {

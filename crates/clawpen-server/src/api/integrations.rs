@@ -21,7 +21,7 @@ pub const PROVIDER_PATTERN: &str = "^(google|github|slack|trello|notion)$";
 /// A proposal's number within its tenant.
 pub const NUMBER_PATTERN: &str = "^[1-9][0-9]{0,15}$";
 
-fn broker_error(e: BrokerError) -> ApiError {
+pub(crate) fn broker_error(e: BrokerError) -> ApiError {
     let code = e.code();
     let status = match code {
         "unknown_provider" | "not_found" => StatusCode::NOT_FOUND,

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod agents;
 pub mod doc;
 pub mod extract;
+pub mod files;
 pub mod integrations;
 pub mod nodes;
 pub mod telegram;
@@ -53,6 +54,9 @@ pub fn router(app: App) -> Router {
         .route("/agents/{agent_id}/events", get(agents::events))
         .route("/agents/{agent_id}/messages", post(agents::send_message))
         .route("/agents/{agent_id}/connect-url", post(agents::connect_url))
+        .route("/agents/{agent_id}/files", get(files::get_file).put(files::put_file))
+        .route("/agents/{agent_id}/memory", get(files::memory))
+        .route("/agents/{agent_id}/memory/forget", post(files::forget))
         .route("/agents/{agent_id}/runs", post(admin::open_run))
         .route("/agents/{agent_id}/runs/{run_id}", axum::routing::delete(admin::close_run))
         .route("/telegram/bot", axum::routing::put(telegram::put_bot).get(telegram::get_bot).delete(telegram::delete_bot))
@@ -72,6 +76,8 @@ pub fn router(app: App) -> Router {
         .nest("/api/v1", api)
         .route("/api/openapi.json", get(move || std::future::ready(Json(document.clone()))))
         .route("/gateway/connect", get(crate::gateway::connect))
+        .route("/", get(|| async { axum::response::Redirect::to("/console") }))
+        .nest("/console", crate::console::router())
         .route("/telegram/webhook/{bot}", post(telegram::webhook))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

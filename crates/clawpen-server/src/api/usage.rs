@@ -195,7 +195,7 @@ pub struct AddCredits {
 
 /// An integer as JSON Schema counts one: `5` or `5.0` (a number without a fraction), which
 /// serde's `i64` alone refuses.
-fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+pub(crate) fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     let n = serde_json::Number::deserialize(d)?;
     // Below 2^53 a float holds every integer exactly.
     const EXACT: f64 = 9_007_199_254_740_992.0;

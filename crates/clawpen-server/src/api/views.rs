@@ -81,6 +81,10 @@ pub struct CreateMember {
         pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000-\\u001f\\u007f-\\u009f]*$"
     )]
     pub display_name: String,
+    /// A `web` member's console password (at least 12 characters; stored as an argon2id hash):
+    /// they sign in at `/console` with `external_id` (their email, lowercased) and it.
+    #[schema(write_only, min_length = 12, max_length = 256)]
+    pub password: Option<String>,
 }
 
 /// How a member reaches the tenant.

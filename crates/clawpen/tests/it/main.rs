@@ -12,6 +12,7 @@
 //! - `hostile`: attacks from inside a sandbox on the server's side of it: its sockets, what the
 //!   server reads from it, its storage and its connections.
 //! - `kill`: SIGKILL of the server mid-operation, then restart and agreement.
+//! - `console`: the web console in a real Chromium, and attacks on it over plain HTTP.
 //! - `chat`: messages to running agents answered by the model through the meter; tools, guards, caps.
 //! - `gateway`: a WebSocket client through the gateway to a woken agent (OpenClaw protocol).
 //! - `fleet`: hibernation tiers woken by messages, health-check restarts, the crash-loop guard.
@@ -29,6 +30,7 @@ mod harness;
 mod authz;
 mod bad_input;
 mod chat;
+mod console;
 mod fleet;
 mod gateway;
 mod hostile;

@@ -520,7 +520,7 @@ impl Telegram {
                 return delivery_failure("internal").to_owned();
             }
         };
-        let msg = MessageIn { text: text.to_owned(), session: Some(format!("tg-{}", from.id)), run_id: None };
+        let msg = MessageIn { text: text.to_owned(), session: Some(format!("tg-{}", from.id)), run_id: None, greeting: false };
         let actor = Actor(format!("telegram:{}", from.id));
         match app.deliver_message(&tenant, &agent, msg, &actor).await {
             Ok(out) => {
