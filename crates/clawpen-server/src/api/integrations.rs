@@ -174,7 +174,23 @@ pub struct CallbackQuery {
         (status = 502, description = "The provider did not give a token for the code (`provider_error`).", body = ErrorBody)))]
 /// Where the provider sends the person back: the code is exchanged for tokens, sealed in the
 /// vault. The `state` works once.
-pub async fn callback(State(app): State<App>, ApiQuery(q): ApiQuery<CallbackQuery>) -> Result<Json<ConnectionView>, ApiError> {
+pub async fn callback(State(app): State<App>, headers: axum::http::HeaderMap, query: Result<ApiQuery<CallbackQuery>, ApiError>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    // A person's browser (the console) goes back to the integrations page, told what happened.
+    let browser = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"));
+    let done = match query {
+        Ok(ApiQuery(q)) => finish(&app, q).await,
+        Err(e) => Err(e),
+    };
+    match (done, browser) {
+        (Ok(c), true) => crate::console::back("/console/integrations", Ok(format!("{} is connected.", c.provider))),
+        (Err(e), true) => crate::console::back("/console/integrations", Err(e.message)),
+        (Ok(c), false) => Json(c).into_response(),
+        (Err(e), false) => e.into_response(),
+    }
+}
+
+async fn finish(app: &App, q: CallbackQuery) -> Result<ConnectionView, ApiError> {
     if let Some(e) = q.error {
         let e: String = e.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
         return Err(ApiError::new(StatusCode::FORBIDDEN, "consent_refused", format!("the provider did not connect the account ({e}); start connecting again")));
@@ -187,7 +203,7 @@ pub async fn callback(State(app): State<App>, ApiQuery(q): ApiQuery<CallbackQuer
         "not_found" | "unknown_provider" | "invalid_state" | "invalid_request" | "wrong_member" => ApiError::new(StatusCode::FORBIDDEN, "invalid_state", e.to_string()),
         _ => broker_error(e),
     })?;
-    Ok(Json(c.into()))
+    Ok(c.into())
 }
 
 #[utoipa::path(delete, path = "/api/v1/integrations/connections/{connection_id}", tag = "integrations", security(("tenant_key" = [])),

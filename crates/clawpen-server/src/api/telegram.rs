@@ -62,8 +62,11 @@ fn telegram_error(e: &bot_api::BotApiError) -> ApiError {
 }
 
 async fn audit(app: &App, caller: &TenantCaller, agent: Option<&AgentId>, action: &str, detail: serde_json::Value) {
-    let actor = caller.actor().0;
-    let entry = clawpen_store::NewAudit { tenant: Some(&caller.tenant.id), agent, actor: &actor, action, reason: "requested", detail: Some(&detail) };
+    audit_as(app, &caller.tenant.id, &caller.actor().0, agent, action, detail).await
+}
+
+async fn audit_as(app: &App, tenant: &clawpen_core::ids::TenantId, actor: &str, agent: Option<&AgentId>, action: &str, detail: serde_json::Value) {
+    let entry = clawpen_store::NewAudit { tenant: Some(tenant), agent, actor, action, reason: "requested", detail: Some(&detail) };
     if let Err(e) = app.store.audit(entry).await {
         tracing::warn!(error = %e, action, "cannot write the audit log");
     }
@@ -72,7 +75,12 @@ async fn audit(app: &App, caller: &TenantCaller, agent: Option<&AgentId>, action
 /// Removes the tenant's bot, if any: its poller, its webhook at Telegram (best effort), its row
 /// and sealed secrets. Returns whether there was one.
 async fn remove_bot(app: &App, caller: &TenantCaller) -> Result<bool, ApiError> {
-    let Some(old) = app.store.get_telegram_bot(&caller.tenant.id).await? else { return Ok(false) };
+    remove_tenant_bot(app, &caller.tenant.id, &caller.actor().0).await
+}
+
+/// [`remove_bot`] for `tenant`, by `actor` (the API's key or the console's member).
+pub(crate) async fn remove_tenant_bot(app: &App, tenant: &clawpen_core::ids::TenantId, actor: &str) -> Result<bool, ApiError> {
+    let Some(old) = app.store.get_telegram_bot(tenant).await? else { return Ok(false) };
     app.telegram.stop_poller(&old.id);
     if old.mode == TelegramMode::Webhook.as_str() {
         if let Ok(api) = app.telegram.tenant_api(app, &old).await {
@@ -81,11 +89,11 @@ async fn remove_bot(app: &App, caller: &TenantCaller) -> Result<bool, ApiError> 
             }
         }
     }
-    match app.store.delete_telegram_bot(&caller.tenant.id, &old.id).await {
+    match app.store.delete_telegram_bot(tenant, &old.id).await {
         Ok(()) | Err(StoreError::NotFound) => {}
         Err(e) => return Err(e.into()),
     }
-    audit(app, caller, Some(&old.agent_id), "telegram.bot.remove", serde_json::json!({"bot_id": old.id.to_string(), "username": old.username})).await;
+    audit_as(app, tenant, actor, Some(&old.agent_id), "telegram.bot.remove", serde_json::json!({"bot_id": old.id.to_string(), "username": old.username})).await;
     Ok(true)
 }
 
@@ -101,24 +109,36 @@ pub async fn put_bot(State(app): State<App>, caller: TenantCaller, ApiJson(body)
     if !bot_api::is_token(body.token.trim()) {
         return Err(ApiError::invalid("token: not a bot token (it looks like 123456789:AA…, from @BotFather)"));
     }
-    let token = Secret::new(body.token.trim().to_owned());
     let agent = body_agent(&app, &caller, &body.agent_id).await?;
     let mode = body.mode.unwrap_or(app.telegram.config().mode);
-    let access = body.access.unwrap_or(BotAccess::Members).as_str().to_owned();
+    let access = body.access.unwrap_or(BotAccess::Members);
+    let bot = connect_tenant_bot(&app, &caller.tenant.id, &caller.actor().0, body.token.trim(), &agent.id, mode, access).await?;
+    Ok(Json(view(&app, bot)))
+}
+
+/// Connects (or replaces) `tenant`'s own bot with `token` for `agent` (the tenant's), by
+/// `actor`: checked with `getMe`, sealed, the webhook set or the poller started; on any failure
+/// nothing is left connected.
+pub(crate) async fn connect_tenant_bot(app: &App, tenant: &clawpen_core::ids::TenantId, actor: &str, token: &str, agent: &AgentId, mode: TelegramMode, access: BotAccess) -> Result<TelegramBot, ApiError> {
+    if !bot_api::is_token(token) {
+        return Err(ApiError::invalid("token: not a bot token (it looks like 123456789:AA…, from @BotFather)"));
+    }
+    let token = Secret::new(token.to_owned());
+    let access = access.as_str().to_owned();
     let api = app.telegram.api(token.clone());
     let me = api.get_me().await.map_err(|e| telegram_error(&e))?;
     if app.telegram.shared_identity().is_some_and(|s| s.id == me.id) {
         return Err(ApiError::conflict("this is the platform's shared bot; connect a bot of your own"));
     }
-    if app.store.telegram_bot_owner(me.id).await?.is_some_and(|t| t != caller.tenant.id) {
+    if app.store.telegram_bot_owner(me.id).await?.is_some_and(|t| &t != tenant) {
         return Err(ApiError::conflict("this Telegram bot is already connected to another account"));
     }
-    remove_bot(&app, &caller).await?;
+    remove_tenant_bot(app, tenant, actor).await?;
     let now = clawpen_store::now_ms();
     let bot = TelegramBot {
         id: TelegramBotId::new(),
-        tenant_id: caller.tenant.id.clone(),
-        agent_id: agent.id.clone(),
+        tenant_id: tenant.clone(),
+        agent_id: agent.clone(),
         bot_user_id: me.id,
         username: me.username.clone().unwrap_or_else(|| me.first_name.clone()),
         mode: mode.as_str().to_owned(),
@@ -129,29 +149,29 @@ pub async fn put_bot(State(app): State<App>, caller: TenantCaller, ApiJson(body)
     app.store.create_telegram_bot(&bot).await?;
     // From here a failure removes the bot again: nothing half-made is left.
     let undo = |e: ApiError| {
-        let (app, tenant, id) = (app.clone(), caller.tenant.id.clone(), bot.id.clone());
+        let (app, tenant, id) = (app.clone(), tenant.clone(), bot.id.clone());
         async move {
             app.telegram.stop_poller(&id);
             let _ = app.store.delete_telegram_bot(&tenant, &id).await;
             e
         }
     };
-    let secret = match app.telegram.seal_secrets(&app, &bot, &token).await {
+    let secret = match app.telegram.seal_secrets(app, &bot, &token).await {
         Ok(s) => s,
         Err(e) => return Err(undo(e.into()).await),
     };
     match mode {
         TelegramMode::Webhook => {
-            let url = app.telegram.webhook_url(&app, bot.id.as_str());
+            let url = app.telegram.webhook_url(app, bot.id.as_str());
             if let Err(e) = api.set_webhook(&url, secret.expose()).await {
                 return Err(undo(telegram_error(&e)).await);
             }
         }
-        TelegramMode::Polling => app.telegram.start_poller(&app, bot.clone()),
+        TelegramMode::Polling => app.telegram.start_poller(app, bot.clone()),
     }
-    audit(&app, &caller, Some(&agent.id), "telegram.bot.set", serde_json::json!({"bot_id": bot.id.to_string(), "username": bot.username, "mode": bot.mode, "access": bot.access})).await;
-    tracing::info!(tenant = %caller.tenant.id, bot = %bot.id, mode = %bot.mode, "telegram: tenant bot connected");
-    Ok(Json(view(&app, bot)))
+    audit_as(app, tenant, actor, Some(agent), "telegram.bot.set", serde_json::json!({"bot_id": bot.id.to_string(), "username": bot.username, "mode": bot.mode, "access": bot.access})).await;
+    tracing::info!(tenant = %tenant, bot = %bot.id, mode = %bot.mode, "telegram: tenant bot connected");
+    Ok(bot)
 }
 
 #[utoipa::path(get, path = "/api/v1/telegram/bot", tag = "telegram", security(("tenant_key" = [])),

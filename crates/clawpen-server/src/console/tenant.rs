@@ -36,6 +36,8 @@ pub fn routes() -> Router<App> {
         .route("/proposals/{n}/reject", post(reject))
         .route("/telegram", get(telegram))
         .route("/telegram/pairing-code", post(pairing_code))
+        .route("/telegram/bot", post(connect_bot))
+        .route("/telegram/bot/delete", post(disconnect_bot))
         .route("/members", get(members).post(add_member))
         .route("/members/{id}/remove", post(remove_member))
 }
@@ -399,4 +401,30 @@ async fn pairing_code(State(app): State<App>, s: MemberSession, form: FormData) 
         Ok(code) => telegram_html(&app, &s, Some(code), None, None).await,
         Err(e) => telegram_html(&app, &s, None, Some(say(&e)), None).await,
     }
+}
+
+/// Connects the tenant's own bot (a token from @BotFather) to its first agent.
+async fn connect_bot(State(app): State<App>, s: MemberSession, form: FormData) -> Response {
+    if let Err(r) = form.check(&s.csrf) {
+        return r;
+    }
+    let r = async {
+        let agent = app.store.list_agents(&s.tenant.id).await?.into_iter().next().ok_or_else(|| ApiError::conflict("Deploy an agent first: the bot's people talk to it."))?;
+        let mode = app.telegram.config().mode;
+        crate::api::telegram::connect_tenant_bot(&app, &s.tenant.id, &s.actor().0, form.get("token").trim(), &agent.id, mode, crate::api::views::BotAccess::Members).await
+    }
+    .await;
+    match r {
+        Ok(bot) => back("/console/telegram", Ok(format!("@{} is connected.", bot.username))),
+        // The token is not put back in the form: it is a secret.
+        Err(e) => telegram_html(&app, &s, None, Some(say(&e).trim_start_matches("token: ").to_owned()), None).await,
+    }
+}
+
+async fn disconnect_bot(State(app): State<App>, s: MemberSession, form: FormData) -> Response {
+    if let Err(r) = form.check(&s.csrf) {
+        return r;
+    }
+    let r = crate::api::telegram::remove_tenant_bot(&app, &s.tenant.id, &s.actor().0).await;
+    back("/console/telegram", r.map(|had| if had { "The bot is disconnected.".to_owned() } else { "There was no bot.".to_owned() }).map_err(|e| say(&e)))
 }

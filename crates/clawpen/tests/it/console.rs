@@ -165,3 +165,31 @@ async fn another_tenant_a_foreign_site_and_a_copied_cookie_get_nothing() {
     }
     assert!(last.contains("Too many attempts"), "{last}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_connects_a_telegram_bot_and_makes_a_pairing_code() {
+    const TOKEN: &str = "700009:AAconsoleBotTOKENsecretPART_00000009";
+    let s = TestServer::start_full("", "", "[telegram]\napi_base = \"STANDIN\"\nmode = \"webhook\"\n", &[]).await;
+    s.standin.telegram().add_bot(TOKEN, "console_family_bot");
+    let (_, key) = family(&s, "family", "ana@family.example").await;
+    s.agent(&key, "helper", false).await;
+    let ana = Browser::sign_in(&s, "ana@family.example").await;
+    let csrf = ana.csrf().await;
+    // A token Telegram does not know: said on the page, never shown back.
+    let wrong = "700010:AAunknownTOKENxxxxxxxxxxxxxxxxxxxxx";
+    let (st, page, _) = ana.post("/console/telegram/bot", &[("csrf", &csrf), ("token", wrong)]).await;
+    assert_eq!(st, 200);
+    assert!(page.contains("Telegram does not know this bot token") && !page.contains("AAunknownTOKEN"), "{page}");
+    let (st, _, to) = ana.post("/console/telegram/bot", &[("csrf", &csrf), ("token", TOKEN)]).await;
+    assert_eq!(st, 303, "{to:?}");
+    assert!(to.unwrap().contains("ok="));
+    let (_, page) = ana.get("/console/telegram").await;
+    assert!(page.contains("console_family_bot") && !page.contains("AAconsoleBotTOKEN"), "{page}");
+    assert!(s.standin.telegram().webhook(TOKEN).is_some(), "the webhook is set at Telegram");
+    let (_, page, _) = ana.post("/console/telegram/pairing-code", &[("csrf", &csrf)]).await;
+    assert!(page.contains("id=\"pairing-code\""), "{page}");
+    let (st, _, to) = ana.post("/console/telegram/bot/delete", &[("csrf", &csrf)]).await;
+    assert_eq!(st, 303);
+    assert!(to.unwrap().contains("ok="));
+    assert_eq!(s.get("/api/v1/telegram/bot", &key).await.0, 404);
+}
