@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{cut, object, text, Draft, Exec, Kind, Provider, ToolDef, TEXT};
+use super::{args, cut, object, text, Draft, Exec, Kind, Provider, ToolDef, TEXT};
 use crate::ToolError;
 
 /// OAuth Apps have no narrower scope that reads private issues; a GitHub App (recommended, see
@@ -105,10 +105,6 @@ struct Comment {
     repo: String,
     number: u64,
     body: String,
-}
-
-fn args<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ToolError> {
-    serde_json::from_value(v.clone()).map_err(|e| ToolError::new("invalid_arguments", format!("the arguments are not valid: {e}")))
 }
 
 fn number(n: u64) -> Result<u64, ToolError> {

@@ -7,7 +7,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{cut, cut_str, is_google_id, object, text, Draft, Exec, Kind, Provider, ToolDef, GOOGLE_ID, ONE_LINE, TEXT};
+use super::{args, cut, cut_str, is_google_id, object, text, Draft, Exec, Kind, Provider, ToolDef, GOOGLE_ID, ONE_LINE, TEXT};
 use crate::ToolError;
 
 const CALENDAR_SCOPE: &str = "https://www.googleapis.com/auth/calendar.readonly";
@@ -145,10 +145,6 @@ pub const TOOLS: &[ToolDef] = &[
         schema: || object(json!({"file_id": {"type": "string", "pattern": GOOGLE_ID, "description": "the file's id, e.g. \"1AbC_dEf-GhIjKlMnOpQrStUvWxYz012345\""}}), &["file_id"]),
     },
 ];
-
-fn args<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ToolError> {
-    serde_json::from_value(v.clone()).map_err(|e| ToolError::new("invalid_arguments", format!("the arguments are not valid: {e}")))
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

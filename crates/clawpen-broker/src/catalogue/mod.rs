@@ -248,6 +248,11 @@ pub(crate) const ONE_LINE: &str = "^[^\\x00-\\x1f\\x7f]*$";
 /// Text that may have line breaks but no other control character.
 pub(crate) const TEXT: &str = "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$";
 
+/// A tool's arguments as its struct (which denies unknown fields), after the schema passed.
+pub(crate) fn args<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ToolError> {
+    serde_json::from_value(v.clone()).map_err(|e| ToolError::new("invalid_arguments", format!("the arguments are not valid: {e}")))
+}
+
 pub(crate) fn object(properties: Value, required: &[&str]) -> Value {
     json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
 }

@@ -8,7 +8,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{object, text, Draft, Exec, Kind, Provider, ToolDef, ONE_LINE, TEXT};
+use super::{args, object, text, Draft, Exec, Kind, Provider, ToolDef, ONE_LINE, TEXT};
 use crate::ToolError;
 
 const READ_CONTENT: &str = "read_content";
@@ -82,10 +82,6 @@ struct ReadPage {
 struct Comment {
     page_id: String,
     text: String,
-}
-
-fn args<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ToolError> {
-    serde_json::from_value(v.clone()).map_err(|e| ToolError::new("invalid_arguments", format!("the arguments are not valid: {e}")))
 }
 
 /// A page id in Notion's dashed form, checked again where it becomes a path segment or a

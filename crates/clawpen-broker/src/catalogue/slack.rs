@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{object, text, Exec, Kind, Provider, ToolDef, TEXT};
+use super::{args, object, text, Exec, Kind, Provider, ToolDef, TEXT};
 use crate::ToolError;
 
 const CHANNEL: &str = "^[CGD][A-Z0-9]{2,20}$";
@@ -104,10 +104,6 @@ struct PrepareReply {
     channel_id: String,
     thread_ts: Option<String>,
     text: String,
-}
-
-fn args<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ToolError> {
-    serde_json::from_value(v.clone()).map_err(|e| ToolError::new("invalid_arguments", format!("the arguments are not valid: {e}")))
 }
 
 fn channel(s: &str) -> Result<String, ToolError> {

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{cut, object, text, Draft, Exec, Kind, Provider, ToolDef, ONE_LINE, TEXT};
+use super::{args, cut, object, text, Draft, Exec, Kind, Provider, ToolDef, ONE_LINE, TEXT};
 use crate::ToolError;
 
 const READ_BOARD: &str = "read:board:trello";
@@ -98,10 +98,6 @@ struct UpdateCard {
     due: Option<String>,
     due_complete: Option<bool>,
     list_id: Option<String>,
-}
-
-fn args<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ToolError> {
-    serde_json::from_value(v.clone()).map_err(|e| ToolError::new("invalid_arguments", format!("the arguments are not valid: {e}")))
 }
 
 /// A Trello id, checked again where it becomes a path segment.
