@@ -65,16 +65,6 @@ impl Store {
         rows.iter().map(|r| parse_id(r.try_get("member_id")?)).collect()
     }
 
-    /// One member of a tenant (another tenant's is `None`).
-    pub async fn get_member(&self, tenant: &TenantId, member: &MemberId) -> Result<Option<Member>> {
-        let row = sqlx::query("SELECT id, tenant_id, kind, external_id, display_name, created_at FROM members WHERE id = $1 AND tenant_id = $2")
-            .bind(member.as_str())
-            .bind(tenant.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(Member::from_row).transpose()
-    }
-
     pub async fn create_web_session(&self, s: &WebSession) -> Result<()> {
         sqlx::query("INSERT INTO web_sessions (token_hash, member_id, tenant_id, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(&s.token_hash)

@@ -29,16 +29,23 @@ async fn tenant_exists(app: &App, id: &TenantId) -> Result<clawpen_store::Tenant
         (status = 409, description = "A tenant of that name exists (`conflict`).", body = ErrorBody),
         (status = 422, description = "The name is not one, or the plan is unknown (`invalid_input`).", body = ErrorBody)))]
 pub async fn create_tenant(State(app): State<App>, _: Admin, ApiJson(body): ApiJson<CreateTenant>) -> Result<(StatusCode, Json<TenantView>), ApiError> {
-    validate_name(&body.name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
-    let plan = body.plan.unwrap_or_else(|| app.config.default_plan.clone());
+    let t = make_tenant(&app, &body.name, body.plan, "requested").await?;
+    Ok((StatusCode::CREATED, Json(t.into())))
+}
+
+/// Makes a tenant on `plan` (the default plan when `None`), for `reason`: the API's and the
+/// console's.
+pub async fn make_tenant(app: &App, name: &str, plan: Option<String>, reason: &str) -> Result<clawpen_store::Tenant, ApiError> {
+    validate_name(name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
+    let plan = plan.unwrap_or_else(|| app.config.default_plan.clone());
     if app.config.plan(&plan).is_none() {
         let known: Vec<_> = app.config.plans.keys().cloned().collect();
         return Err(ApiError::invalid(format!("plan: unknown plan; known plans: {}", known.join(", "))));
     }
-    let t = app.store.create_tenant(&body.name, &plan, app.config.sandbox.uid_base).await?;
+    let t = app.store.create_tenant(name, &plan, app.config.sandbox.uid_base).await?;
     let detail = serde_json::json!({"name": t.name, "plan": t.plan, "uid": t.uid});
-    let _ = app.store.audit(clawpen_store::NewAudit { tenant: Some(&t.id), agent: None, actor: "admin", action: "tenant.create", reason: "requested", detail: Some(&detail) }).await;
-    Ok((StatusCode::CREATED, Json(t.into())))
+    let _ = app.store.audit(clawpen_store::NewAudit { tenant: Some(&t.id), agent: None, actor: "admin", action: "tenant.create", reason, detail: Some(&detail) }).await;
+    Ok(t)
 }
 
 #[utoipa::path(get, path = "/api/v1/tenants", tag = "admin", security(("admin" = [])),

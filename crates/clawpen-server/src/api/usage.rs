@@ -169,16 +169,21 @@ pub struct SetPlan {
     responses((status = 200, description = "The tenant on its new plan.", body = TenantView), (status = 404, description = "No such tenant (`not_found`).", body = ErrorBody),
         (status = 422, description = "The body is not of this shape, or the plan is unknown (`invalid_input`).", body = ErrorBody)))]
 pub async fn set_plan(State(app): State<App>, _: Admin, TenantPath(id): TenantPath, ApiJson(body): ApiJson<SetPlan>) -> Result<Json<TenantView>, ApiError> {
-    tenant_or_404(&app, &id).await?;
-    if app.config.plan(&body.plan).is_none() {
+    Ok(Json(change_plan(&app, &id, &body.plan, "requested").await?.into()))
+}
+
+/// Moves a tenant to `plan` (the operator's doing, for `reason`): the API's and the console's.
+pub async fn change_plan(app: &App, id: &TenantId, plan: &str, reason: &str) -> Result<Tenant, ApiError> {
+    tenant_or_404(app, id).await?;
+    if app.config.plan(plan).is_none() {
         let known: Vec<_> = app.config.plans.keys().cloned().collect();
         return Err(ApiError::invalid(format!("plan: unknown plan; known plans: {}", known.join(", "))));
     }
-    app.store.set_plan(&id, &body.plan).await?;
-    app.meter.plan_changed(&id);
-    let detail = serde_json::json!({"plan": body.plan});
-    let _ = app.store.audit(clawpen_store::NewAudit { tenant: Some(&id), agent: None, actor: "admin", action: "tenant.plan", reason: "requested", detail: Some(&detail) }).await;
-    Ok(Json(tenant_or_404(&app, &id).await?.into()))
+    app.store.set_plan(id, plan).await?;
+    app.meter.plan_changed(id);
+    let detail = serde_json::json!({"plan": plan});
+    let _ = app.store.audit(clawpen_store::NewAudit { tenant: Some(id), agent: None, actor: "admin", action: "tenant.plan", reason, detail: Some(&detail) }).await;
+    tenant_or_404(app, id).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -221,24 +226,31 @@ pub const MAX_GRANT: i64 = 1_000_000_000_000_000;
     responses((status = 200, description = "The tenant's account after the grant.", body = AccountView), (status = 404, description = "No such tenant (`not_found`).", body = ErrorBody),
         (status = 422, description = "The body is not of this shape, or the balance would leave the 64-bit range (`invalid_input`).", body = ErrorBody)))]
 pub async fn add_credits(State(app): State<App>, _: Admin, TenantPath(id): TenantPath, ApiJson(body): ApiJson<AddCredits>) -> Result<Json<AccountView>, ApiError> {
-    let t = tenant_or_404(&app, &id).await?;
-    if body.amount == 0 || body.amount.abs() > MAX_GRANT {
+    let reason = body.reason.unwrap_or_else(|| "added by the operator".to_owned());
+    let a = grant(&app, &id, body.amount, &reason).await?;
+    let (paused_until, paused_reason) = active_pause(&a);
+    Ok(Json(AccountView { balance: a.balance, reserved: a.reserved, paused_until, paused_reason }))
+}
+
+/// Adds `amount` micro-credits to a tenant's balance (negative: takes them away), for `reason`:
+/// the API's and the console's grant, with the same bounds.
+pub async fn grant(app: &App, id: &TenantId, amount: i64, reason: &str) -> Result<Account, ApiError> {
+    let t = tenant_or_404(app, id).await?;
+    if amount == 0 || amount.abs() > MAX_GRANT {
         return Err(ApiError::invalid(format!("amount: must be non-zero and at most {MAX_GRANT} micro-credits either way")));
     }
-    let reason = body.reason.unwrap_or_else(|| "added by the operator".to_owned());
     if reason.chars().count() > 200 || reason.chars().any(char::is_control) {
         return Err(ApiError::invalid("reason: at most 200 characters, no control characters"));
     }
     // SQLite turns an integer sum that overflows into a float, which no longer reads back.
-    if account_of(&app, &t).await?.balance.checked_add(body.amount).is_none() {
+    if account_of(app, &t).await?.balance.checked_add(amount).is_none() {
         return Err(ApiError::invalid("amount: the balance would leave the 64-bit range"));
     }
     let (period, _, _) = clawpen_meter::meter::period_at(clawpen_store::now_ms());
-    let a = app.store.add_credits(&id, body.amount, &reason, &period).await?;
-    let detail = serde_json::json!({"amount": body.amount});
-    let _ = app.store.audit(clawpen_store::NewAudit { tenant: Some(&id), agent: None, actor: "admin", action: "tenant.credits", reason: &reason, detail: Some(&detail) }).await;
-    let (paused_until, paused_reason) = active_pause(&a);
-    Ok(Json(AccountView { balance: a.balance, reserved: a.reserved, paused_until, paused_reason }))
+    let a = app.store.add_credits(id, amount, reason, &period).await?;
+    let detail = serde_json::json!({"amount": amount});
+    let _ = app.store.audit(clawpen_store::NewAudit { tenant: Some(id), agent: None, actor: "admin", action: "tenant.credits", reason, detail: Some(&detail) }).await;
+    Ok(a)
 }
 
 

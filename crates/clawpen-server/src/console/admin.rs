@@ -27,6 +27,10 @@ pub fn routes() -> Router<App> {
 
 type Q = Query<HashMap<String, String>>;
 
+fn tenant_id(id: &str) -> Result<TenantId, ApiError> {
+    TenantId::parse(id).map_err(|_| ApiError::not_found("tenant"))
+}
+
 async fn overview(State(app): State<App>, s: AdminSession, Query(q): Q) -> Response {
     let frame = admin_frame(&s, "Overview", flash(&q));
     let r = async {
@@ -86,26 +90,15 @@ async fn create_tenant(State(app): State<App>, s: AdminSession, form: FormData) 
         return r;
     }
     let (name, email) = (form.get("name").trim().to_owned(), form.get("email").trim().to_lowercase());
-    let plan = match form.get("plan") {
-        "" => app.config.default_plan.clone(),
-        p => p.to_owned(),
-    };
+    let plan = Some(form.get("plan").to_owned()).filter(|p| !p.is_empty());
     let fail = |e: String| tenants_html(&app, &s, name.clone(), email.clone(), Some(e), None);
-    if let Err(e) = clawpen_core::names::validate_name(&name) {
-        return fail(format!("The name {e}.")).await;
-    }
-    if app.config.plan(&plan).is_none() {
-        return fail(format!("There is no plan {plan:?}.")).await;
-    }
-    let t = match app.store.create_tenant(&name, &plan, app.config.sandbox.uid_base).await {
+    let t = match crate::api::admin::make_tenant(&app, &name, plan, "console").await {
         Ok(t) => t,
-        Err(e) => return fail(e.to_string()).await,
+        Err(e) => return fail(say(&e)).await,
     };
-    let detail = serde_json::json!({"name": t.name, "plan": t.plan, "uid": t.uid});
-    let _ = app.store.audit(clawpen_store::NewAudit { tenant: Some(&t.id), agent: None, actor: "admin", action: "tenant.create", reason: "console", detail: Some(&detail) }).await;
     match super::tenant::add_login(&app, &t.id, &email, &name, form.get("password"), "admin").await {
         Ok(_) => back("/console/admin/tenants", Ok(format!("{} is made; {email} can sign in.", t.name))),
-        // The tenant stays (it has nothing yet); its first member is added from its row.
+        // Without its first member the tenant is removed again: nothing half-made is left.
         Err(e) => {
             let _ = app.store.delete_tenant(&t.id).await;
             fail(e).await
@@ -118,19 +111,7 @@ async fn set_plan(State(app): State<App>, s: AdminSession, Path(id): Path<String
         return r;
     }
     let plan = form.get("plan").to_owned();
-    let r = async {
-        let id = TenantId::parse(&id).map_err(|_| ApiError::not_found("tenant"))?;
-        app.store.get_tenant(&id).await?;
-        if app.config.plan(&plan).is_none() {
-            return Err(ApiError::invalid(format!("There is no plan {plan:?}.")));
-        }
-        app.store.set_plan(&id, &plan).await?;
-        app.meter.plan_changed(&id);
-        let detail = serde_json::json!({"plan": plan});
-        let _ = app.store.audit(clawpen_store::NewAudit { tenant: Some(&id), agent: None, actor: "admin", action: "tenant.plan", reason: "console", detail: Some(&detail) }).await;
-        Ok(())
-    }
-    .await;
+    let r = async { crate::api::usage::change_plan(&app, &tenant_id(&id)?, &plan, "console").await }.await;
     back("/console/admin/tenants", r.map(|_| format!("Moved to {plan}.")).map_err(|e| say(&e)))
 }
 
@@ -154,17 +135,7 @@ async fn add_credits(State(app): State<App>, s: AdminSession, Path(id): Path<Str
         Ok(a) => a,
         Err(e) => return back("/console/admin/tenants", Err(e)),
     };
-    let r = async {
-        let id = TenantId::parse(&id).map_err(|_| ApiError::not_found("tenant"))?;
-        let t = app.store.get_tenant(&id).await?;
-        crate::api::usage::account_of(&app, &t).await?;
-        let (period, _, _) = clawpen_meter::meter::period_at(clawpen_store::now_ms());
-        let a = app.store.add_credits(&id, amount, "added by the operator (console)", &period).await?;
-        let detail = serde_json::json!({"amount": amount});
-        let _ = app.store.audit(clawpen_store::NewAudit { tenant: Some(&id), agent: None, actor: "admin", action: "tenant.credits", reason: "console", detail: Some(&detail) }).await;
-        Ok::<_, ApiError>(a.balance)
-    }
-    .await;
+    let r = async { crate::api::usage::grant(&app, &tenant_id(&id)?, amount, "added by the operator (console)").await.map(|a| a.balance) }.await;
     back("/console/admin/tenants", r.map(|b| format!("Added {}; the balance is {}.", ui::credits(amount), ui::credits(b))).map_err(|e| say(&e)))
 }
 
