@@ -223,9 +223,7 @@ async fn greet(s: &AgentState, session: &str, text: String) -> Result<MessageOut
     }
     let line = LogLine::Assistant { content: text.clone(), ts: now_ts(), run: None, stopped_by: None, error_code: None };
     session::append(&s.workspace, session, &[line]).await.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write the session log: {e}")))?;
-    let mut out = answer(&config, session, "", 0, Ending::Answer(text)).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    out.run_id = String::new();
-    Ok(out)
+    answer(&config, session, "", 0, Ending::Answer(text)).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 /// What the user is told at the end of a run; `Err` when the model could not be reached.

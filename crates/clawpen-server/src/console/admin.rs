@@ -11,7 +11,7 @@ use clawpen_console as ui;
 use clawpen_core::ids::TenantId;
 
 use super::auth::AdminSession;
-use super::{admin_frame, back, flash, render, say, FormData};
+use super::{admin_frame, back, flash, render, say, Posted};
 use crate::api::views::AgentView;
 use crate::app::App;
 use crate::error::ApiError;
@@ -85,10 +85,7 @@ async fn tenants(State(app): State<App>, s: AdminSession, Query(q): Q) -> Respon
 }
 
 /// A tenant and its first member, who signs in with the email and password given.
-async fn create_tenant(State(app): State<App>, s: AdminSession, form: FormData) -> Response {
-    if let Err(r) = form.check(&s.csrf) {
-        return r;
-    }
+async fn create_tenant(State(app): State<App>, Posted(s, form): Posted<AdminSession>) -> Response {
     let (name, email) = (form.get("name").trim().to_owned(), form.get("email").trim().to_lowercase());
     let plan = Some(form.get("plan").to_owned()).filter(|p| !p.is_empty());
     let fail = |e: String| tenants_html(&app, &s, name.clone(), email.clone(), Some(e), None);
@@ -106,10 +103,7 @@ async fn create_tenant(State(app): State<App>, s: AdminSession, form: FormData) 
     }
 }
 
-async fn set_plan(State(app): State<App>, s: AdminSession, Path(id): Path<String>, form: FormData) -> Response {
-    if let Err(r) = form.check(&s.csrf) {
-        return r;
-    }
+async fn set_plan(State(app): State<App>, Path(id): Path<String>, Posted(_, form): Posted<AdminSession>) -> Response {
     let plan = form.get("plan").to_owned();
     let r = async { crate::api::usage::change_plan(&app, &tenant_id(&id)?, &plan, "console").await }.await;
     back("/console/admin/tenants", r.map(|_| format!("Moved to {plan}.")).map_err(|e| say(&e)))
@@ -127,10 +121,7 @@ fn parse_credits(s: &str) -> Result<i64, String> {
     if micro == 0 { Err("Give more than 0 credits.".into()) } else { Ok(micro) }
 }
 
-async fn add_credits(State(app): State<App>, s: AdminSession, Path(id): Path<String>, form: FormData) -> Response {
-    if let Err(r) = form.check(&s.csrf) {
-        return r;
-    }
+async fn add_credits(State(app): State<App>, Path(id): Path<String>, Posted(_, form): Posted<AdminSession>) -> Response {
     let amount = match parse_credits(form.get("credits")) {
         Ok(a) => a,
         Err(e) => return back("/console/admin/tenants", Err(e)),

@@ -108,6 +108,50 @@ impl FormData {
     }
 }
 
+/// Who a session's forms come from, and the CSRF token they must carry.
+pub trait SessionCsrf {
+    fn csrf(&self) -> &str;
+}
+
+impl SessionCsrf for MemberSession {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl SessionCsrf for AdminSession {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl SessionCsrf for auth::Session {
+    fn csrf(&self) -> &str {
+        &self.session.csrf
+    }
+}
+
+/// A form posted by a signed-in person (`S`: a member, the operator, or either) that carries its
+/// session's CSRF token. Every console form is taken through it, so no handler can forget the
+/// check: a form without the token (another site's, an old page's) is answered 403 before the
+/// handler runs.
+pub struct Posted<S>(pub S, pub FormData);
+
+impl<S> FromRequest<App> for Posted<S>
+where
+    S: axum::extract::FromRequestParts<App> + SessionCsrf + Send,
+    S::Rejection: IntoResponse,
+{
+    type Rejection = Response;
+    async fn from_request(req: Request, app: &App) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let who = S::from_request_parts(&mut parts, app).await.map_err(IntoResponse::into_response)?;
+        let form = FormData::from_request(Request::from_parts(parts, body), app).await?;
+        form.check(who.csrf())?;
+        Ok(Posted(who, form))
+    }
+}
+
 /// An error of the application layer, in plain words on the page it came from.
 pub fn say(e: &ApiError) -> String {
     e.message.clone()
@@ -198,19 +242,13 @@ fn signed_out(app: &App) -> Response {
     r
 }
 
-async fn logout(State(app): State<App>, s: auth::Session, form: FormData) -> Response {
-    if let Err(r) = form.check(&s.session.csrf) {
-        return r;
-    }
+async fn logout(State(app): State<App>, Posted(s, _): Posted<auth::Session>) -> Response {
     let _ = app.store.delete_web_session(&s.session.token_hash).await;
     signed_out(&app)
 }
 
 /// Ends every session of the member (or every operator session): a copied cookie dies too.
-async fn logout_all(State(app): State<App>, s: auth::Session, form: FormData) -> Response {
-    if let Err(r) = form.check(&s.session.csrf) {
-        return r;
-    }
+async fn logout_all(State(app): State<App>, Posted(s, _): Posted<auth::Session>) -> Response {
     let _ = app.store.delete_web_sessions_of(s.session.member.as_ref()).await;
     signed_out(&app)
 }

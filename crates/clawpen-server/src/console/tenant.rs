@@ -13,7 +13,7 @@ use clawpen_console as ui;
 use clawpen_core::ids::{AgentId, MemberId};
 
 use super::auth::{self, MemberSession};
-use super::{back, flash, member_frame, render, say, when, FormData};
+use super::{back, flash, member_frame, render, say, when, Posted};
 use crate::api::views::AgentView;
 use crate::app::App;
 use crate::error::ApiError;
@@ -75,10 +75,7 @@ async fn agents(State(app): State<App>, s: MemberSession, Query(q): Q) -> Respon
 }
 
 /// Deploy: the agent is made and started in one press, and greets its owner.
-async fn deploy(State(app): State<App>, s: MemberSession, form: FormData) -> Response {
-    if let Err(r) = form.check(&s.csrf) {
-        return r;
-    }
+async fn deploy(State(app): State<App>, Posted(s, form): Posted<MemberSession>) -> Response {
     let name = form.get("name").trim().to_owned();
     if let Err(e) = clawpen_core::names::validate_name(&name) {
         return agents_html(&app, &s, ui::DeployForm { name, error: Some(format!("The name {e}.")) }, None).await;
@@ -124,35 +121,26 @@ async fn agent_html(app: &App, s: &MemberSession, id: &str, fl: Option<ui::Flash
         };
         let memory: Vec<ui::MemoryLine> = memory.into_iter().map(|m| ui::MemoryLine { file: m.file, line: m.line, text: m.text }).collect();
         let error = persona_error.map(|(_, _, e)| e.to_owned()).or(unavailable);
-        let frame = ui::Frame { title: v.name.clone(), ..member_frame(s, &v.name, frame.flash.clone()) };
+        let frame = member_frame(s, &v.name, frame.flash.clone());
         Ok(ui::agent_page(&frame, &ui::AgentPage { agent: &detail, gateway_query: &query, soul: &soul, user: &user, memory: &memory, persona_error: error.as_deref() }))
     }
     .await;
     render(&frame, r)
 }
 
-async fn start(State(app): State<App>, s: MemberSession, Path(id): Path<String>, form: FormData) -> Response {
-    if let Err(r) = form.check(&s.csrf) {
-        return r;
-    }
+async fn start(State(app): State<App>, Path(id): Path<String>, Posted(s, _): Posted<MemberSession>) -> Response {
     let to = format!("/console/agents/{id}");
     let r = async { app.start_agent(&s.tenant, &agent_id(&id)?, &s.actor(), "started from the console").await }.await;
     back(&to, r.map(|_| "Started.".to_owned()).map_err(|e| say(&e)))
 }
 
-async fn stop(State(app): State<App>, s: MemberSession, Path(id): Path<String>, form: FormData) -> Response {
-    if let Err(r) = form.check(&s.csrf) {
-        return r;
-    }
+async fn stop(State(app): State<App>, Path(id): Path<String>, Posted(s, _): Posted<MemberSession>) -> Response {
     let to = format!("/console/agents/{id}");
     let r = async { app.stop_agent(&s.tenant, &agent_id(&id)?, &s.actor(), "stopped from the console").await }.await;
     back(&to, r.map(|_| "Stopped.".to_owned()).map_err(|e| say(&e)))
 }
 
-async fn persona(State(app): State<App>, s: MemberSession, Path(id): Path<String>, form: FormData) -> Response {
-    if let Err(r) = form.check(&s.csrf) {
-        return r;
-    }
+async fn persona(State(app): State<App>, Path(id): Path<String>, Posted(s, form): Posted<MemberSession>) -> Response {
     let (soul, user) = (form.get("soul").replace("\r\n", "\n"), form.get("user").replace("\r\n", "\n"));
     let actor = s.actor().0;
     let r = async {
@@ -169,10 +157,7 @@ async fn persona(State(app): State<App>, s: MemberSession, Path(id): Path<String
     }
 }
 
-async fn forget(State(app): State<App>, s: MemberSession, Path(id): Path<String>, form: FormData) -> Response {
-    if let Err(r) = form.check(&s.csrf) {
-        return r;
-    }
+async fn forget(State(app): State<App>, Path(id): Path<String>, Posted(s, form): Posted<MemberSession>) -> Response {
     let line: usize = form.get("line").parse().unwrap_or(0);
     let r = async { app.forget_memory_line(&s.tenant, &agent_id(&id)?, form.get("file"), line, form.get("text"), &s.actor().0).await }.await;
     back(&format!("/console/agents/{id}"), r.map(|_| "Forgotten.".to_owned()).map_err(|e| say(&e)))
@@ -247,10 +232,7 @@ async fn integrations(State(app): State<App>, s: MemberSession, Query(q): Q) -> 
 
 const INTEGRATIONS: &str = "/console/integrations";
 
-async fn tools(State(app): State<App>, s: MemberSession, form: FormData) -> Response {
-    if let Err(r) = form.check(&s.csrf) {
-        return r;
-    }
+async fn tools(State(app): State<App>, Posted(s, form): Posted<MemberSession>) -> Response {
     let chosen = form.all("tools");
     let plan = app.config.plan_or_default(&s.tenant.plan);
     let r = app.broker.enable_tools(&s.tenant.id, &chosen, plan.tools.as_deref()).await;
@@ -258,28 +240,19 @@ async fn tools(State(app): State<App>, s: MemberSession, form: FormData) -> Resp
 }
 
 /// Connecting: to the provider's consent page (it sends the person back to the callback).
-async fn connect(State(app): State<App>, s: MemberSession, Path(provider): Path<String>, form: FormData) -> Response {
-    if let Err(r) = form.check(&s.csrf) {
-        return r;
-    }
+async fn connect(State(app): State<App>, Path(provider): Path<String>, Posted(s, _): Posted<MemberSession>) -> Response {
     match app.broker.begin_connect(&s.tenant.id, s.member.id.as_str(), &provider).await {
         Ok(url) => Redirect::to(&url).into_response(),
         Err(e) => back(INTEGRATIONS, Err(say(&crate::api::integrations::broker_error(e)))),
     }
 }
 
-async fn disconnect(State(app): State<App>, s: MemberSession, Path(id): Path<String>, form: FormData) -> Response {
-    if let Err(r) = form.check(&s.csrf) {
-        return r;
-    }
+async fn disconnect(State(app): State<App>, Path(id): Path<String>, Posted(s, _): Posted<MemberSession>) -> Response {
     let r = app.broker.disconnect(&s.tenant.id, &id).await;
     back(INTEGRATIONS, r.map(|_| "Disconnected.".to_owned()).map_err(|e| say(&crate::api::integrations::broker_error(e))))
 }
 
-async fn decide(app: &App, s: &MemberSession, n: &str, form: &FormData, approve: bool) -> Response {
-    if let Err(r) = form.check(&s.csrf) {
-        return r;
-    }
+async fn decide(app: &App, s: &MemberSession, n: &str, approve: bool) -> Response {
     let Ok(n) = n.parse::<i64>() else { return back(INTEGRATIONS, Err("There is no such proposal.".into())) };
     let member = s.member.id.to_string();
     let r = if approve { app.broker.approve(&s.tenant.id, &member, n).await } else { app.broker.reject(&s.tenant.id, &member, n).await };
@@ -290,12 +263,12 @@ async fn decide(app: &App, s: &MemberSession, n: &str, form: &FormData, approve:
     }
 }
 
-async fn approve(State(app): State<App>, s: MemberSession, Path(n): Path<String>, form: FormData) -> Response {
-    decide(&app, &s, &n, &form, true).await
+async fn approve(State(app): State<App>, Path(n): Path<String>, Posted(s, _): Posted<MemberSession>) -> Response {
+    decide(&app, &s, &n, true).await
 }
 
-async fn reject(State(app): State<App>, s: MemberSession, Path(n): Path<String>, form: FormData) -> Response {
-    decide(&app, &s, &n, &form, false).await
+async fn reject(State(app): State<App>, Path(n): Path<String>, Posted(s, _): Posted<MemberSession>) -> Response {
+    decide(&app, &s, &n, false).await
 }
 
 async fn members_html(app: &App, s: &MemberSession, form_email: String, form_name: String, error: Option<String>, fl: Option<ui::Flash>) -> Response {
@@ -336,10 +309,7 @@ pub async fn add_login(app: &App, tenant: &clawpen_core::ids::TenantId, email: &
     Ok(m)
 }
 
-async fn add_member(State(app): State<App>, s: MemberSession, form: FormData) -> Response {
-    if let Err(r) = form.check(&s.csrf) {
-        return r;
-    }
+async fn add_member(State(app): State<App>, Posted(s, form): Posted<MemberSession>) -> Response {
     let (email, name) = (form.get("email").trim().to_lowercase(), form.get("name").trim().to_owned());
     match add_login(&app, &s.tenant.id, &email, &name, form.get("password"), &s.actor().0).await {
         Ok(m) => back("/console/members", Ok(format!("{} can sign in now.", m.display_name))),
@@ -347,10 +317,7 @@ async fn add_member(State(app): State<App>, s: MemberSession, form: FormData) ->
     }
 }
 
-async fn remove_member(State(app): State<App>, s: MemberSession, Path(id): Path<String>, form: FormData) -> Response {
-    if let Err(r) = form.check(&s.csrf) {
-        return r;
-    }
+async fn remove_member(State(app): State<App>, Path(id): Path<String>, Posted(s, _): Posted<MemberSession>) -> Response {
     let Ok(mid) = MemberId::parse(&id) else { return back("/console/members", Err("There is no such member.".into())) };
     if mid == s.member.id {
         return back("/console/members", Err("You cannot remove yourself.".into()));
@@ -378,10 +345,7 @@ async fn telegram(State(app): State<App>, s: MemberSession, Query(q): Q) -> Resp
 
 /// A single-use code that pairs the Telegram user who sends it with the tenant's first agent
 /// (or its bot's agent).
-async fn pairing_code(State(app): State<App>, s: MemberSession, form: FormData) -> Response {
-    if let Err(r) = form.check(&s.csrf) {
-        return r;
-    }
+async fn pairing_code(State(app): State<App>, Posted(s, _): Posted<MemberSession>) -> Response {
     let r = async {
         let bot = app.store.get_telegram_bot(&s.tenant.id).await?;
         let agents = app.store.list_agents(&s.tenant.id).await?;
@@ -404,10 +368,7 @@ async fn pairing_code(State(app): State<App>, s: MemberSession, form: FormData) 
 }
 
 /// Connects the tenant's own bot (a token from @BotFather) to its first agent.
-async fn connect_bot(State(app): State<App>, s: MemberSession, form: FormData) -> Response {
-    if let Err(r) = form.check(&s.csrf) {
-        return r;
-    }
+async fn connect_bot(State(app): State<App>, Posted(s, form): Posted<MemberSession>) -> Response {
     let r = async {
         let agent = app.store.list_agents(&s.tenant.id).await?.into_iter().next().ok_or_else(|| ApiError::conflict("Deploy an agent first: the bot's people talk to it."))?;
         let mode = app.telegram.config().mode;
@@ -421,10 +382,7 @@ async fn connect_bot(State(app): State<App>, s: MemberSession, form: FormData) -
     }
 }
 
-async fn disconnect_bot(State(app): State<App>, s: MemberSession, form: FormData) -> Response {
-    if let Err(r) = form.check(&s.csrf) {
-        return r;
-    }
+async fn disconnect_bot(State(app): State<App>, Posted(s, _): Posted<MemberSession>) -> Response {
     let r = crate::api::telegram::remove_tenant_bot(&app, &s.tenant.id, &s.actor().0).await;
     back("/console/telegram", r.map(|had| if had { "The bot is disconnected.".to_owned() } else { "There was no bot.".to_owned() }).map_err(|e| say(&e)))
 }
