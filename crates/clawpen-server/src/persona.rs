@@ -54,12 +54,8 @@ fn io_error(e: std::io::Error) -> ApiError {
 fn locate(ws: &SandboxDir, file: &str) -> Result<(Option<SandboxDir>, String), ApiError> {
     match file.split_once('/') {
         None => Ok((None, file.to_owned())),
-        Some((dir, name)) => match ws.subdir(dir) {
-            Ok(d) => Ok((Some(d), name.to_owned())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError::not_found("file")),
-            // A link or a file in the dir's place: not the owner's notes.
-            Err(_) => Err(ApiError::not_found("file")),
-        },
+        // Missing, or a link or a file in the dir's place (not the owner's notes): no such file.
+        Some((dir, name)) => ws.subdir(dir).map(|d| (Some(d), name.to_owned())).map_err(|_| ApiError::not_found("file")),
     }
 }
 

@@ -38,13 +38,17 @@ pub fn router() -> Router<App> {
 
 async fn security_headers(req: Request, next: axum::middleware::Next) -> Response {
     let mut r = next.run(req).await;
-    let h = r.headers_mut();
-    for (k, v) in ui::security_headers() {
+    set_headers(r.headers_mut(), ui::security_headers());
+    r
+}
+
+/// Sets each header that is not set yet.
+fn set_headers(h: &mut axum::http::HeaderMap, headers: &[(&str, &str)]) {
+    for (k, v) in headers {
         if let (Ok(k), Ok(v)) = (header::HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
             h.entry(k).or_insert(v);
         }
     }
-    r
 }
 
 async fn not_found() -> Response {
@@ -53,7 +57,12 @@ async fn not_found() -> Response {
 
 async fn asset(Path(name): Path<String>) -> Response {
     match ui::asset(&name) {
-        Some((ct, body)) => ([(header::CONTENT_TYPE, ct), (header::CACHE_CONTROL, "max-age=300")], body).into_response(),
+        Some((ct, body)) => {
+            let mut r = ([(header::CONTENT_TYPE, ct)], body).into_response();
+            // An asset's own headers (cached a while); the layer adds none over them.
+            set_headers(r.headers_mut(), ui::asset_headers());
+            r
+        }
         None => not_found().await,
     }
 }
