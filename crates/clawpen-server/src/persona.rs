@@ -29,6 +29,13 @@ pub struct MemoryLine {
     pub text: String,
 }
 
+/// An agent's persona files and memory, as its owner sees them.
+pub struct Persona {
+    pub soul: String,
+    pub user: String,
+    pub memory: Vec<MemoryLine>,
+}
+
 /// A file name an owner may name: a persona file, `MEMORY.md`, or a note `memory/<name>.md`.
 pub fn check_file(name: &str, persona_only: bool) -> Result<(), ApiError> {
     let persona = PERSONA_FILES.contains(&name);
@@ -127,24 +134,14 @@ impl App {
     /// out), in file order.
     pub async fn memory_lines(&self, tenant: &Tenant, agent: &AgentId) -> Result<Vec<MemoryLine>, ApiError> {
         let (_, ws) = self.owned_workspace(tenant, agent).await?;
-        let mut files = vec![("MEMORY.md".to_owned(), read(&ws, "MEMORY.md")?)];
-        if let Ok(notes) = ws.subdir("memory") {
-            let mut names: Vec<String> = notes.entries().map_err(io_error)?.into_iter().filter(|e| e.kind == clawpen_hostfs::dir::EntryKind::File).filter_map(|e| e.name.to_str().map(str::to_owned)).filter(|n| check_file(&format!("memory/{n}"), false).is_ok()).collect();
-            names.sort();
-            for n in names.into_iter().take(MAX_NOTES) {
-                files.push((format!("memory/{n}"), read(&notes, &n)?));
-            }
-        }
-        let mut out = Vec::new();
-        for (file, text) in files {
-            for (i, line) in text.unwrap_or_default().lines().enumerate() {
-                let t = line.trim();
-                if !t.is_empty() && !t.starts_with('#') {
-                    out.push(MemoryLine { file: file.clone(), line: i + 1, text: line.to_owned() });
-                }
-            }
-        }
-        Ok(out)
+        memory_of(&ws)
+    }
+
+    /// What the console's agent page shows, from one look at the workspace: `SOUL.md`,
+    /// `USER.md` (empty when absent) and the memory lines (none when they cannot be read).
+    pub async fn persona(&self, tenant: &Tenant, agent: &AgentId) -> Result<Persona, ApiError> {
+        let (_, ws) = self.owned_workspace(tenant, agent).await?;
+        Ok(Persona { soul: read(&ws, "SOUL.md")?.unwrap_or_default(), user: read(&ws, "USER.md")?.unwrap_or_default(), memory: memory_of(&ws).unwrap_or_default() })
     }
 
     /// Removes line `line` of a memory file, if it still reads `text` (409 `conflict` when the
@@ -167,6 +164,29 @@ impl App {
         let _ = self.store.audit(clawpen_store::NewAudit { tenant: Some(&tenant.id), agent: Some(agent), actor, action: "agent.memory.forget", reason: "requested", detail: Some(&detail) }).await;
         Ok(())
     }
+}
+
+/// The lines of `MEMORY.md` and of the notes in `memory/` (blank lines and headings left out),
+/// in file order.
+fn memory_of(ws: &SandboxDir) -> Result<Vec<MemoryLine>, ApiError> {
+    let mut files = vec![("MEMORY.md".to_owned(), read(ws, "MEMORY.md")?)];
+    if let Ok(notes) = ws.subdir("memory") {
+        let mut names: Vec<String> = notes.entries().map_err(io_error)?.into_iter().filter(|e| e.kind == clawpen_hostfs::dir::EntryKind::File).filter_map(|e| e.name.to_str().map(str::to_owned)).filter(|n| check_file(&format!("memory/{n}"), false).is_ok()).collect();
+        names.sort();
+        for n in names.into_iter().take(MAX_NOTES) {
+            files.push((format!("memory/{n}"), read(&notes, &n)?));
+        }
+    }
+    let mut out = Vec::new();
+    for (file, text) in files {
+        for (i, line) in text.unwrap_or_default().lines().enumerate() {
+            let t = line.trim();
+            if !t.is_empty() && !t.starts_with('#') {
+                out.push(MemoryLine { file: file.clone(), line: i + 1, text: line.to_owned() });
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

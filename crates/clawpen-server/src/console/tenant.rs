@@ -112,12 +112,11 @@ async fn agent_html(app: &App, s: &MemberSession, id: &str, fl: Option<ui::Flash
         let expires_at = clawpen_store::now_ms() / 1000 + crate::api::agents::CONNECT_URL_TTL_SECS;
         let query = app.signer.sign(s.tenant.id.as_str(), id.as_str(), expires_at);
         // The files are read where they are; an archived agent's are shown as unavailable.
-        let (soul, user, memory, unavailable) = match persona_error {
-            Some((soul, user, _)) => (soul.to_owned(), user.to_owned(), app.memory_lines(&s.tenant, &id).await.unwrap_or_default(), None),
-            None => match (app.read_agent_file(&s.tenant, &id, "SOUL.md").await, app.read_agent_file(&s.tenant, &id, "USER.md").await) {
-                (Ok(soul), Ok(user)) => (soul.unwrap_or_default(), user.unwrap_or_default(), app.memory_lines(&s.tenant, &id).await.unwrap_or_default(), None),
-                (Err(e), _) | (_, Err(e)) => (String::new(), String::new(), Vec::new(), Some(say(&e))),
-            },
+        // A form that failed keeps what was typed.
+        let (soul, user, memory, unavailable) = match (persona_error, app.persona(&s.tenant, &id).await) {
+            (Some((soul, user, _)), files) => (soul.to_owned(), user.to_owned(), files.map(|p| p.memory).unwrap_or_default(), None),
+            (None, Ok(p)) => (p.soul, p.user, p.memory, None),
+            (None, Err(e)) => (String::new(), String::new(), Vec::new(), Some(say(&e))),
         };
         let memory: Vec<ui::MemoryLine> = memory.into_iter().map(|m| ui::MemoryLine { file: m.file, line: m.line, text: m.text }).collect();
         let error = persona_error.map(|(_, _, e)| e.to_owned()).or(unavailable);
