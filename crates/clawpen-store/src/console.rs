@@ -59,12 +59,6 @@ impl Store {
         Ok(Some((Member::from_row(&r)?, r.try_get("password_hash")?)))
     }
 
-    /// Which of `tenant`'s members have a password.
-    pub async fn members_with_password(&self, tenant: &TenantId) -> Result<Vec<MemberId>> {
-        let rows = sqlx::query("SELECT l.member_id FROM web_logins l JOIN members m ON m.id = l.member_id WHERE m.tenant_id = $1").bind(tenant.as_str()).fetch_all(&self.pool).await?;
-        rows.iter().map(|r| parse_id(r.try_get("member_id")?)).collect()
-    }
-
     pub async fn create_web_session(&self, s: &WebSession) -> Result<()> {
         sqlx::query("INSERT INTO web_sessions (token_hash, member_id, tenant_id, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(&s.token_hash)
