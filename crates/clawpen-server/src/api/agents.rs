@@ -209,10 +209,18 @@ impl From<clawpen_agent::protocol::MessageOut> for MessageReply {
 /// A command's answer (`/approve N` …) as the events of a streamed reply: all of it as one
 /// `delta`, then `done`.
 fn command_events(out: clawpen_agent::protocol::MessageOut) -> axum::response::sse::Sse<impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>> {
-    use axum::response::sse::Event;
-    let delta = Event::default().event("delta").data(serde_json::json!({ "text": out.reply }).to_string());
-    let done = Event::default().event("done").data(serde_json::to_string(&MessageReply::from(out)).unwrap_or_default());
-    axum::response::sse::Sse::new(futures_util::stream::iter([Ok(delta), Ok(done)]))
+    let delta = delta_event(&out.reply);
+    axum::response::sse::Sse::new(futures_util::stream::iter([Ok(delta), Ok(done_event(out))]))
+}
+
+/// A piece of a streamed reply.
+fn delta_event(text: &str) -> axum::response::sse::Event {
+    axum::response::sse::Event::default().event("delta").data(serde_json::json!({ "text": text }).to_string())
+}
+
+/// The end of a streamed reply: the whole of it.
+fn done_event(out: clawpen_agent::protocol::MessageOut) -> axum::response::sse::Event {
+    axum::response::sse::Event::default().event("done").data(serde_json::to_string(&MessageReply::from(out)).unwrap_or_default())
 }
 
 /// A streamed reply as server-sent events (see [`send_message`]).
@@ -223,8 +231,8 @@ fn reply_events(stream: crate::delivery::ReplyStream) -> axum::response::sse::Ss
         let mut stream = stream?;
         let ev = stream.next().await?;
         let (event, more) = match ev {
-            ReplyEvent::Delta(text) => (Event::default().event("delta").data(serde_json::json!({ "text": text }).to_string()), true),
-            ReplyEvent::Done(out) => (Event::default().event("done").data(serde_json::to_string(&MessageReply::from(out)).unwrap_or_default()), false),
+            ReplyEvent::Delta(text) => (delta_event(&text), true),
+            ReplyEvent::Done(out) => (done_event(out), false),
             ReplyEvent::Failed(e) => (Event::default().event("error").data(serde_json::json!({ "error": { "code": e.code, "message": e.message } }).to_string()), false),
         };
         Some((Ok(event), more.then_some(stream)))
