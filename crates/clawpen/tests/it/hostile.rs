@@ -341,3 +341,52 @@ async fn a_sandbox_calls_no_tool_outside_a_run_the_server_opened_for_it() {
     assert_eq!(calls_b["calls"], json!([]), "{calls_b}");
     others_answer(&s, &key_b, &b, "after A's tool calls").await;
 }
+
+/// The owner's persona and memory routes read and write inside the workspace, which the sandbox
+/// controls: links it plants there (to another tenant's files), a FIFO, a linked notes dir are
+/// never followed, and a write replaces the link instead of writing through it.
+#[tokio::test(flavor = "multi_thread")]
+async fn links_in_a_workspace_reach_nothing_through_the_persona_and_memory_routes() {
+    use std::os::unix::fs::symlink;
+    let s = TestServer::start().await;
+    let (_, key_a) = s.tenant("alpha").await;
+    let (_, key_b) = s.tenant("beta").await;
+    let a = s.agent(&key_a, "a", false).await["id"].as_str().unwrap().to_owned();
+    let b = s.agent(&key_b, "b", false).await["id"].as_str().unwrap().to_owned();
+    let (st, _) = s.put(&format!("/api/v1/agents/{b}/files?name=SOUL.md"), &key_b, json!({"text": "B's secret: 4711\n"})).await;
+    assert_eq!(st, 204);
+    let (ws_a, ws_b) = (s.workspace("", &a), s.workspace("", &b));
+    // What A's sandbox could do in its own workspace: links to B's files, a FIFO, a linked dir.
+    std::fs::remove_file(ws_a.join("SOUL.md")).unwrap();
+    symlink(ws_b.join("SOUL.md"), ws_a.join("SOUL.md")).unwrap();
+    std::fs::remove_file(ws_a.join("USER.md")).unwrap();
+    assert!(Command::new("mkfifo").arg(ws_a.join("USER.md")).status().unwrap().success());
+    std::fs::remove_file(ws_a.join("MEMORY.md")).unwrap();
+    symlink(ws_b.join("SOUL.md"), ws_a.join("MEMORY.md")).unwrap();
+    std::fs::remove_dir(ws_a.join("memory")).unwrap();
+    symlink(&ws_b, ws_a.join("memory")).unwrap();
+    std::fs::write(ws_b.join("notes.md"), "B's note: 4711\n").unwrap();
+
+    for name in ["SOUL.md", "USER.md", "MEMORY.md", "memory/notes.md"] {
+        let (st, v) = s.get(&format!("/api/v1/agents/{a}/files?name={name}"), &key_a).await;
+        assert_eq!(st, 404, "{name}: {v}");
+        assert!(!v.to_string().contains("4711"), "{name}: {v}");
+    }
+    let (st, mem) = s.get(&format!("/api/v1/agents/{a}/memory"), &key_a).await;
+    assert_eq!(st, 200, "{mem}");
+    assert!(!mem.to_string().contains("4711"), "{mem}");
+    let (st, _) = s.post(&format!("/api/v1/agents/{a}/memory/forget"), &key_a, json!({"file": "memory/notes.md", "line": 1, "text": "B's note: 4711"})).await;
+    assert_eq!(st, 404);
+    assert_eq!(std::fs::read_to_string(ws_b.join("notes.md")).unwrap(), "B's note: 4711\n", "forgotten through a link");
+    // A write replaces the link with A's own file; B's file is untouched.
+    let (st, _) = s.put(&format!("/api/v1/agents/{a}/files?name=SOUL.md"), &key_a, json!({"text": "A's persona\n"})).await;
+    assert_eq!(st, 204);
+    let m = std::fs::symlink_metadata(ws_a.join("SOUL.md")).unwrap();
+    assert!(m.file_type().is_file(), "the link was replaced by a file");
+    assert_eq!(m.uid(), std::fs::metadata(&ws_a).unwrap().uid(), "owned by the sandbox's uid");
+    assert_eq!(std::fs::read_to_string(ws_a.join("SOUL.md")).unwrap(), "A's persona\n");
+    assert_eq!(std::fs::read_to_string(ws_b.join("SOUL.md")).unwrap(), "B's secret: 4711\n", "written through a link");
+    let (st, _) = s.put(&format!("/api/v1/agents/{a}/files?name=memory/notes.md"), &key_a, json!({"text": "x\n"})).await;
+    assert_eq!(st, 404, "a note written through a linked dir");
+    assert_eq!(std::fs::read_to_string(ws_b.join("notes.md")).unwrap(), "B's note: 4711\n");
+}
