@@ -62,6 +62,11 @@ pub struct AgentRow {
 pub struct DeployForm {
     pub name: String,
     pub error: Option<String>,
+    /// The tenant's own Telegram bot (its username), when it has one: the form then offers to
+    /// have the new agent answer on it.
+    pub telegram_bot: Option<String>,
+    /// Whether "answer on Telegram" is ticked.
+    pub telegram: bool,
 }
 
 /// The tenant's agents and the deploy form.
@@ -99,6 +104,13 @@ pub fn agents_page(frame: &Frame, agents: &[AgentRow], deploy: &DeployForm) -> S
                         button.primary type="submit" #deploy-submit { "Deploy" }
                     }
                     (field_error("deploy-name-error", deploy.error.as_deref()))
+                }
+                @if let Some(bot) = &deploy.telegram_bot {
+                    div.check {
+                        input #deploy-telegram type="checkbox" name="telegram" value="on" checked[deploy.telegram] aria-describedby="deploy-telegram-desc";
+                        label for="deploy-telegram" { "Answer on Telegram as @" (bot) }
+                        p.hint #deploy-telegram-desc { "The people paired with the bot talk to the new agent from now on, and it greets them there." }
+                    }
                 }
             }
         }

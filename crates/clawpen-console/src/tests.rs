@@ -61,7 +61,7 @@ fn all_pages(text: &str) -> Vec<(&'static str, String)> {
     let admin = frame(Nav::Admin);
     vec![
         ("login", login_page(Some(text), text, CSRF)),
-        ("agents", agents_page(&tenant(), &agent_rows(text), &DeployForm { name: text.into(), error: Some("Taken.".into()) })),
+        ("agents", agents_page(&tenant(), &agent_rows(text), &DeployForm { name: text.into(), error: Some("Taken.".into()), telegram_bot: Some(text.into()), telegram: true })),
         ("agents-empty", agents_page(&tenant(), &[], &DeployForm::default())),
         ("agent", agent_html(text)),
         ("agent-empty", agent_page(&tenant(), &AgentPage { agent: &AgentDetail { id: "a".into(), name: "A".into(), state: "stopped".into(), tier: "t".into(), model: "m".into() }, gateway_query: "", soul: "", user: "", memory: &[], persona_error: None })),
@@ -146,7 +146,7 @@ fn credits_format() {
 
 #[test]
 fn user_text_is_escaped() {
-    for (name, html) in [("agent", agent_html(XSS)), ("agents", agents_page(&tenant(), &agent_rows(XSS), &DeployForm { name: XSS.into(), error: Some(XSS.into()) })), ("usage", usage_page(&tenant(), &usage(XSS))), ("integrations", integrations_page(&tenant(), &providers(), &tools(), &proposals(XSS)))] {
+    for (name, html) in [("agent", agent_html(XSS)), ("agents", agents_page(&tenant(), &agent_rows(XSS), &DeployForm { name: XSS.into(), error: Some(XSS.into()), telegram_bot: Some(XSS.into()), telegram: false })), ("usage", usage_page(&tenant(), &usage(XSS))), ("integrations", integrations_page(&tenant(), &providers(), &tools(), &proposals(XSS)))] {
         assert!(!html.contains("<script>alert"), "{name}: raw script");
         assert!(!html.contains("\"onmouseover="), "{name}: attribute break-out");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;onmouseover=alert(2) x='y' &amp; z"), "{name}: escaped text missing");
@@ -239,7 +239,10 @@ fn pages_have_what_the_browser_tests_use() {
     for s in ["<section class=\"card\" id=\"chat\" data-gateway-query=\"agent=ag_1&amp;ticket=abc\"", "<ol id=\"chat-log\" aria-live=\"polite\"", "<form id=\"chat-form\">", "<textarea id=\"chat-input\" name=\"message\"", "<button id=\"chat-abort\" type=\"button\" hidden disabled>Abort</button>", "<p id=\"chat-status\"", "<noscript>", "<script src=\"/console/assets/chat.js\" defer></script>", "action=\"/console/agents/ag_1/start\"", "action=\"/console/agents/ag_1/stop\"", "action=\"/console/agents/ag_1/persona\"", "action=\"/console/agents/ag_1/memory/forget\"", "name=\"file\" value=\"MEMORY.md\"", "name=\"line\" value=\"3\"", "role=\"alert\""] {
         assert!(html.contains(s), "agent page lacks {s}");
     }
-    let html = agents_page(&tenant(), &agent_rows("Bob"), &DeployForm { name: "My bot".into(), error: Some("Taken.".into()) });
+    let html = agents_page(&tenant(), &agent_rows("Bob"), &DeployForm { name: "My bot".into(), error: Some("Taken.".into()), telegram_bot: None, telegram: false });
+    assert!(!html.contains("name=\"telegram\""), "no bot, no Telegram choice");
+    let with_bot = agents_page(&tenant(), &[], &DeployForm { telegram_bot: Some("family_bot".into()), telegram: true, ..DeployForm::default() });
+    assert!(with_bot.contains("<input id=\"deploy-telegram\" type=\"checkbox\" name=\"telegram\" value=\"on\" checked") && with_bot.contains("Answer on Telegram as @family_bot"), "{with_bot}");
     for s in ["href=\"/console/agents/ag_1\"", "<span class=\"badge state-running\">running</span>", "badge state-crashloop", "action=\"/console/deploy\"", "name=\"name\" value=\"My bot\" required minlength=\"1\" maxlength=\"64\"", "aria-describedby=\"deploy-name-error\"", "<p class=\"field-error\" id=\"deploy-name-error\">Taken.</p>", ">Deploy</button>", "aria-current=\"page\">Agents", "action=\"/console/logout\"", "action=\"/console/logout-all\"", "href=\"/console/telegram\"", "href=\"/console/members\"", "href=\"/console/integrations\"", "href=\"/console/usage\""] {
         assert!(html.contains(s), "agents page lacks {s}");
     }

@@ -31,10 +31,34 @@ impl App {
         self.deliver_in_run(tenant, agent, msg, actor).await
     }
 
-    /// Has a freshly deployed agent greet its owner with [`GREETING`]: kept in its main session
-    /// as its first message (no model call, no run), so every chat shows it.
-    pub async fn greet(&self, tenant: &Tenant, agent: &Agent, actor: &Actor) -> Result<MessageOut, ApiError> {
-        let msg = MessageIn { text: GREETING.to_owned(), session: None, run_id: None, greeting: true };
+    /// Deploy: makes the agent, starts it and has it greet its owner with [`GREETING`], kept
+    /// in its main session as its first message (no model call, no run), so every chat shows
+    /// it. With `telegram`, the tenant's own bot speaks for the new agent from now on (409
+    /// `no_telegram_bot` when it has none) and the people paired with it get the greeting there
+    /// too. A greeting that cannot be sent to someone is logged; the agent stays deployed.
+    pub async fn deploy(&self, tenant: &Tenant, name: &str, actor: &Actor, telegram: bool) -> Result<Agent, ApiError> {
+        let bot = if telegram {
+            let bot = self.store.get_telegram_bot(&tenant.id).await?;
+            Some(bot.ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "no_telegram_bot", "this account has no Telegram bot of its own to answer on; connect one first"))?)
+        } else {
+            None
+        };
+        let agent = self.create_agent(tenant, name, actor, true).await?;
+        let agent = self.start_agent(tenant, &agent.id, actor, "deployed").await?;
+        self.greet(tenant, &agent, None, actor).await?;
+        if let Some(bot) = bot {
+            self.store.set_telegram_bot_agent(&tenant.id, &agent.id).await?;
+            self.audit(&tenant.id, Some(&agent.id), actor, "telegram.bot.agent", "deployed to answer on the tenant's bot", Some(serde_json::json!({"bot": bot.id.to_string(), "was": bot.agent_id.to_string()}))).await;
+            let greeted = self.telegram.greet(self, tenant, &agent, actor).await;
+            tracing::info!(tenant = %tenant.id, agent = %agent.id, greeted, "telegram: the new agent greeted the bot's people");
+        }
+        Ok(agent)
+    }
+
+    /// Has the agent greet in `session` (its main one when `None`) with [`GREETING`]: kept in
+    /// the session as the agent's message; no model call, no run.
+    pub async fn greet(&self, tenant: &Tenant, agent: &Agent, session: Option<String>, actor: &Actor) -> Result<MessageOut, ApiError> {
+        let msg = MessageIn { text: GREETING.to_owned(), session, run_id: None, greeting: true };
         self.deliver_in_run(tenant, agent, msg, actor).await
     }
 

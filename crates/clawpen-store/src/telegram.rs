@@ -122,6 +122,21 @@ impl Store {
         rows.iter().map(TelegramBot::from_row).collect()
     }
 
+    /// Points the tenant's bot at another of its agents: the bot's people talk to `agent` from
+    /// now on. `NotFound` when the tenant has no bot, or `agent` is not the tenant's.
+    pub async fn set_telegram_bot_agent(&self, tenant: &TenantId, agent: &AgentId) -> Result<()> {
+        let res = sqlx::query("UPDATE telegram_bots SET agent_id = $1, updated_at = $2 WHERE tenant_id = $3 AND EXISTS (SELECT 1 FROM agents WHERE id = $1 AND tenant_id = $3)")
+            .bind(agent.as_str())
+            .bind(now_ms())
+            .bind(tenant.as_str())
+            .execute(&self.writer)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
     /// Removes a tenant's bot and its sealed token and webhook secret; another tenant's bot is
     /// `NotFound`.
     pub async fn delete_telegram_bot(&self, tenant: &TenantId, id: &TelegramBotId) -> Result<()> {

@@ -34,10 +34,14 @@ fn agent_not_found(e: StoreError) -> ApiError {
 /// Makes an agent (its workspace, no sandbox yet), and starts it with `start: true`.
 #[utoipa::path(post, path = "/api/v1/agents", tag = "agents", security(("tenant_key" = [])), request_body = CreateAgent,
     responses((status = 201, description = "The agent (running, with `start: true`).", body = AgentView),
-        (status = 409, description = "The tenant has an agent of that name, or as many agents as its plan allows (`conflict`).", body = ErrorBody),
+        (status = 409, description = "The tenant has an agent of that name, or as many agents as its plan allows (`conflict`), or `telegram` without a bot of its own (`no_telegram_bot`).", body = ErrorBody),
         (status = 502, description = "The sandbox exited or did not become healthy while starting (`agent_exited`, `agent_unhealthy`); the agent is kept, see its logs.", body = ErrorBody),
         (status = 503, description = "No node has room (`node_full`), or the container runtime is unreachable or the image missing (`runtime_unavailable`, `image_missing`).", body = ErrorBody)))]
 pub async fn create_agent(State(app): State<App>, caller: TenantCaller, ApiJson(body): ApiJson<CreateAgent>) -> Result<(StatusCode, Json<AgentView>), ApiError> {
+    if body.greet || body.telegram {
+        let agent = app.deploy(&caller.tenant, &body.name, &caller.actor(), body.telegram).await?;
+        return Ok((StatusCode::CREATED, Json(view(&app, &caller, agent).await?)));
+    }
     let agent = app.create_agent(&caller.tenant, &body.name, &caller.actor(), body.start).await?;
     let agent = if body.start {
         app.start_agent(&caller.tenant, &agent.id, &caller.actor(), "created with start=true").await?

@@ -133,6 +133,14 @@ pub struct CreateAgent {
     /// Start the agent right away; the call returns once it answers.
     #[serde(default)]
     pub start: bool,
+    /// Deploy as the console does: start it and have it greet its owner with its first "I'm
+    /// live" message, kept in its main session. Implies `start`.
+    #[serde(default)]
+    pub greet: bool,
+    /// Have the tenant's own Telegram bot answer for the new agent from now on, and greet the
+    /// people paired with it there (409 `no_telegram_bot` without a bot). Implies `greet`.
+    #[serde(default)]
+    pub telegram: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -62,6 +62,8 @@ fn row(a: clawpen_store::Agent, model: &str) -> ui::AgentRow {
 async fn agents_html(app: &App, s: &MemberSession, deploy: ui::DeployForm, fl: Option<ui::Flash>) -> Response {
     let frame = member_frame(s, "Agents", fl);
     let r = async {
+        let mut deploy = deploy;
+        deploy.telegram_bot = app.store.get_telegram_bot(&s.tenant.id).await?.map(|b| b.username);
         let model = model_of(app);
         let list: Vec<ui::AgentRow> = app.store.list_agents(&s.tenant.id).await?.into_iter().map(|a| row(a, &model)).collect();
         Ok(ui::agents_page(&frame, &list, &deploy))
@@ -71,26 +73,21 @@ async fn agents_html(app: &App, s: &MemberSession, deploy: ui::DeployForm, fl: O
 }
 
 async fn agents(State(app): State<App>, s: MemberSession, Query(q): Q) -> Response {
-    agents_html(&app, &s, ui::DeployForm { name: String::new(), error: None }, flash(&q)).await
+    agents_html(&app, &s, ui::DeployForm::default(), flash(&q)).await
 }
 
 /// Deploy: the agent is made and started in one press, and greets its owner.
 async fn deploy(State(app): State<App>, Posted(s, form): Posted<MemberSession>) -> Response {
     let name = form.get("name").trim().to_owned();
+    let telegram = form.get("telegram") == "on";
+    let again = |name: String, error: String| ui::DeployForm { name, error: Some(error), telegram, telegram_bot: None };
     if let Err(e) = clawpen_core::names::validate_name(&name) {
-        return agents_html(&app, &s, ui::DeployForm { name, error: Some(format!("The name {e}.")) }, None).await;
+        return agents_html(&app, &s, again(name, format!("The name {e}.")), None).await;
     }
     let actor = s.actor();
-    let made = async {
-        let a = app.create_agent(&s.tenant, &name, &actor, true).await?;
-        let a = app.start_agent(&s.tenant, &a.id, &actor, "deployed from the console").await?;
-        app.greet(&s.tenant, &a, &actor).await?;
-        Ok::<_, ApiError>(a)
-    }
-    .await;
-    match made {
+    match app.deploy(&s.tenant, &name, &actor, telegram).await {
         Ok(a) => Redirect::to(&format!("/console/agents/{}", a.id)).into_response(),
-        Err(e) => agents_html(&app, &s, ui::DeployForm { name, error: Some(say(&e)) }, None).await,
+        Err(e) => agents_html(&app, &s, again(name, say(&e)), None).await,
     }
 }
 

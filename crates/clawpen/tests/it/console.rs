@@ -65,6 +65,15 @@ fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
     r.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).find_map(|c| c.strip_prefix(&format!("{name}="))?.split(';').next().map(str::to_owned)).filter(|v| !v.is_empty())
 }
 
+/// The text of the element whose opening tag carries `attr` (no markup inside it).
+fn text_of(html: &str, attr: &str) -> Option<String> {
+    let at = html.find(attr)?;
+    let rest = &html[at..];
+    let start = rest.find('>')? + 1;
+    let end = rest[start..].find('<')?;
+    Some(rest[start..start + end].trim().to_owned())
+}
+
 fn hidden(html: &str, name: &str) -> String {
     let at = html.find(&format!("name=\"{name}\"")).unwrap_or_else(|| panic!("no {name} field in {html}"));
     let tag_start = html[..at].rfind('<').unwrap();
@@ -167,7 +176,7 @@ async fn another_tenant_a_foreign_site_and_a_copied_cookie_get_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_member_connects_a_telegram_bot_and_makes_a_pairing_code() {
+async fn a_member_connects_a_telegram_bot_pairs_a_person_and_deploys_an_agent_that_greets_him_there() {
     const TOKEN: &str = "700009:AAconsoleBotTOKENsecretPART_00000009";
     let s = TestServer::start_full("", "", "[telegram]\napi_base = \"STANDIN\"\nmode = \"webhook\"\n", &[]).await;
     s.standin.telegram().add_bot(TOKEN, "console_family_bot");
@@ -187,7 +196,37 @@ async fn a_member_connects_a_telegram_bot_and_makes_a_pairing_code() {
     assert!(page.contains("console_family_bot") && !page.contains("AAconsoleBotTOKEN"), "{page}");
     assert!(s.standin.telegram().webhook(TOKEN).is_some(), "the webhook is set at Telegram");
     let (_, page, _) = ana.post("/console/telegram/pairing-code", &[("csrf", &csrf)]).await;
-    assert!(page.contains("id=\"pairing-code\""), "{page}");
+    let code = text_of(&page, "id=\"pairing-code\"").expect("a pairing code on the page");
+    // Grandpa pairs with the bot, and talks with "helper".
+    const GRANDPA: i64 = 6_100_001;
+    let tg = s.standin.telegram();
+    tg.inject_message(TOKEN, GRANDPA, &format!("/pair {code}"));
+    let paired = tg.wait_for_sent(TOKEN, GRANDPA, 1, std::time::Duration::from_secs(30)).await;
+    assert!(paired[0].starts_with("Paired! You now talk with helper"), "{paired:?}");
+
+    // Deploy offers the bot; ticked, the new agent greets Grandpa there and answers him next.
+    let (_, page) = ana.get("/console/agents").await;
+    assert!(page.contains("Answer on Telegram as @console_family_bot") && page.contains("name=\"telegram\""), "{page}");
+    let (st, _, to) = ana.post("/console/deploy", &[("csrf", &csrf), ("name", "nana"), ("telegram", "on")]).await;
+    assert_eq!(st, 303, "{to:?}\nlog:\n{}", s.log());
+    let nana = to.unwrap().rsplit('/').next().unwrap().to_owned();
+    let sent = tg.wait_for_sent(TOKEN, GRANDPA, 2, std::time::Duration::from_secs(30)).await;
+    assert!(sent[1].starts_with("I'm live!"), "{sent:?}");
+    let (st, bot) = s.get("/api/v1/telegram/bot", &key).await;
+    assert_eq!((st, bot["agent_id"].as_str()), (200, Some(nana.as_str())), "{bot}");
+    tg.inject_message(TOKEN, GRANDPA, "what did you just tell me?");
+    let sent = tg.wait_for_sent(TOKEN, GRANDPA, 3, std::time::Duration::from_secs(60)).await;
+    assert!(!sent[2].is_empty());
+    let ws = s.workspace("", &nana).join("sessions");
+    let sessions: String = std::fs::read_dir(&ws).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
+    assert!(sessions.contains("I'm live!") && sessions.contains("what did you just tell me?"), "the greeting and the next message are in nana's sessions: {sessions}");
+
+    // Without a bot of its own, a tenant's deploy that asks for Telegram is refused and makes nothing.
+    let (_, key_b) = family(&s, "other", "bo@other.example").await;
+    let (st, e) = s.post("/api/v1/agents", &key_b, json!({"name": "lonely", "telegram": true})).await;
+    assert_eq!((st, e["error"]["code"].as_str()), (409, Some("no_telegram_bot")), "{e}");
+    assert_eq!(s.get("/api/v1/agents", &key_b).await.1["agents"].as_array().unwrap().len(), 0);
+
     let (st, _, to) = ana.post("/console/telegram/bot/delete", &[("csrf", &csrf)]).await;
     assert_eq!(st, 303);
     assert!(to.unwrap().contains("ok="));

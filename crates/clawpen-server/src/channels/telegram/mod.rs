@@ -534,6 +534,46 @@ impl Telegram {
         }
     }
 
+    /// The tenant's own bot tells each person paired with it that `agent` is live, when the bot
+    /// speaks for `agent`: the greeting is kept in that person's Telegram session (as if the
+    /// agent had written first) and sent to their private chat, whose id is their user id.
+    /// Returns how many got it; a failure for one person is logged and skips only them.
+    pub async fn greet(&self, app: &App, tenant: &clawpen_store::Tenant, agent: &clawpen_store::Agent, actor: &Actor) -> usize {
+        let bot = match app.store.get_telegram_bot(&tenant.id).await {
+            Ok(Some(bot)) if bot.agent_id == agent.id => bot,
+            Ok(_) => return 0,
+            Err(e) => {
+                warn!(tenant = %tenant.id, error = %e, "telegram: cannot read the tenant's bot; no greeting sent");
+                return 0;
+            }
+        };
+        let (api, people) = match (self.tenant_api(app, &bot).await, app.store.list_members(&tenant.id).await) {
+            (Ok(api), Ok(people)) => (api, people),
+            (Err(e), _) => {
+                warn!(bot = %bot.id, error = %e, "telegram: cannot open the bot's token; no greeting sent");
+                return 0;
+            }
+            (_, Err(e)) => {
+                warn!(tenant = %tenant.id, error = %e, "telegram: cannot list the tenant's members; no greeting sent");
+                return 0;
+            }
+        };
+        let mut greeted = 0;
+        for person in people.iter().filter(|m| m.kind == clawpen_store::telegram::MEMBER_KIND) {
+            let Ok(chat) = person.external_id.parse::<i64>() else { continue };
+            let lock = self.chat_lock(format!("{}:{chat}", bot.id));
+            let _turn = lock.lock().await;
+            if let Err(e) = app.greet(tenant, agent, Some(format!("tg-{chat}")), actor).await {
+                warn!(agent = %agent.id, code = e.code, error = %e.message, "telegram: the greeting was not kept in the session");
+            }
+            match api.send_message(chat, crate::delivery::GREETING).await {
+                Ok(()) => greeted += 1,
+                Err(e) => warn!(bot = %bot.id, error = %e, "telegram: sendMessage of the greeting failed"),
+            }
+        }
+        greeted
+    }
+
     /// `/pair CODE`: spends the code and makes the user a member of its tenant.
     async fn pair(&self, app: &App, source: &Source, from: &User, code: &str) -> String {
         let Some(code) = normalize_code(code) else { return NOT_VALID.to_owned() };
