@@ -59,6 +59,11 @@ pub struct Plan {
     /// The sandbox image this plan's agents run instead of the server's own, e.g. a canary build
     /// on a test plan; `None` uses the server's image.
     pub image: Option<String>,
+    /// Seconds between backups of each agent's workspace to storage (only when it changed; an
+    /// agent that goes idle is also backed up then); 0 never.
+    pub backup_every_secs: u64,
+    /// Snapshots kept per agent (the newest ones; at least one).
+    pub backup_keep: u32,
 }
 
 /// One credit in micro-credits.
@@ -88,6 +93,8 @@ impl Default for Plan {
             gateway_connections: 16,
             tools: None,
             image: None,
+            backup_every_secs: 6 * 3600,
+            backup_keep: 7,
         }
     }
 }

@@ -235,6 +235,83 @@ impl SandboxDir {
     }
 }
 
+/// What `fstat` said of a regular file opened by [`SandboxDir::open_regular`]: enough to tell
+/// whether it changed since it was last read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStat {
+    pub size: u64,
+    /// Permission bits only.
+    pub mode: u32,
+    pub mtime_ns: i64,
+    /// Set by the kernel on every change, and not settable by the file's owner.
+    pub ctime_ns: i64,
+    pub ino: u64,
+}
+
+impl SandboxDir {
+    /// Opens the regular file `name` here for reading, never through a link: `None` when the
+    /// name is a link, FIFO, socket or device (a FIFO is not waited on) or is gone.
+    pub fn open_regular(&self, name: &str) -> std::io::Result<Option<(std::fs::File, FileStat)>> {
+        let fd = match self.open_beneath(name, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) || e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let st = rfs::fstat(&fd).map_err(io)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Ok(None);
+        }
+        let stat = FileStat {
+            size: st.st_size as u64,
+            mode: st.st_mode & 0o7777 & !0o7000,
+            mtime_ns: st.st_mtime.saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64),
+            ctime_ns: st.st_ctime.saturating_mul(1_000_000_000).saturating_add(st.st_ctime_nsec as i64),
+            ino: st.st_ino,
+        };
+        Ok(Some((std::fs::File::from(fd), stat)))
+    }
+
+    /// The permission bits of the directory (or file) `name` here, as its entry says.
+    pub fn mode_of(&self, name: &str) -> std::io::Result<u32> {
+        Ok(rfs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io)?.st_mode & 0o777)
+    }
+
+    /// Writes the file `name` here from `reader`, owned by `uid` with `mode`: made new (whatever
+    /// had the name, a link included, is unlinked first and never followed). Returns the bytes
+    /// written.
+    pub fn write_file_from(&self, name: &str, mode: u32, uid: u32, reader: &mut impl std::io::Read) -> std::io::Result<u64> {
+        self.remove_file(name)?;
+        let fd = self.open_beneath(name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, Mode::from_raw_mode(mode & 0o777))?;
+        rfs::fchown(&fd, Some(uid_of(uid)), Some(gid_of(uid))).map_err(io)?;
+        rfs::fchmod(&fd, Mode::from_raw_mode(mode & 0o777)).map_err(io)?;
+        let mut f = std::fs::File::from(fd);
+        std::io::copy(reader, &mut f)
+    }
+
+    /// Removes `name` here and, when it is a directory, everything beneath it, by handle (a
+    /// link inside is removed, never followed). Missing is fine.
+    pub fn remove_tree(&self, name: &str) -> std::io::Result<()> {
+        match self.kind(name)? {
+            None => Ok(()),
+            Some(EntryKind::Dir) => {
+                let d = self.subdir(name)?;
+                for e in d.entries()? {
+                    let Some(n) = e.name.to_str() else {
+                        // Not UTF-8: unlinked by its bytes.
+                        let c = std::ffi::CString::new(e.name.clone().into_vec()).map_err(std::io::Error::other)?;
+                        let flags = if e.kind == EntryKind::Dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
+                        rfs::unlinkat(&d.fd, c.as_c_str(), flags).map_err(io)?;
+                        continue;
+                    };
+                    d.remove_tree(n)?;
+                }
+                self.remove_dir(name)
+            }
+            Some(_) => self.remove_file(name),
+        }
+    }
+}
+
 /// What [`SandboxDir::copy_tree`] copied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CopyStats {

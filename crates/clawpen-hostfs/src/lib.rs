@@ -11,5 +11,5 @@ pub mod dir;
 pub mod socket;
 pub mod volume;
 
-pub use dir::{Entry, EntryKind, ReadError, SandboxDir};
+pub use dir::{Entry, EntryKind, FileStat, ReadError, SandboxDir};
 pub use socket::{connect, ConnectError, Peer};

@@ -81,11 +81,17 @@ pub struct AppInner {
     pub gateway_conns: Mutex<HashMap<TenantId, u32>>,
     /// Held while a new agent filesystem is admitted against the disk budget and made, so two
     /// at once cannot pass it together.
-    disk_lock: Mutex<()>,
+    pub(crate) disk_lock: Mutex<()>,
     /// One lock per agent so start, stop and delete of one agent never interleave.
     agent_locks: Mutex<HashMap<AgentId, Arc<tokio::sync::Mutex<()>>>>,
     /// Set once the start-up reconciliation is done; `/readyz` waits for it.
     reconciled: AtomicBool,
+    /// Where workspaces are backed up to and restored from.
+    pub storage: clawpen_storage::Storage,
+    /// When each agent was last backed up (ms), as the store has it; loaded at the first look.
+    pub backed_up: Mutex<Option<HashMap<AgentId, i64>>>,
+    /// Agents being backed up now: one backup of an agent at a time.
+    pub backing_up: Mutex<std::collections::HashSet<AgentId>>,
 }
 
 impl std::ops::Deref for App {
@@ -109,6 +115,7 @@ impl App {
         vault: clawpen_vault::Vault,
         signer: clawpen_vault::connect::Signer,
         broker: Arc<clawpen_broker::Broker>,
+        storage: clawpen_storage::Storage,
     ) -> App {
         let telegram = crate::channels::telegram::Telegram::new(&config.telegram);
         let runtime: Arc<dyn Runtime> = Arc::new(nodes.clone());
@@ -142,6 +149,9 @@ impl App {
             disk_lock: Mutex::new(()),
             agent_locks: Mutex::new(HashMap::new()),
             reconciled: AtomicBool::new(false),
+            storage,
+            backed_up: Mutex::new(None),
+            backing_up: Mutex::new(Default::default()),
         }))
     }
 
@@ -192,6 +202,11 @@ impl App {
     pub async fn prepare_sandbox(&self, tenant: &Tenant, agent: &AgentId, uid: u32) -> Result<(), ApiError> {
         let disk = Volume::of(self.config.plan_or_default(&tenant.plan));
         let internal = move |id: &AgentId, e: std::io::Error| ApiError::internal(format!("preparing the filesystem and control socket of {id}: {e}"));
+        if !self.layout.has_volume(agent) {
+            // A node without a copy of the workspace (new, or its disk replaced) gets the newest
+            // snapshot back before anything starts on it.
+            self.restore_if_missing(tenant, agent, uid, disk).await?;
+        }
         let (app, id) = (self.clone(), agent.clone());
         tokio::task::spawn_blocking(move || {
             if !app.layout.has_volume(&id) {
@@ -230,7 +245,7 @@ impl App {
         self.admit_disk(mib)
     }
 
-    fn admit_disk(&self, mib: u64) -> Result<(), ApiError> {
+    pub(crate) fn admit_disk(&self, mib: u64) -> Result<(), ApiError> {
         let committed: u64 = self.layout.volumes_on_disk().iter().map(|(_, m)| m).sum();
         let budget = self.disk_budget_mib();
         if committed + mib > budget {

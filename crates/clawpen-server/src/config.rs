@@ -34,6 +34,20 @@ pub struct Config {
     pub telegram: TelegramConfig,
     /// Integrations: the OAuth providers agents' tools reach (docs/INTEGRATIONS.md).
     pub broker: clawpen_broker::config::BrokerConfig,
+    /// Where workspaces' snapshots and the store's backups go (docs/OPERATIONS.md).
+    pub storage: StorageConfig,
+}
+
+/// Object storage: a local folder by default, or S3-compatible by URL.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Empty: the folder `<data-dir>/storage`. Or `file:///abs/dir`, or
+    /// `s3://bucket/prefix?endpoint=https://…&region=…` (R2, MinIO, AWS).
+    pub url: String,
+    /// S3 credentials (`access_key_id = "…"`, `secret_access_key = "…"`), a 0600 file; without
+    /// it `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` from the environment.
+    pub credentials_file: Option<PathBuf>,
 }
 
 /// How a Telegram bot receives its updates: `webhook` or `polling`.
@@ -259,6 +273,7 @@ impl Default for Config {
             nodes: Vec::new(),
             telegram: TelegramConfig::default(),
             broker: Default::default(),
+            storage: Default::default(),
         }
     }
 }

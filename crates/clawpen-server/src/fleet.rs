@@ -336,6 +336,7 @@ impl App {
         self.lives.lock().expect("lives").remove(id);
         self.close_control(id);
         self.layout.remove_agent(tenant, id).map_err(|e| ApiError::internal(format!("removing the dirs of {id}: {e}")))?;
+        self.remove_snapshots(tenant, id).await?;
         self.store.delete_agent(id).await?;
         info!(tenant = %tenant, agent = %id, "agent deleted");
         Ok(())

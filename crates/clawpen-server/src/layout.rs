@@ -59,6 +59,10 @@ impl Layout {
     pub fn tenant_dir(&self, tenant: &TenantId) -> PathBuf {
         self.data_dir.join("tenants").join(tenant.as_str())
     }
+    /// The local folder storage uses by default (`storage.url` empty).
+    pub fn storage_dir(&self) -> PathBuf {
+        self.data_dir.join("storage")
+    }
     pub fn volumes_dir(&self) -> PathBuf {
         self.data_dir.join("volumes")
     }
@@ -140,14 +144,58 @@ impl Layout {
     }
 
     /// Removes images a crash left half-made (formatted under a temporary name, never renamed
-    /// into place). Only at start-up, before anything makes a new one.
+    /// into place) and restores it left unfinished (their filesystem is mounted aside and never
+    /// was the agent's). Only at start-up, before anything makes a new one.
     pub fn remove_unfinished_images(&self) -> std::io::Result<()> {
+        for f in std::fs::read_dir(self.data_dir.join("agents")).into_iter().flatten().flatten() {
+            if let Some(agent) = f.file_name().to_str().and_then(|n| n.strip_prefix(RESTORE_PREFIX)) {
+                tracing::warn!(agent, "removing a restore that was interrupted; the next start restores again");
+                volume::unmount(&f.path())?;
+                remove_if_present(&f.path())?;
+            }
+        }
         for f in std::fs::read_dir(self.volumes_dir()).into_iter().flatten().flatten() {
-            if f.file_name().to_string_lossy().ends_with(".img.tmp") {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".img.tmp") || name.starts_with(RESTORE_PREFIX) {
                 remove_file_if_present(&f.path())?;
             }
         }
         Ok(())
+    }
+
+    fn restore_dir(&self, agent: &AgentId) -> PathBuf {
+        self.data_dir.join("agents").join(format!("{RESTORE_PREFIX}{agent}"))
+    }
+    fn restore_image(&self, agent: &AgentId) -> PathBuf {
+        self.volumes_dir().join(format!("{RESTORE_PREFIX}{agent}.img"))
+    }
+
+    /// Makes a new filesystem for the agent under a temporary name, mounted aside (no sandbox
+    /// sees it), with an empty workspace and a run dir owned by `uid`, and returns the
+    /// workspace: where a snapshot is restored before [`Layout::finish_restore`] makes it the
+    /// agent's. What an earlier, killed restore left is removed first.
+    pub fn begin_restore(&self, agent: &AgentId, uid: u32, disk: Volume) -> std::io::Result<SandboxDir> {
+        self.abandon_restore(agent)?;
+        volume::create_image(&self.restore_image(agent), spec_of(disk))?;
+        volume::mount(&self.restore_image(agent), &self.restore_dir(agent))?;
+        let root = SandboxDir::open(&self.restore_dir(agent))?;
+        prepare_root(&root, uid)?;
+        root.subdir("workspace")
+    }
+
+    /// The restored filesystem becomes the agent's (unmounted aside, its image renamed into
+    /// place; [`Layout::prepare_agent`] mounts it). Every handle into it must be closed.
+    pub fn finish_restore(&self, agent: &AgentId) -> std::io::Result<()> {
+        volume::unmount(&self.restore_dir(agent))?;
+        remove_if_present(&self.restore_dir(agent))?;
+        std::fs::rename(self.restore_image(agent), self.volume_image(agent))
+    }
+
+    /// Removes an unfinished restore of the agent.
+    pub fn abandon_restore(&self, agent: &AgentId) -> std::io::Result<()> {
+        volume::unmount(&self.restore_dir(agent))?;
+        remove_if_present(&self.restore_dir(agent))?;
+        remove_file_if_present(&self.restore_image(agent))
     }
 
     /// The slot numbers with pool dirs or images on disk.
@@ -384,6 +432,9 @@ impl Layout {
 }
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
+/// The name of a filesystem being restored (its image in `volumes/`, its mount in `agents/`).
+const RESTORE_PREFIX: &str = ".restore-";
 
 /// `remove_dir_all` does not follow links (it works by handle since Rust 1.58.1).
 fn remove_if_present(dir: &Path) -> std::io::Result<()> {

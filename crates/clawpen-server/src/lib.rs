@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod app;
+pub mod backup;
 pub mod channels;
 pub mod config;
 pub mod console;
@@ -112,7 +113,9 @@ pub async fn open(data_dir: &Path, database_url: Option<&str>, mut config: Confi
     };
     let vault = clawpen_vault::Vault::new(keys);
     let broker = clawpen_broker::Broker::new(store.clone(), vault.clone(), config.broker.clone()).map_err(|e| anyhow::anyhow!("integrations ([broker]) configuration: {e}"))?;
-    let app = App::new(store, nodes, config, layout, instance, image, admin_sha, Arc::new(meter), vault, clawpen_vault::connect::Signer::new(signing), Arc::new(broker))
+    let storage = clawpen_storage::Storage::open(&config.storage.url, &layout.storage_dir(), config.storage.credentials_file.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    info!(storage = storage.describe(), "backups go to storage");
+    let app = App::new(store, nodes, config, layout, instance, image, admin_sha, Arc::new(meter), vault, clawpen_vault::connect::Signer::new(signing), Arc::new(broker), storage)
         .with_agent_exe(agent_exe);
     if app.telegram.load_shared_bot()? {
         info!("telegram: the shared bot's token is loaded");

@@ -137,6 +137,10 @@ impl App {
         if !self.layout.is_pristine(&agent.id).unwrap_or(false) {
             return None;
         }
+        // No filesystem here but a snapshot to restore: a cold start brings the workspace back.
+        if !self.layout.has_volume(&agent.id) && self.has_backup(&agent.id) {
+            return None;
+        }
         let plan = self.config.plan_or_default(&tenant.plan);
         self.pool.take(|s| self.pool_spec(s.n, s.uid, plan).spec_hash() == s.spec_hash)
     }

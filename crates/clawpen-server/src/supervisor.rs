@@ -164,6 +164,10 @@ impl App {
         for (tenant, id, action) in todo {
             tokio::spawn(self.clone().carry_out(tenant, id, action));
         }
+        match self.load_backups().await {
+            Ok(()) => self.start_due_backups(&agents, &tenants, now),
+            Err(e) => warn!(error = %e.message, "supervisor: cannot read the backups"),
+        }
     }
 
     async fn carry_out(self, tenant: Tenant, id: AgentId, action: Action) {
@@ -192,7 +196,9 @@ impl App {
         if !still_due {
             return Ok(());
         }
-        self.hibernate_now(tenant, id, tier, &Actor::system(), &format!("idle for {} s", idle / 1000)).await
+        self.hibernate_now(tenant, id, tier, &Actor::system(), &format!("idle for {} s", idle / 1000)).await?;
+        self.backup_after_idle(tenant, id);
+        Ok(())
     }
 
     /// Puts the agent into `tier` now. Callers hold the agent's lock.

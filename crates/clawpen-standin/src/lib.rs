@@ -30,6 +30,7 @@ mod provider;
 mod slack;
 mod sse;
 mod telegram;
+pub mod s3;
 pub mod tls;
 mod tokens;
 mod trello;

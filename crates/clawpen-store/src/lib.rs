@@ -8,6 +8,7 @@
 //!   tool-call audit.
 //! - [`StoreError`]: what a query can fail with.
 
+pub mod backups;
 pub mod console;
 pub mod integrations;
 pub mod ledger;

@@ -20,7 +20,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, Response, Schema};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, agents, files, integrations, nodes, telegram, usage};
+use super::{admin, agents, backups, files, integrations, nodes, telegram, usage};
 use crate::config::Config;
 use crate::error::{ErrorBody, ErrorDetail};
 
@@ -35,6 +35,7 @@ use crate::error::{ErrorBody, ErrorDetail};
         agents::create_agent, agents::list_agents, agents::get_agent, agents::delete_agent,
         agents::start_agent, agents::stop_agent, agents::hibernate, agents::logs, agents::events, agents::send_message, agents::connect_url,
         files::get_file, files::put_file, files::memory, files::forget,
+        backups::backup, backups::list, backups::backup_store,
         usage::usage, usage::tenant_usage, usage::set_plan, usage::add_credits,
         telegram::put_bot, telegram::get_bot, telegram::delete_bot, telegram::create_pairing_code,
         telegram::list_members, telegram::remove_member, telegram::webhook,
@@ -430,8 +431,8 @@ mod tests {
         let links = &d["paths"]["/api/v1/tenants/{tenant_id}/members"]["post"]["responses"]["201"]["links"];
         assert!(links.get("remove_tenant_member").is_some() && links.as_object().unwrap().len() == 1, "{links}");
         let links = d["paths"]["/api/v1/agents"]["post"]["responses"]["201"]["links"].as_object().unwrap().clone();
-        assert_eq!(links.len(), 13, "{links:?}");
-        for op in ["get_agent_file", "put_agent_file", "agent_memory", "forget_agent_memory"] {
+        assert_eq!(links.len(), 15, "{links:?}");
+        for op in ["get_agent_file", "put_agent_file", "agent_memory", "forget_agent_memory", "backup_agent", "list_agent_backups"] {
             assert!(links.contains_key(op), "{op}: {links:?}");
         }
     }

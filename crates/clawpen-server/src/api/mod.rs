@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod backups;
 pub mod doc;
 pub mod extract;
 pub mod files;
@@ -57,6 +58,8 @@ pub fn router(app: App) -> Router {
         .route("/agents/{agent_id}/files", get(files::get_file).put(files::put_file))
         .route("/agents/{agent_id}/memory", get(files::memory))
         .route("/agents/{agent_id}/memory/forget", post(files::forget))
+        .route("/agents/{agent_id}/backups", post(backups::backup).get(backups::list))
+        .route("/backups/store", post(backups::backup_store))
         .route("/agents/{agent_id}/runs", post(admin::open_run))
         .route("/agents/{agent_id}/runs/{run_id}", axum::routing::delete(admin::close_run))
         .route("/telegram/bot", axum::routing::put(telegram::put_bot).get(telegram::get_bot).delete(telegram::delete_bot))

@@ -28,6 +28,7 @@
 mod harness;
 
 mod authz;
+mod backup;
 mod bad_input;
 mod chat;
 mod console;

@@ -1,0 +1,150 @@
+//! Workspaces outlive their node's copy: backed up to storage (the local folder, and an
+//! S3-compatible server through `object_store`'s S3 client), the node's copy wiped, and the
+//! agent started again: every file comes back byte for byte, and the agent remembers.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::harness::TestServer;
+
+/// Every regular file and dir under `dir` (links are not followed), with the SHA-256 of each
+/// file's bytes.
+fn hashes(dir: &Path) -> BTreeMap<String, String> {
+    fn go(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            let rel = e.path().strip_prefix(base).unwrap().to_string_lossy().into_owned();
+            if t.is_dir() {
+                out.insert(format!("{rel}/"), String::new());
+                go(base, &e.path(), out);
+            } else if t.is_file() {
+                out.insert(rel, hex(&Sha256::digest(std::fs::read(e.path()).unwrap())));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    go(dir, dir, &mut out);
+    out
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn sh(args: &[&str]) {
+    let st = std::process::Command::new(args[0]).args(&args[1..]).status().unwrap();
+    assert!(st.success(), "{args:?}");
+}
+
+/// A family's workspace: notes, nested dirs, a 2 MiB binary and 200 small files, owned by the
+/// agent's uid; plus a link the sandbox planted, which is neither followed nor kept.
+fn fill(ws: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata(ws).unwrap().uid().to_string();
+    std::fs::write(ws.join("MEMORY.md"), "# MEMORY.md\n\n- Miso the cat is four\n").unwrap();
+    std::fs::create_dir_all(ws.join("memory/deep/a/b")).unwrap();
+    std::fs::write(ws.join("memory/2026-12-01.md"), "- walked Miso to the vet\n").unwrap();
+    std::fs::write(ws.join("memory/deep/a/b/c.txt"), "nested\n").unwrap();
+    let photo: Vec<u8> = (0..2 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(ws.join("photo.bin"), photo).unwrap();
+    std::fs::create_dir_all(ws.join("notes")).unwrap();
+    for i in 0..200 {
+        std::fs::write(ws.join("notes").join(format!("{i:03}.md")), format!("note {i}\n").repeat(i + 1)).unwrap();
+    }
+    sh(&["chown", "-R", &format!("{uid}:{uid}"), &ws.display().to_string()]);
+    std::os::unix::fs::symlink("/etc/shadow", ws.join("shadow-link")).unwrap();
+}
+
+/// Backs up, wipes the node's copy, starts again; returns the agent's id and its tenant's key.
+async fn round_trip(s: &TestServer) -> (String, String) {
+    let (t, key) = s.tenant("family").await;
+    let a = s.agent(&key, "keeper", true).await;
+    let id = a["id"].as_str().unwrap().to_owned();
+    let ws = s.workspace("", &id);
+    fill(&ws);
+    let mut before = hashes(&ws);
+    before.remove("shadow-link");
+
+    let (st, b) = s.post(&format!("/api/v1/agents/{id}/backups"), &key, json!({})).await;
+    assert_eq!(st, 200, "{b}\nlog:\n{}", s.log());
+    assert_eq!(b["unchanged"], false);
+    assert_eq!(b["skipped"], 1, "the planted link is not kept: {b}");
+    assert!(b["files"].as_u64().unwrap() >= 205 && b["bytes_sent"].as_u64().unwrap() > 2 * 1024 * 1024, "{b}");
+    // Nothing changed: nothing sent, no new snapshot.
+    let (_, again) = s.post(&format!("/api/v1/agents/{id}/backups"), &key, json!({})).await;
+    assert_eq!((again["unchanged"].as_bool(), again["bytes_sent"].as_u64(), again["snapshot_id"].as_str()), (Some(true), Some(0), b["snapshot_id"].as_str()), "{again}");
+    let (_, list) = s.get(&format!("/api/v1/agents/{id}/backups"), &key).await;
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 1, "{list}");
+    // Another tenant sees none of it.
+    let (_, key_b) = s.tenant("other").await;
+    assert_eq!(s.get(&format!("/api/v1/agents/{id}/backups"), &key_b).await.0, 404);
+    assert_eq!(s.post(&format!("/api/v1/agents/{id}/backups"), &key_b, json!({})).await.0, 404);
+
+    // The node loses its copy: the sandbox goes, the filesystem is unmounted and deleted.
+    let (st, h) = s.post(&format!("/api/v1/agents/{id}/hibernate"), &key, json!({"tier": "removed"})).await;
+    assert_eq!(st, 200, "{h}");
+    let root = s.data_dir().join("agents").join(&id);
+    sh(&["umount", "-l", &root.display().to_string()]);
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::remove_file(s.data_dir().join("volumes").join(format!("{id}.img"))).unwrap();
+
+    let (st, started) = s.post(&format!("/api/v1/agents/{id}/start"), &key, json!({})).await;
+    assert_eq!(st, 200, "{started}\nlog:\n{}", s.log());
+    assert_eq!(hashes(&ws), before, "every file is back, byte for byte");
+    let (_, memory) = s.get(&format!("/api/v1/agents/{id}/memory"), &key).await;
+    assert!(memory.to_string().contains("Miso the cat is four"), "{memory}");
+    let (st, reply) = s.post(&format!("/api/v1/agents/{id}/messages"), &key, json!({"text": "what is the cat called?"})).await;
+    let logs = s.get(&format!("/api/v1/agents/{id}/logs"), &key).await.1;
+    assert_eq!(st, 200, "{reply}\n{logs}");
+    let (_, audit) = s.get(&format!("/api/v1/audit?tenant={}", t["id"].as_str().unwrap()), &s.admin.clone()).await;
+    let actions: Vec<&str> = audit["entries"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    assert!(actions.contains(&"agent.backup") && actions.contains(&"agent.restore"), "{actions:?}");
+    (id, key)
+}
+
+#[tokio::test]
+async fn a_workspace_wiped_from_its_node_comes_back_from_the_local_folder() {
+    let s = TestServer::start().await;
+    let (id, key) = round_trip(&s).await;
+    let storage = s.data_dir().join("storage/tenants");
+    assert!(walkdir_count(&storage, &id) > 0, "the snapshot is in <data-dir>/storage");
+    // Deleting the agent takes its snapshots with it.
+    let (st, _) = s.delete(&format!("/api/v1/agents/{id}"), &key).await;
+    assert_eq!(st, 204);
+    assert_eq!(walkdir_count(&storage, &id), 0, "no snapshot of a deleted agent is left");
+}
+
+/// Entries anywhere under `dir` whose path names `needle`.
+fn walkdir_count(dir: &Path, needle: &str) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().to_string_lossy().contains(needle) {
+            n += 1;
+        }
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            n += walkdir_count(&e.path(), needle);
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn a_workspace_wiped_from_its_node_comes_back_from_an_s3_compatible_server() {
+    let Some(s3) = clawpen_standin::s3::S3Server::start() else { return };
+    s3.create_bucket("clawpen-it");
+    let creds = tempfile::NamedTempFile::new().unwrap();
+    clawpen_standin::s3::S3Server::write_credentials(creds.path());
+    let extra = format!("[storage]\nurl = \"{}\"\ncredentials_file = \"{}\"\n", s3.url("clawpen-it", "node-a"), creds.path().display());
+    let s = TestServer::start_full("", "", &extra, &[]).await;
+    let (id, _) = round_trip(&s).await;
+    // Nothing went to the local folder; the snapshot is in the bucket.
+    assert!(!s.data_dir().join("storage").exists());
+    let storage = clawpen_storage::Storage::open(&s3.url("clawpen-it", "node-a"), s.data_dir(), Some(creds.path())).unwrap();
+    let objects = storage.list("tenants").await.unwrap();
+    assert!(objects.iter().any(|(k, _)| k.contains(&format!("agents/{id}/snapshots/"))), "{objects:?}");
+    let log = s.log();
+    assert!(!log.contains("testing-secret-key"), "the S3 secret is never logged");
+}
