@@ -40,6 +40,9 @@ pub enum Scenario {
     /// Time to the first byte of the console's agents and usage pages for a signed-in member of
     /// a tenant with 100 agents and a month of calls.
     Console,
+    /// A workspace of 1,000 files and 50 MiB to storage: a full backup, an incremental one (one
+    /// file changed) against the full one, and a restore.
+    Backup,
 }
 
 #[derive(Args)]
@@ -56,6 +59,9 @@ pub struct BenchArgs {
     /// cases and gateway's `first-token`, in milliseconds; `c64-saturated` always uses 0.
     #[arg(long, default_value_t = 200)]
     upstream_ms: u64,
+    /// Samples per case (backup).
+    #[arg(long, default_value_t = 10)]
+    samples: usize,
     /// Wakes measured per tier (wake).
     #[arg(long, default_value_t = 30)]
     wakes: usize,
@@ -122,6 +128,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Hostile => ("hostile", crate::bench_hostile::run(args.requests, args.connections.unwrap_or(25_000)).await?),
         Scenario::Tools => ("tools", crate::bench_tools::run(args.requests).await?),
         Scenario::Console => ("console", crate::bench_console::run(args.requests).await?),
+        Scenario::Backup => ("backup", crate::bench_backup::run(args.samples.max(1)).await?),
     };
     let out = json!({"scenario": scenario, "cases": cases.iter().map(Case::to_json).collect::<Vec<_>>()});
     if args.json {

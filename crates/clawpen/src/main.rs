@@ -10,6 +10,7 @@
 
 mod admin;
 mod bench;
+mod bench_backup;
 mod bench_claim;
 mod bench_console;
 mod bench_density;
