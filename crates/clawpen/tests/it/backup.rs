@@ -148,3 +148,87 @@ async fn a_workspace_wiped_from_its_node_comes_back_from_an_s3_compatible_server
     let log = s.log();
     assert!(!log.contains("testing-secret-key"), "the S3 secret is never logged");
 }
+
+/// Removes the agent's filesystem from the node (its sandbox removed first).
+async fn wipe(s: &TestServer, key: &str, id: &str) {
+    let (st, h) = s.post(&format!("/api/v1/agents/{id}/hibernate"), key, json!({"tier": "removed"})).await;
+    assert!(st == 200 || st == 409, "{h}");
+    let root = s.data_dir().join("agents").join(id);
+    let _ = std::process::Command::new("umount").args(["-l", &root.display().to_string()]).status();
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_file(s.data_dir().join("volumes").join(format!("{id}.img")));
+}
+
+/// Every snapshot the storage folder holds restores to exactly `want`.
+async fn every_snapshot_is_whole(s: &TestServer, tenant: &str, id: &str, want: &BTreeMap<String, String>, round: &str) -> usize {
+    let storage = clawpen_storage::Storage::local(&s.data_dir().join("storage")).unwrap();
+    let ids = clawpen_storage::snapshot::list(&storage, tenant, id).await.unwrap();
+    for sid in &ids {
+        let m = clawpen_storage::snapshot::manifest(&storage, tenant, id, sid).await.unwrap_or_else(|e| panic!("{round}: snapshot {sid} is listed but unusable: {e}"));
+        let into = tempfile::tempdir().unwrap();
+        let ws = clawpen_hostfs::SandboxDir::open(into.path()).unwrap();
+        clawpen_storage::snapshot::restore(&storage, &m, ws, 0, &clawpen_storage::snapshot::Quiet).await.unwrap_or_else(|e| panic!("{round}: snapshot {sid} does not restore: {e}"));
+        assert_eq!(&hashes(into.path()), want, "{round}: snapshot {sid} differs from the workspace");
+    }
+    ids.len()
+}
+
+/// Nothing a restore makes aside is left in the data dir.
+fn no_restore_leftovers(s: &TestServer, round: &str) {
+    for d in ["agents", "volumes"] {
+        for e in std::fs::read_dir(s.data_dir().join(d)).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(!name.starts_with(".restore-") && !name.ends_with(".tmp"), "{round}: {d}/{name} is left over");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_server_killed_during_backups_and_restores_never_uses_half_a_snapshot_and_loses_nothing() {
+    let mut s = TestServer::start().await;
+    let (t, key) = s.tenant("family").await;
+    let tenant = t["id"].as_str().unwrap().to_owned();
+    let a = s.agent(&key, "keeper", true).await;
+    let id = a["id"].as_str().unwrap().to_owned();
+    let ws = s.workspace("", &id);
+    fill(&ws);
+    // Enough to take a while: 24 files of 2 MiB more.
+    for i in 0..24u32 {
+        let bytes: Vec<u8> = (0..2 * 1024 * 1024u32).map(|j| (j.wrapping_mul(31).wrapping_add(i * 7919) >> 5) as u8).collect();
+        std::fs::write(ws.join("notes").join(format!("scan-{i:02}.bin")), bytes).unwrap();
+    }
+    let mut want = hashes(&ws);
+    want.remove("shadow-link");
+
+    // Killed while backing up, at several points: a snapshot is whole or not there at all.
+    for (round, delay) in [3u64, 15, 40, 90].into_iter().enumerate() {
+        let (http, url, k) = (s.http.clone(), s.url(&format!("/api/v1/agents/{id}/backups")), key.clone());
+        let call = tokio::spawn(async move { http.post(url).bearer_auth(k).json(&json!({})).send().await.map(|r| r.status().as_u16()) });
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        s.kill();
+        let _ = call.await;
+        s.spawn().await;
+        every_snapshot_is_whole(&s, &tenant, &id, &want, &format!("backup kill {round}")).await;
+    }
+    let (st, b) = s.post(&format!("/api/v1/agents/{id}/backups"), &key, json!({})).await;
+    assert_eq!(st, 200, "{b}");
+    assert!(every_snapshot_is_whole(&s, &tenant, &id, &want, "after the kills").await >= 1);
+
+    // Killed while restoring onto a wiped node: the half-restored filesystem is never the
+    // agent's; the restart restores again, whole.
+    for (round, delay) in [5u64, 30, 80, 160].into_iter().enumerate() {
+        wipe(&s, &key, &id).await;
+        let (http, url, k) = (s.http.clone(), s.url(&format!("/api/v1/agents/{id}/start")), key.clone());
+        let call = tokio::spawn(async move { http.post(url).bearer_auth(k).json(&json!({})).send().await.map(|r| r.status().as_u16()) });
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        s.kill();
+        let _ = call.await;
+        s.spawn().await;
+        let round = format!("restore kill {round}");
+        let (st, started) = s.post(&format!("/api/v1/agents/{id}/start"), &key, json!({})).await;
+        assert_eq!(st, 200, "{round}: {started}\nlog:\n{}", s.log());
+        assert_eq!(hashes(&ws), want, "{round}: the workspace is whole");
+        no_restore_leftovers(&s, &round);
+    }
+    eprintln!("interrupted restores: {}", s.log().matches("removing a restore that was interrupted").count());
+}
