@@ -16,6 +16,7 @@ use futures_util::TryStreamExt;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
+pub mod archive;
 pub mod snapshot;
 
 pub use snapshot::{Manifest, Progress, SnapshotStats};

@@ -9,6 +9,7 @@
 //! - `admin`: offline admin commands on a data dir.
 
 mod admin;
+mod backup_cmd;
 mod bench;
 mod bench_backup;
 mod bench_claim;
@@ -75,6 +76,8 @@ enum Command {
     Admin(admin::AdminArgs),
     /// The fleet's nodes (Docker Engines): list, drain, undrain, through the running server.
     Node(node_cmd::NodeArgs),
+    /// Backups to storage: agents' workspaces and the store, and putting the store back.
+    Backup(backup_cmd::BackupArgs),
     /// The vault's master keys.
     Vault {
         #[command(subcommand)]
@@ -179,6 +182,7 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Bench(args) => bench::run(args).await.map(|_| 0),
         Command::Admin(args) => admin::run(args).await.map(|_| 0),
         Command::Node(args) => node_cmd::run(args).await.map(|_| 0),
+        Command::Backup(args) => backup_cmd::run(args).await.map(|_| 0),
         Command::Vault { command } => vault_cmd::run(command).await.map(|_| 0),
         Command::Agent | Command::SelfCheck { .. } | Command::BenchFlood { .. } => unreachable!("handled before the runtime starts"),
     }

@@ -80,3 +80,55 @@ pub async fn backup_store(State(app): State<App>, _admin: Admin) -> Result<Json<
     let (key, bytes) = app.backup_store().await?;
     Ok(Json(StoreBackupView { key, bytes }))
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentBackupRow {
+    pub agent_id: String,
+    pub tenant_id: String,
+    /// The newest snapshot, when the agent has one.
+    pub snapshot_id: Option<String>,
+    /// When the agent was last backed up (Unix milliseconds).
+    pub backed_up_at: Option<i64>,
+    pub files: Option<i64>,
+    pub bytes: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentBackupList {
+    pub agents: Vec<AgentBackupRow>,
+}
+
+#[utoipa::path(get, path = "/api/v1/backups", tag = "admin", operation_id = "list_backups", security(("admin" = [])),
+    responses((status = 200, description = "Every agent with its last backup.", body = AgentBackupList)))]
+pub async fn list_all(State(app): State<App>, _admin: Admin) -> Result<Json<AgentBackupList>, ApiError> {
+    let (agents, backups) = tokio::try_join!(app.store.all_agents(), app.store.all_backups())?;
+    let rows = agents
+        .into_iter()
+        .filter(|a| a.desired_state != clawpen_store::DesiredState::Deleted)
+        .map(|a| {
+            let b = backups.iter().find(|b| b.agent_id == a.id);
+            AgentBackupRow {
+                agent_id: a.id.to_string(),
+                tenant_id: a.tenant_id.to_string(),
+                snapshot_id: b.map(|b| b.snapshot_id.clone()),
+                backed_up_at: b.map(|b| b.taken_at),
+                files: b.map(|b| b.files),
+                bytes: b.map(|b| b.bytes),
+            }
+        })
+        .collect();
+    Ok(Json(AgentBackupList { agents: rows }))
+}
+
+#[utoipa::path(post, path = "/api/v1/backups/agents/{agent_id}", tag = "admin", operation_id = "backup_any_agent", security(("admin" = [])),
+    params(("agent_id" = String, Path)),
+    responses((status = 200, description = "The workspace is in storage.", body = BackupView),
+        (status = 404, description = "No such agent (`not_found`).", body = ErrorBody),
+        (status = 409, description = "A backup of the agent is running (`backup_running`), or its filesystem is not on this server (`no_workspace_here`).", body = ErrorBody),
+        (status = 503, description = "Storage does not answer (`storage_unavailable`).", body = ErrorBody)))]
+/// Backs one agent's workspace up now (the operator's `clawpen backup agents`).
+pub async fn backup_any(State(app): State<App>, _admin: Admin, AgentPath(id): AgentPath) -> Result<Json<BackupView>, ApiError> {
+    let agent = app.store.find_agent(&id).await?.ok_or_else(|| ApiError::not_found("agent"))?;
+    let tenant = app.store.get_tenant(&agent.tenant_id).await?;
+    Ok(Json(app.backup_agent(&tenant, &id, &crate::fleet::Actor("admin".into()), "requested by the operator", &clawpen_storage::snapshot::Quiet).await?))
+}

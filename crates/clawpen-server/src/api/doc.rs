@@ -35,7 +35,7 @@ use crate::error::{ErrorBody, ErrorDetail};
         agents::create_agent, agents::list_agents, agents::get_agent, agents::delete_agent,
         agents::start_agent, agents::stop_agent, agents::hibernate, agents::logs, agents::events, agents::send_message, agents::connect_url,
         files::get_file, files::put_file, files::memory, files::forget,
-        backups::backup, backups::list, backups::backup_store,
+        backups::backup, backups::list, backups::list_all, backups::backup_any, backups::backup_store,
         usage::usage, usage::tenant_usage, usage::set_plan, usage::add_credits,
         telegram::put_bot, telegram::get_bot, telegram::delete_bot, telegram::create_pairing_code,
         telegram::list_members, telegram::remove_member, telegram::webhook,

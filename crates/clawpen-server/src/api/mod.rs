@@ -59,6 +59,8 @@ pub fn router(app: App) -> Router {
         .route("/agents/{agent_id}/memory", get(files::memory))
         .route("/agents/{agent_id}/memory/forget", post(files::forget))
         .route("/agents/{agent_id}/backups", post(backups::backup).get(backups::list))
+        .route("/backups", get(backups::list_all))
+        .route("/backups/agents/{agent_id}", post(backups::backup_any))
         .route("/backups/store", post(backups::backup_store))
         .route("/agents/{agent_id}/runs", post(admin::open_run))
         .route("/agents/{agent_id}/runs/{run_id}", axum::routing::delete(admin::close_run))

@@ -232,3 +232,40 @@ async fn a_server_killed_during_backups_and_restores_never_uses_half_a_snapshot_
     }
     eprintln!("interrupted restores: {}", s.log().matches("removing a restore that was interrupted").count());
 }
+
+fn clawpen(args: &[&str], data_dir: &Path) -> (bool, String) {
+    let out = std::process::Command::new(crate::harness::EXE).args(args).arg("--data-dir").arg(data_dir).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[tokio::test]
+async fn the_operator_backs_up_every_agent_and_the_store_and_puts_a_lost_store_back() {
+    let mut s = TestServer::start().await;
+    let (_, key) = s.tenant("family").await;
+    let a = s.agent(&key, "keeper", true).await;
+    let id = a["id"].as_str().unwrap().to_owned();
+    let b = s.agent(&key, "helper", true).await;
+    let dir = s.data_dir().to_owned();
+
+    let (ok, out) = clawpen(&["backup", "agents"], &dir);
+    assert!(ok && out.contains(&format!("{id}: snapshot")) && out.contains(b["id"].as_str().unwrap()), "{out}");
+    let (ok, out) = clawpen(&["backup", "list"], &dir);
+    assert!(ok && out.contains("snapshot_id") && out.contains(&id), "{out}");
+    let (ok, out) = clawpen(&["backup", "store"], &dir);
+    assert!(ok && out.contains("store/clawpen-"), "{out}");
+    // Not while the server runs.
+    let (ok, out) = clawpen(&["backup", "restore-store"], &dir);
+    assert!(!ok && out.contains("stop it first"), "{out}");
+
+    // The store is lost; the copy comes back and the server knows its tenants again.
+    assert!(s.terminate());
+    for f in ["clawpen.db", "clawpen.db-wal", "clawpen.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let (ok, out) = clawpen(&["backup", "restore-store"], &dir);
+    assert!(ok, "{out}");
+    s.spawn().await;
+    let (st, list) = s.get("/api/v1/agents", &key).await;
+    assert_eq!(st, 200, "{list}");
+    assert_eq!(list["agents"].as_array().unwrap().len(), 2, "{list}");
+}
