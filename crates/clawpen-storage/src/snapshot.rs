@@ -68,14 +68,17 @@ pub struct Manifest {
 impl Manifest {
     /// True when `other` holds the same dirs and files (paths, modes, hashes).
     pub fn same_content(&self, other: &Manifest) -> bool {
-        let key = |m: &Manifest| -> (Vec<(String, u32)>, Vec<(String, String, u32)>) {
+        let dirs = |m: &Manifest| -> Vec<(String, u32)> {
             let mut d: Vec<_> = m.dirs.iter().map(|d| (d.path.clone(), d.mode)).collect();
-            let mut f: Vec<_> = m.files.iter().map(|f| (f.path.clone(), f.sha256.clone(), f.mode)).collect();
             d.sort();
-            f.sort();
-            (d, f)
+            d
         };
-        key(self) == key(other)
+        let files = |m: &Manifest| -> Vec<(String, String, u32)> {
+            let mut f: Vec<_> = m.files.iter().map(|f| (f.path.clone(), f.sha256.clone(), f.mode)).collect();
+            f.sort();
+            f
+        };
+        dirs(self) == dirs(other) && files(self) == files(other)
     }
 }
 
