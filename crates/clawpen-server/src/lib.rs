@@ -31,6 +31,7 @@ pub mod persona;
 pub mod pool;
 pub mod ratelimit;
 pub mod supervisor;
+pub mod transfer;
 pub mod uid_range;
 
 use std::future::Future;

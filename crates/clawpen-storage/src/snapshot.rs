@@ -371,6 +371,15 @@ pub async fn restore(storage: &Storage, m: &Manifest, ws: SandboxDir, uid: u32, 
     Ok(SnapshotStats { files: m.files.len() as u64, bytes: m.bytes, blobs_sent: fetched.len() as u64, bytes_sent: fetched.iter().sum(), ..SnapshotStats::default() })
 }
 
+/// The bytes of one file of a snapshot, checked against its hash and size.
+pub async fn blob(storage: &Storage, m: &Manifest, f: &FileEntry) -> Result<Bytes> {
+    let bytes = storage.get(&blob_key(&m.tenant, &m.agent, &f.sha256)).await?;
+    if bytes.len() as u64 != f.size || sha_hex(&bytes) != f.sha256 {
+        return Err(StorageError::Corrupt(format!("the stored copy of {} does not match its hash", f.path)));
+    }
+    Ok(bytes)
+}
+
 /// The dir holding `path` (opened by handle from `ws`, never through a link) and the last name.
 fn open_parent(ws: &Arc<SandboxDir>, path: &str) -> std::io::Result<(Arc<SandboxDir>, String)> {
     check_rel_path(path).map_err(std::io::Error::other)?;

@@ -507,6 +507,12 @@ impl Store {
         rows.iter().map(|r| Ok((r.try_get("day")?, r.try_get("spent")?))).collect()
     }
 
+    /// Every credit grant of a tenant, oldest first: (at, amount, reason).
+    pub async fn credit_grants(&self, tenant: &TenantId) -> Result<Vec<(i64, i64, String)>> {
+        let rows = sqlx::query("SELECT at, amount, reason FROM credit_grants WHERE tenant_id = $1 ORDER BY at, id").bind(tenant.as_str()).fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.try_get("at")?, r.try_get("amount")?, r.try_get("reason")?))).collect()
+    }
+
     /// The newest calls of a tenant.
     pub async fn recent_calls(&self, tenant: &TenantId, limit: i64) -> Result<Vec<CallRecord>> {
         let rows = sqlx::query(

@@ -405,12 +405,18 @@ impl Store {
         name: &str,
         max_agents: u32,
     ) -> Result<Agent> {
+        self.create_agent_as(tenant, name, max_agents, DesiredState::Stopped).await
+    }
+
+    /// [`Store::create_agent`] in the desired state `desired`: an import makes its agent
+    /// `Deleted` until its files are in, so that one interrupted is finished as a delete.
+    pub async fn create_agent_as(&self, tenant: &TenantId, name: &str, max_agents: u32, desired: DesiredState) -> Result<Agent> {
         let now = now_ms();
         let agent = Agent {
             id: AgentId::new(),
             tenant_id: tenant.clone(),
             name: name.to_owned(),
-            desired_state: DesiredState::Stopped,
+            desired_state: desired,
             observed_state: ObservedState::Absent,
             container_id: None,
             spec_hash: None,

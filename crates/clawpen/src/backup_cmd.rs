@@ -38,20 +38,20 @@ enum BackupCommand {
     },
 }
 
-struct Server {
-    http: reqwest::Client,
-    base: String,
-    token: String,
+pub(crate) struct Server {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) token: String,
 }
 
 impl Server {
-    fn open(dir: &Path) -> anyhow::Result<Server> {
+    pub(crate) fn open(dir: &Path) -> anyhow::Result<Server> {
         let addr = std::fs::read_to_string(dir.join("server.addr")).with_context(|| format!("no server.addr in {}: is the server running with this --data-dir?", dir.display()))?;
         let token = std::fs::read_to_string(dir.join("admin.token")).context("reading the admin token (run as the server's user)")?;
         Ok(Server { http: reqwest::Client::new(), base: format!("http://{}/api/v1", addr.trim()), token: token.trim().to_owned() })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str) -> anyhow::Result<serde_json::Value> {
+    pub(crate) async fn call(&self, method: reqwest::Method, path: &str) -> anyhow::Result<serde_json::Value> {
         let res = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token).send().await.context("reaching the server")?;
         let status = res.status();
         let body: serde_json::Value = res.json().await.context("reading the server's answer")?;

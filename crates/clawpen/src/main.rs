@@ -11,6 +11,7 @@
 mod admin;
 mod backup_cmd;
 mod bench;
+mod tenant_cmd;
 mod bench_backup;
 mod bench_claim;
 mod bench_console;
@@ -78,6 +79,8 @@ enum Command {
     Node(node_cmd::NodeArgs),
     /// Backups to storage: agents' workspaces and the store, and putting the store back.
     Backup(backup_cmd::BackupArgs),
+    /// A tenant's data: export it to one archive, import an archive or an OpenClaw workspace.
+    Tenant(tenant_cmd::TenantArgs),
     /// The vault's master keys.
     Vault {
         #[command(subcommand)]
@@ -183,6 +186,7 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Admin(args) => admin::run(args).await.map(|_| 0),
         Command::Node(args) => node_cmd::run(args).await.map(|_| 0),
         Command::Backup(args) => backup_cmd::run(args).await.map(|_| 0),
+        Command::Tenant(args) => tenant_cmd::run(args).await.map(|_| 0),
         Command::Vault { command } => vault_cmd::run(command).await.map(|_| 0),
         Command::Agent | Command::SelfCheck { .. } | Command::BenchFlood { .. } => unreachable!("handled before the runtime starts"),
     }

@@ -20,7 +20,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, Response, Schema};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, agents, backups, files, integrations, nodes, telegram, usage};
+use super::{admin, agents, backups, files, integrations, nodes, telegram, transfer, usage};
 use crate::config::Config;
 use crate::error::{ErrorBody, ErrorDetail};
 
@@ -36,6 +36,7 @@ use crate::error::{ErrorBody, ErrorDetail};
         agents::start_agent, agents::stop_agent, agents::hibernate, agents::logs, agents::events, agents::send_message, agents::connect_url,
         files::get_file, files::put_file, files::memory, files::forget,
         backups::backup, backups::list, backups::list_all, backups::backup_any, backups::backup_store,
+        transfer::export_own, transfer::export_tenant, transfer::import_own, transfer::import_tenant,
         usage::usage, usage::tenant_usage, usage::set_plan, usage::add_credits,
         telegram::put_bot, telegram::get_bot, telegram::delete_bot, telegram::create_pairing_code,
         telegram::list_members, telegram::remove_member, telegram::webhook,

@@ -9,6 +9,7 @@ pub mod files;
 pub mod integrations;
 pub mod nodes;
 pub mod telegram;
+pub mod transfer;
 pub mod usage;
 pub mod views;
 
@@ -62,6 +63,8 @@ pub fn router(app: App) -> Router {
         .route("/backups", get(backups::list_all))
         .route("/backups/agents/{agent_id}", post(backups::backup_any))
         .route("/backups/store", post(backups::backup_store))
+        .route("/export", get(transfer::export_own))
+        .route("/tenants/{tenant_id}/export", get(transfer::export_tenant))
         .route("/agents/{agent_id}/runs", post(admin::open_run))
         .route("/agents/{agent_id}/runs/{run_id}", axum::routing::delete(admin::close_run))
         .route("/telegram/bot", axum::routing::put(telegram::put_bot).get(telegram::get_bot).delete(telegram::delete_bot))
@@ -77,6 +80,12 @@ pub fn router(app: App) -> Router {
         .route("/tool-calls", get(integrations::tool_calls))
         .route("/members", get(telegram::list_members))
         .route("/members/{member_id}", axum::routing::delete(telegram::remove_member));
+    // Archives are larger than any other body: read by their handler, bounded by the plan.
+    let uploads = Router::new()
+        .route("/api/v1/import", post(transfer::import_own))
+        .route("/api/v1/tenants/{tenant_id}/import", post(transfer::import_tenant))
+        .layer(DefaultBodyLimit::disable())
+        .layer(tower_http::trace::TraceLayer::new_for_http());
     Router::new()
         .nest("/api/v1", api)
         .route("/api/openapi.json", get(move || std::future::ready(Json(document.clone()))))
@@ -92,6 +101,7 @@ pub fn router(app: App) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(whole_body))
         .layer(tower_http::trace::TraceLayer::new_for_http())
+        .merge(uploads)
         .with_state(app)
 }
 

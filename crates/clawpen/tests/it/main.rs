@@ -44,3 +44,4 @@ mod nodes;
 mod openapi;
 mod pool;
 mod telegram;
+mod transfer;
