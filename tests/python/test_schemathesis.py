@@ -51,7 +51,10 @@ def _schemathesis(tmp_path, token_env):
         f'[headers]\nAuthorization = "Bearer ${{{token_env}}}"\n\n'
         '[[operations]]\ninclude-path-regex = "/import$"\n'
         '[operations.checks.positive_data_acceptance]\n'
-        'expected-statuses = ["2xx", "401", "403", "404", "409", "413", "422", "429", "5xx"]\n'
+        'expected-statuses = ["2xx", "401", "403", "404", "409", "413", "422", "429", "5xx"]\n\n'
+        # DELETE /account purges the tenant whose key this run uses, and with it the run's
+        # subject: it has its own test (it::transfer, the purge).
+        '[[operations]]\ninclude-path = "/api/v1/account"\nenabled = false\n'
     )
     cmd = [
         sys.executable, "-m", "schemathesis.cli", "--config-file", str(config),

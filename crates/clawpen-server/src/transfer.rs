@@ -18,6 +18,7 @@ use clawpen_storage::archive::{self, ArchiveError, Item, Limits};
 use clawpen_storage::snapshot::{self, Quiet};
 use clawpen_store::{Agent, DesiredState, Tenant};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use tracing::info;
 
 use crate::app::App;
@@ -227,6 +228,38 @@ impl App {
                 Err(e)
             }
         }
+    }
+}
+
+impl App {
+    /// Removes everything of a tenant everywhere: its agents (sandboxes, filesystems, run dirs,
+    /// snapshots), every row of it in the store (its audit lines and sealed secrets included),
+    /// everything under its prefix in storage and its dir in the data dir. What is kept is one
+    /// audit line that a purge happened, naming the tenant only by the SHA-256 of its id (so a
+    /// scan for the id finds nothing). The store's own backup copies hold it until they are
+    /// rotated out.
+    pub async fn purge_tenant(&self, id: &clawpen_core::ids::TenantId, actor: &Actor) -> Result<(), ApiError> {
+        let tenant = self.store.get_tenant(id).await.map_err(|e| match e {
+            clawpen_store::StoreError::NotFound => ApiError::not_found("tenant"),
+            other => other.into(),
+        })?;
+        let agents = self.store.list_agents(id).await?;
+        for a in &agents {
+            self.delete_agent(&tenant, &a.id, actor, "tenant purged").await?;
+        }
+        if let Ok(Some(bot)) = self.store.get_telegram_bot(id).await {
+            self.telegram.stop_poller(&bot.id);
+        }
+        self.store.purge_tenant(id).await?;
+        let objects = self.storage.delete_prefix(&clawpen_storage::tenant_prefix(id.as_str())).await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", format!("removing the tenant's objects: {e}; run the purge again")))?;
+        self.layout.remove_tenant(id).map_err(|e| ApiError::internal(format!("removing the tenant's dir: {e}")))?;
+        let hash = hex::encode(sha2::Sha256::digest(id.as_str().as_bytes()));
+        let detail = serde_json::json!({"tenant_sha256": hash, "agents": agents.len(), "objects": objects});
+        if let Err(e) = self.store.audit(clawpen_store::NewAudit { tenant: None, agent: None, actor: &actor.0, action: "tenant.purge", reason: "everything of the tenant removed", detail: Some(&detail) }).await {
+            tracing::warn!(error = %e, "cannot write the audit log");
+        }
+        info!(tenant_sha256 = %hash, agents = agents.len(), objects, "tenant purged");
+        Ok(())
     }
 }
 

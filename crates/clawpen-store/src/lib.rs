@@ -633,11 +633,12 @@ impl Store {
         Ok(())
     }
 
+    /// Removes the agent's record and its runs (kept by agent only).
     pub async fn delete_agent(&self, id: &AgentId) -> Result<()> {
-        sqlx::query("DELETE FROM agents WHERE id = $1")
-            .bind(id.as_str())
-            .execute(&self.writer)
-            .await?;
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("DELETE FROM runs WHERE agent_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM agents WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 

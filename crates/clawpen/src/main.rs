@@ -79,7 +79,8 @@ enum Command {
     Node(node_cmd::NodeArgs),
     /// Backups to storage: agents' workspaces and the store, and putting the store back.
     Backup(backup_cmd::BackupArgs),
-    /// A tenant's data: export it to one archive, import an archive or an OpenClaw workspace.
+    /// A tenant's data: export it to one archive, import an archive or an OpenClaw workspace,
+    /// delete (and purge) it.
     Tenant(tenant_cmd::TenantArgs),
     /// The vault's master keys.
     Vault {

@@ -1,4 +1,5 @@
-//! `clawpen tenant export|import`: a tenant's data out to one archive and into new agents,
+//! `clawpen tenant export|import|delete`: a tenant's data out to one archive, into new agents,
+//! and gone when asked,
 //! through the running server's admin API (address and admin token from the data dir).
 
 use std::io::Write;
@@ -38,6 +39,13 @@ enum TenantCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Deletes a tenant with its agents. With --purge, everything of it everywhere: store rows
+    /// and audit lines, sealed secrets, workspaces, run dirs, snapshots, containers.
+    Delete {
+        tenant: String,
+        #[arg(long)]
+        purge: bool,
+    },
 }
 
 pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
@@ -64,6 +72,18 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
             std::fs::rename(&tmp, &out)?;
             bar.finish();
             println!("{}", out.display());
+        }
+        TenantCommand::Delete { tenant, purge } => {
+            let bar = ProgressBar::new_spinner().with_message(format!("{} {tenant}: its agents first", if purge { "purging" } else { "deleting" }));
+            bar.enable_steady_tick(std::time::Duration::from_millis(100));
+            let res = server.http.delete(format!("{}/tenants/{tenant}?purge={purge}", server.base)).bearer_auth(&server.token).send().await.context("reaching the server")?;
+            bar.finish_and_clear();
+            let status = res.status();
+            if !status.is_success() {
+                let body: serde_json::Value = res.json().await.unwrap_or_default();
+                anyhow::bail!("{status}: {}", body["error"]["message"].as_str().unwrap_or("the server refused"));
+            }
+            println!("{tenant}: {}", if purge { "purged: nothing of it is left" } else { "deleted" });
         }
         TenantCommand::Import { path, tenant, name } => {
             let bytes = if path.is_dir() {

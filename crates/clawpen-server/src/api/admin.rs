@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use serde::Deserialize;
 use clawpen_core::ids::TenantId;
 use clawpen_core::names::validate_name;
 
@@ -62,13 +63,40 @@ pub async fn get_tenant(State(app): State<App>, _: Admin, TenantPath(id): Tenant
     Ok(Json(tenant_exists(&app, &id).await?.into()))
 }
 
-/// Deletes a tenant with its agents, their sandboxes and dirs; its audit lines stay.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteTenantQuery {
+    /// Remove everything of the tenant everywhere: its audit lines, its store rows, its objects
+    /// in storage (see `tenant.purge`).
+    #[serde(default)]
+    pub purge: bool,
+}
+
+/// Deletes a tenant with its agents, their sandboxes and dirs; its audit lines stay, unless
+/// `purge`.
 #[utoipa::path(delete, path = "/api/v1/tenants/{tenant_id}", tag = "admin", security(("admin" = [])),
-    params(("tenant_id" = String, Path)),
+    params(("tenant_id" = String, Path), DeleteTenantQuery),
     responses((status = 204, description = "Deleted."), (status = 404, description = "No such tenant (`not_found`).", body = ErrorBody),
-        (status = 503, description = "The container runtime is unreachable (`runtime_unavailable`); the tenant stays, with the agents not deleted yet: try again.", body = ErrorBody)))]
-pub async fn delete_tenant(State(app): State<App>, _: Admin, TenantPath(id): TenantPath) -> Result<StatusCode, ApiError> {
-    app.delete_tenant(&id, &admin()).await?;
+        (status = 503, description = "The container runtime or storage is unreachable (`runtime_unavailable`, `storage_unavailable`); what is not deleted yet stays: try again.", body = ErrorBody)))]
+pub async fn delete_tenant(State(app): State<App>, _: Admin, TenantPath(id): TenantPath, ApiQuery(q): ApiQuery<DeleteTenantQuery>) -> Result<StatusCode, ApiError> {
+    if q.purge {
+        app.purge_tenant(&id, &admin()).await?;
+    } else {
+        app.delete_tenant(&id, &admin()).await?;
+    }
+    app.meter.plan_changed(&id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The tenant's own request to leave: everything of it is removed everywhere (as the
+/// operator's `DELETE /api/v1/tenants/{id}?purge=true`); this key stops working.
+#[utoipa::path(delete, path = "/api/v1/account", tag = "agents", operation_id = "purge_own", security(("tenant_key" = [])),
+    responses((status = 204, description = "Everything of the tenant is gone."),
+        (status = 503, description = "The container runtime or storage is unreachable; what is not deleted yet stays: try again.", body = ErrorBody)))]
+pub async fn purge_own(State(app): State<App>, caller: super::extract::TenantCaller) -> Result<StatusCode, ApiError> {
+    let id = caller.tenant.id.clone();
+    app.purge_tenant(&id, &caller.actor()).await?;
     app.meter.plan_changed(&id);
     Ok(StatusCode::NO_CONTENT)
 }

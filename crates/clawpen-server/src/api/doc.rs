@@ -31,7 +31,7 @@ use crate::error::{ErrorBody, ErrorDetail};
     paths(
         admin::create_tenant, admin::list_tenants, admin::get_tenant, admin::delete_tenant,
         admin::create_key, admin::list_keys, admin::revoke_key, admin::add_member, admin::list_members, admin::remove_member, admin::audit,
-        admin::open_run, admin::close_run,
+        admin::open_run, admin::close_run, admin::purge_own,
         agents::create_agent, agents::list_agents, agents::get_agent, agents::delete_agent,
         agents::start_agent, agents::stop_agent, agents::hibernate, agents::logs, agents::events, agents::send_message, agents::connect_url,
         files::get_file, files::put_file, files::memory, files::forget,

@@ -64,6 +64,7 @@ pub fn router(app: App) -> Router {
         .route("/backups/agents/{agent_id}", post(backups::backup_any))
         .route("/backups/store", post(backups::backup_store))
         .route("/export", get(transfer::export_own))
+        .route("/account", axum::routing::delete(admin::purge_own))
         .route("/tenants/{tenant_id}/export", get(transfer::export_tenant))
         .route("/agents/{agent_id}/runs", post(admin::open_run))
         .route("/agents/{agent_id}/runs/{run_id}", axum::routing::delete(admin::close_run))

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::harness::{TestServer, EXE};
 
-fn clawpen(args: &[&str], data_dir: &Path) -> (bool, String) {
+pub(crate) fn clawpen(args: &[&str], data_dir: &Path) -> (bool, String) {
     let out = std::process::Command::new(EXE).args(args).arg("--data-dir").arg(data_dir).output().unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
@@ -191,4 +191,80 @@ async fn a_server_killed_during_an_import_leaves_the_agent_whole_or_not_at_all()
     }
     let log = s.log();
     eprintln!("imports finished as deletes: {}, imports done: {}", log.matches("finishing an interrupted delete").count(), s.get("/api/v1/agents", &key).await.1["agents"].as_array().unwrap().len());
+}
+
+/// Files under `dir` (the harness's own log and config left out) whose name or bytes hold any
+/// of `needles`.
+fn files_naming(dir: &Path, needles: &[String]) -> Vec<String> {
+    let mut hits = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "server.log" || name == "test-config.toml" {
+            continue;
+        }
+        if needles.iter().any(|n| name.contains(n.as_str())) {
+            hits.push(p.display().to_string());
+        }
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            hits.extend(files_naming(&p, needles));
+        } else if t.is_file() {
+            let bytes = std::fs::read(&p).unwrap_or_default();
+            for n in needles {
+                if bytes.windows(n.len()).any(|w| w == n.as_bytes()) {
+                    hits.push(format!("{} holds {n}", p.display()));
+                }
+            }
+        }
+    }
+    hits
+}
+
+#[tokio::test]
+async fn a_purged_tenant_is_found_nowhere_and_the_others_keep_answering() {
+    let s = TestServer::start().await;
+    let (doomed, key) = s.tenant("doomed").await;
+    let tenant = doomed["id"].as_str().unwrap().to_owned();
+    let (_, key_b) = s.tenant("stays").await;
+    let b = s.agent(&key_b, "other", true).await["id"].as_str().unwrap().to_owned();
+    let marker = format!("MARKER-{}", rand::random::<u64>());
+    let mut needles = vec![tenant.clone(), marker.clone()];
+    for name in ["one", "two"] {
+        let id = s.agent(&key, name, true).await["id"].as_str().unwrap().to_owned();
+        put_file(&s, &key, &id, "MEMORY.md", &format!("- {marker}\n")).await;
+        let (st, r) = s.post(&format!("/api/v1/agents/{id}/messages"), &key, json!({"text": format!("keep {marker}")})).await;
+        assert_eq!(st, 200, "{r}");
+        assert_eq!(s.post(&format!("/api/v1/agents/{id}/backups"), &key, json!({})).await.0, 200);
+        needles.push(id);
+    }
+    let (st, m) = s.post(&format!("/api/v1/tenants/{tenant}/members"), &s.admin.clone(), json!({"kind": "web", "external_id": "gone@doomed.example", "display_name": marker, "password": "correct horse battery staple"})).await;
+    assert_eq!(st, 201, "{m}");
+    needles.push("gone@doomed.example".into());
+    assert!(!files_naming(s.data_dir(), &needles).is_empty(), "the scan finds the tenant before the purge");
+
+    let (ok, said) = crate::transfer::clawpen(&["tenant", "delete", &tenant, "--purge"], s.data_dir());
+    assert!(ok, "{said}\n{}", s.log());
+    // Its key is gone with it.
+    assert_eq!(s.get("/api/v1/agents", &key).await.0, 401);
+
+    let hits = files_naming(s.data_dir(), &needles);
+    assert!(hits.is_empty(), "the data dir, the store and storage still hold the tenant: {hits:?}");
+    let docker = std::process::Command::new("docker").args(["ps", "-a", "--format", "{{.ID}}"]).output().unwrap();
+    for c in String::from_utf8_lossy(&docker.stdout).lines() {
+        let inspect = std::process::Command::new("docker").args(["inspect", c]).output().unwrap();
+        let inspect = String::from_utf8_lossy(&inspect.stdout);
+        for n in &needles {
+            assert!(!inspect.contains(n.as_str()), "container {c} names {n}");
+        }
+    }
+    // One audit line says it happened, naming the tenant by a hash of its id.
+    let (_, audit) = s.get("/api/v1/audit", &s.admin.clone()).await;
+    let purge = audit["entries"].as_array().unwrap().iter().find(|e| e["action"] == "tenant.purge").expect("a tenant.purge line").clone();
+    let hash: String = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(tenant.as_bytes())).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(purge["detail"]["tenant_sha256"], hash.as_str(), "{purge}");
+    assert!(!audit.to_string().contains(&tenant));
+    // The other tenant answers as before.
+    let (st, r) = s.post(&format!("/api/v1/agents/{b}/messages"), &key_b, json!({"text": "still there?"})).await;
+    assert_eq!(st, 200, "{r}");
 }
