@@ -1,6 +1,7 @@
 //! Workspaces outlive their node's copy: backed up to storage (the local folder, and an
 //! S3-compatible server through `object_store`'s S3 client), the node's copy wiped, and the
-//! agent started again: every file comes back byte for byte, and the agent remembers.
+//! agent started again: every file comes back byte for byte, and the agent remembers. A tenant
+//! that leaves takes everything of it out of the bucket.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -139,7 +140,7 @@ async fn a_workspace_wiped_from_its_node_comes_back_from_an_s3_compatible_server
     clawpen_standin::s3::S3Server::write_credentials(creds.path());
     let extra = format!("[storage]\nurl = \"{}\"\ncredentials_file = \"{}\"\n", s3.url("clawpen-it", "node-a"), creds.path().display());
     let s = TestServer::start_full("", "", &extra, &[]).await;
-    let (id, _) = round_trip(&s).await;
+    let (id, key) = round_trip(&s).await;
     // Nothing went to the local folder; the snapshot is in the bucket.
     assert!(!s.data_dir().join("storage").exists());
     let storage = clawpen_storage::Storage::open(&s3.url("clawpen-it", "node-a"), s.data_dir(), Some(creds.path())).unwrap();
@@ -147,6 +148,12 @@ async fn a_workspace_wiped_from_its_node_comes_back_from_an_s3_compatible_server
     assert!(objects.iter().any(|(k, _)| k.contains(&format!("agents/{id}/snapshots/"))), "{objects:?}");
     let log = s.log();
     assert!(!log.contains("testing-secret-key"), "the S3 secret is never logged");
+    // The tenant asks to leave: nothing of it is left in the bucket.
+    let (st, e) = s.delete("/api/v1/account", &key).await;
+    assert_eq!(st, 204, "{e}\nlog:\n{}", s.log());
+    let left = storage.list("tenants").await.unwrap();
+    assert!(left.is_empty(), "the bucket still holds {left:?}");
+    assert_eq!(s.get("/api/v1/agents", &key).await.0, 401, "its key went with it");
 }
 
 /// Removes the agent's filesystem from the node (its sandbox removed first).
