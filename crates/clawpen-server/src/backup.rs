@@ -155,10 +155,11 @@ impl App {
         Ok(true)
     }
 
-    /// True when the agent has a snapshot the store knows of (a pool sandbox must not take the
-    /// place of a workspace that is to be restored).
-    pub(crate) fn has_backup(&self, id: &AgentId) -> bool {
-        self.backed_up.lock().expect("backed up").as_ref().is_some_and(|m| m.contains_key(id))
+    /// True when storage holds a snapshot of the agent, or cannot say (a pool sandbox must not
+    /// take the place of a workspace that is to be restored). Storage is asked, not the store:
+    /// a store restored from an older copy may not know of the snapshot.
+    pub(crate) async fn may_have_snapshot(&self, tenant: &Tenant, id: &AgentId) -> bool {
+        snapshot::list(&self.storage, tenant.id.as_str(), id.as_str()).await.map_or(true, |ids| !ids.is_empty())
     }
 
     /// Loads when each agent was last backed up, once.

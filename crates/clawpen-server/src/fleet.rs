@@ -101,7 +101,7 @@ impl App {
         if !agent.restarts.is_empty() {
             self.store.set_restarts(id, &[]).await?;
         }
-        let slot = self.take_pool_slot(tenant, &agent);
+        let slot = self.take_pool_slot(tenant, &agent).await;
         let kind = if slot.is_some() { "warm" } else { "cold" };
         self.audit(&tenant.id, Some(id), actor, "agent.start", reason, Some(serde_json::json!({"kind": kind}))).await;
         if let Err(e) = self.bring_up_from(tenant, id, slot).await {

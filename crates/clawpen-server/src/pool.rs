@@ -130,7 +130,7 @@ impl App {
 
     /// Takes a ready pool sandbox for this agent's start, if it may have one: the agent has no
     /// sandbox, its workspace is pristine (a first start), and its plan gives the pool's spec.
-    pub fn take_pool_slot(&self, tenant: &Tenant, agent: &Agent) -> Option<Slot> {
+    pub async fn take_pool_slot(&self, tenant: &Tenant, agent: &Agent) -> Option<Slot> {
         if self.config.fleet.warm_pool == 0 || agent.observed_state != ObservedState::Absent || agent.container_id.is_some() {
             return None;
         }
@@ -138,7 +138,7 @@ impl App {
             return None;
         }
         // No filesystem here but a snapshot to restore: a cold start brings the workspace back.
-        if !self.layout.has_volume(&agent.id) && self.has_backup(&agent.id) {
+        if !self.layout.has_volume(&agent.id) && self.may_have_snapshot(tenant, &agent.id).await {
             return None;
         }
         let plan = self.config.plan_or_default(&tenant.plan);

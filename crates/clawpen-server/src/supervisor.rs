@@ -111,7 +111,7 @@ impl App {
         if agent.desired_state != DesiredState::Running {
             self.store.set_desired(id, DesiredState::Running).await?;
         }
-        let slot = self.take_pool_slot(tenant, &agent);
+        let slot = self.take_pool_slot(tenant, &agent).await;
         let kind = if slot.is_some() { "warm" } else { "cold" };
         self.audit(&tenant.id, Some(id), actor, "agent.wake", reason, Some(serde_json::json!({"from": agent.hibernation, "was": agent.observed_state, "kind": kind}))).await;
         self.bring_up_from(tenant, id, slot).await
