@@ -49,7 +49,7 @@ impl App {
         if let Some(bot) = bot {
             self.store.set_telegram_bot_agent(&tenant.id, &agent.id).await?;
             self.audit(&tenant.id, Some(&agent.id), actor, "telegram.bot.agent", "deployed to answer on the tenant's bot", Some(serde_json::json!({"bot": bot.id.to_string(), "was": bot.agent_id.to_string()}))).await;
-            let greeted = self.telegram.greet(self, tenant, &agent, actor).await;
+            let greeted = self.telegram.greet(self, &bot, tenant, &agent, actor).await;
             tracing::info!(tenant = %tenant.id, agent = %agent.id, greeted, "telegram: the new agent greeted the bot's people");
         }
         Ok(agent)

@@ -280,18 +280,18 @@ fn write_items(ws: &clawpen_hostfs::SandboxDir, items: &[Item], uid: u32) -> std
             None => Ok((None, path.to_owned())),
         }
     };
-    let mut dirs: Vec<(&str, u32)> = items.iter().filter_map(|i| if let Item::Dir { path, mode } = i { Some((path.as_str(), *mode)) } else { None }).collect();
-    // Parents an archive did not list.
-    let mut implied: Vec<String> = items.iter().filter_map(|i| i.path().rsplit_once('/').map(|(d, _)| d.to_owned())).collect();
-    implied.sort();
-    implied.dedup();
-    let implied: Vec<String> = implied.iter().flat_map(|d| d.match_indices('/').map(|(i, _)| d[..i].to_owned()).chain([d.clone()])).collect();
-    for d in &implied {
-        if !dirs.iter().any(|(p, _)| p == d) {
-            dirs.push((d.as_str(), 0o700));
+    // The dirs the archive lists, with their modes, and the parents it did not list (0700).
+    let mut dirs: BTreeMap<&str, u32> = BTreeMap::new();
+    for i in items {
+        if let Item::Dir { path, mode } = i {
+            dirs.insert(path, *mode);
+        }
+        let path = i.path();
+        for (at, _) in path.match_indices('/') {
+            dirs.entry(&path[..at]).or_insert(0o700);
         }
     }
-    dirs.sort_by_key(|(p, _)| p.matches('/').count());
+    // In order, a parent comes before what is in it.
     for (path, mode) in dirs {
         let (dir, name) = parent(path)?;
         dir.as_ref().unwrap_or(ws).make_dir(&name, mode & 0o777, uid)?;

@@ -346,13 +346,12 @@ pub async fn restore(storage: &Storage, m: &Manifest, ws: SandboxDir, uid: u32, 
     .map_err(|e| StorageError::Backend(e.to_string()))??;
     progress.begin(m.files.len() as u64, m.bytes);
     let fetched: Vec<u64> = futures_util::stream::iter(m.files.clone().into_iter().map(|f| {
-        let (storage, ws, tenant, agent) = (storage.clone(), ws.clone(), m.tenant.clone(), m.agent.clone());
+        let ws = ws.clone();
         async move {
-            let (tenant, agent) = (tenant.as_str(), agent.as_str());
-            let bytes = storage.get(&blob_key(tenant, agent, &f.sha256)).await?;
-            if bytes.len() as u64 != f.size || sha_hex(&bytes) != f.sha256 {
-                return Err(StorageError::Corrupt(format!("the stored copy of {} does not match its hash; the snapshot cannot be restored", f.path)));
-            }
+            let bytes = blob(storage, m, &f).await.map_err(|e| match e {
+                StorageError::Corrupt(why) => StorageError::Corrupt(format!("{why}; the snapshot cannot be restored")),
+                other => other,
+            })?;
             let (path, mode, n) = (f.path.clone(), f.mode, bytes.len() as u64);
             tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                 let (parent, name) = open_parent(&ws, &path)?;

@@ -39,9 +39,9 @@ enum BackupCommand {
 }
 
 pub(crate) struct Server {
-    pub(crate) http: reqwest::Client,
-    pub(crate) base: String,
-    pub(crate) token: String,
+    http: reqwest::Client,
+    base: String,
+    token: String,
 }
 
 impl Server {
@@ -51,14 +51,24 @@ impl Server {
         Ok(Server { http: reqwest::Client::new(), base: format!("http://{}/api/v1", addr.trim()), token: token.trim().to_owned() })
     }
 
-    pub(crate) async fn call(&self, method: reqwest::Method, path: &str) -> anyhow::Result<serde_json::Value> {
-        let res = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token).send().await.context("reaching the server")?;
+    /// A request to `path` of the admin API, with the admin token.
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
+    }
+
+    /// Sends `req`; a refusal is an error with the server's message.
+    pub(crate) async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let res = req.send().await.context("reaching the server")?;
         let status = res.status();
-        let body: serde_json::Value = res.json().await.context("reading the server's answer")?;
         if !status.is_success() {
+            let body: serde_json::Value = res.json().await.unwrap_or_default();
             anyhow::bail!("{status}: {}", body["error"]["message"].as_str().unwrap_or("the server refused"));
         }
-        Ok(body)
+        Ok(res)
+    }
+
+    pub(crate) async fn call(&self, method: reqwest::Method, path: &str) -> anyhow::Result<serde_json::Value> {
+        Server::send(self.request(method, path)).await?.json().await.context("reading the server's answer")
     }
 }
 

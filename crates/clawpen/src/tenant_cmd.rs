@@ -55,12 +55,7 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
         TenantCommand::Export { tenant, out } => {
             let out = out.unwrap_or_else(|| PathBuf::from(format!("clawpen-{tenant}.tar.gz")));
             eprintln!("exporting {tenant}: backing up its agents, then writing {}", out.display());
-            let mut res = server.http.get(format!("{}/tenants/{tenant}/export", server.base)).bearer_auth(&server.token).send().await.context("reaching the server")?;
-            if !res.status().is_success() {
-                let status = res.status();
-                let body: serde_json::Value = res.json().await.unwrap_or_default();
-                anyhow::bail!("{status}: {}", body["error"]["message"].as_str().unwrap_or("the server refused"));
-            }
+            let mut res = Server::send(server.request(reqwest::Method::GET, &format!("/tenants/{tenant}/export"))).await?;
             let tmp = out.with_extension("part");
             let mut file = std::fs::File::create(&tmp).with_context(|| format!("making {}", tmp.display()))?;
             let bar = ProgressBar::new(res.content_length().unwrap_or(0)).with_style(ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes}").expect("template"));
@@ -76,13 +71,9 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
         TenantCommand::Delete { tenant, purge } => {
             let bar = ProgressBar::new_spinner().with_message(format!("{} {tenant}: its agents first", if purge { "purging" } else { "deleting" }));
             bar.enable_steady_tick(std::time::Duration::from_millis(100));
-            let res = server.http.delete(format!("{}/tenants/{tenant}?purge={purge}", server.base)).bearer_auth(&server.token).send().await.context("reaching the server")?;
+            let sent = Server::send(server.request(reqwest::Method::DELETE, &format!("/tenants/{tenant}?purge={purge}"))).await;
             bar.finish_and_clear();
-            let status = res.status();
-            if !status.is_success() {
-                let body: serde_json::Value = res.json().await.unwrap_or_default();
-                anyhow::bail!("{status}: {}", body["error"]["message"].as_str().unwrap_or("the server refused"));
-            }
+            sent?;
             println!("{tenant}: {}", if purge { "purged: nothing of it is left" } else { "deleted" });
         }
         TenantCommand::Import { path, tenant, name } => {
@@ -104,15 +95,13 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
             };
             let bar = ProgressBar::new_spinner().with_message(format!("importing {} bytes into {tenant}", bytes.len()));
             bar.enable_steady_tick(std::time::Duration::from_millis(100));
-            let mut url = format!("{}/tenants/{tenant}/import", server.base);
+            let mut route = format!("/tenants/{tenant}/import");
             if let Some(n) = &name {
-                url.push_str(&format!("?name={}", url_escape(n)));
+                route.push_str(&format!("?name={}", url_escape(n)));
             }
-            let res = server.http.post(url).bearer_auth(&server.token).header("content-type", "application/gzip").body(bytes).send().await.context("reaching the server")?;
+            let sent = Server::send(server.request(reqwest::Method::POST, &route).header("content-type", "application/gzip").body(bytes)).await;
             bar.finish_and_clear();
-            let status = res.status();
-            let body: serde_json::Value = res.json().await.context("reading the server's answer")?;
-            anyhow::ensure!(status.is_success(), "{status}: {}", body["error"]["message"].as_str().unwrap_or("the server refused"));
+            let body: serde_json::Value = sent?.json().await.context("reading the server's answer")?;
             println!("{}", serde_json::to_string_pretty(&body)?);
         }
     }

@@ -13,11 +13,11 @@ use crate::app::App;
 use crate::error::{ApiError, ErrorBody};
 use crate::fleet::Actor;
 
-fn admin() -> Actor {
+pub(super) fn admin() -> Actor {
     Actor("admin".into())
 }
 
-async fn tenant_exists(app: &App, id: &TenantId) -> Result<clawpen_store::Tenant, ApiError> {
+pub(super) async fn tenant_exists(app: &App, id: &TenantId) -> Result<clawpen_store::Tenant, ApiError> {
     app.store.get_tenant(id).await.map_err(|e| match e {
         clawpen_store::StoreError::NotFound => ApiError::not_found("tenant"),
         other => other.into(),

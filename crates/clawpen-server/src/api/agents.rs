@@ -24,7 +24,7 @@ async fn view(app: &App, caller: &TenantCaller, a: clawpen_store::Agent) -> Resu
     Ok(AgentView::from(a).paused(&pause_of(app, caller).await?).with_disk(&app.layout))
 }
 
-fn agent_not_found(e: StoreError) -> ApiError {
+pub(super) fn agent_not_found(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound => ApiError::not_found("agent"),
         other => other.into(),

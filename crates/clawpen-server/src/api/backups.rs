@@ -33,10 +33,7 @@ pub struct StoreBackupView {
 }
 
 async fn own_agent(app: &App, caller: &TenantCaller, id: &clawpen_core::ids::AgentId) -> Result<(), ApiError> {
-    app.store.get_agent(&caller.tenant.id, id).await.map(drop).map_err(|e| match e {
-        clawpen_store::StoreError::NotFound => ApiError::not_found("agent"),
-        other => other.into(),
-    })
+    app.store.get_agent(&caller.tenant.id, id).await.map(drop).map_err(super::agents::agent_not_found)
 }
 
 #[utoipa::path(post, path = "/api/v1/agents/{agent_id}/backups", tag = "agents", operation_id = "backup_agent", security(("tenant_key" = [])),
@@ -130,5 +127,5 @@ pub async fn list_all(State(app): State<App>, _admin: Admin) -> Result<Json<Agen
 pub async fn backup_any(State(app): State<App>, _admin: Admin, AgentPath(id): AgentPath) -> Result<Json<BackupView>, ApiError> {
     let agent = app.store.find_agent(&id).await?.ok_or_else(|| ApiError::not_found("agent"))?;
     let tenant = app.store.get_tenant(&agent.tenant_id).await?;
-    Ok(Json(app.backup_agent(&tenant, &id, &crate::fleet::Actor("admin".into()), "requested by the operator", &clawpen_storage::snapshot::Quiet).await?))
+    Ok(Json(app.backup_agent(&tenant, &id, &super::admin::admin(), "requested by the operator", &clawpen_storage::snapshot::Quiet).await?))
 }

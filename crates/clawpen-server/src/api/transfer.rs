@@ -56,13 +56,6 @@ async fn import(app: &App, tenant: &clawpen_store::Tenant, q: ImportQuery, body:
     Ok((StatusCode::CREATED, Json(Imported { agents: agents.into_iter().map(AgentView::from).collect() })))
 }
 
-async fn tenant_of(app: &App, id: &clawpen_core::ids::TenantId) -> Result<clawpen_store::Tenant, ApiError> {
-    app.store.get_tenant(id).await.map_err(|e| match e {
-        clawpen_store::StoreError::NotFound => ApiError::not_found("tenant"),
-        other => other.into(),
-    })
-}
-
 #[utoipa::path(get, path = "/api/v1/export", tag = "agents", operation_id = "export_own", security(("tenant_key" = [])),
     responses((status = 200, description = "One .tar.gz of everything of the tenant: workspaces in OpenClaw's layout, usage.csv, credits.csv, audit.jsonl, clawpen-export.json.", content_type = "application/gzip"),
         (status = 503, description = "Storage does not answer (`storage_unavailable`).", body = ErrorBody)))]
@@ -77,8 +70,8 @@ pub async fn export_own(State(app): State<App>, caller: TenantCaller) -> Result<
         (status = 404, description = "No such tenant (`not_found`).", body = ErrorBody),
         (status = 503, description = "Storage does not answer (`storage_unavailable`).", body = ErrorBody)))]
 pub async fn export_tenant(State(app): State<App>, _: Admin, TenantPath(id): TenantPath) -> Result<Response, ApiError> {
-    let tenant = tenant_of(&app, &id).await?;
-    export(&app, &tenant, &Actor("admin".into())).await
+    let tenant = super::admin::tenant_exists(&app, &id).await?;
+    export(&app, &tenant, &super::admin::admin()).await
 }
 
 #[utoipa::path(post, path = "/api/v1/import", tag = "agents", operation_id = "import_own", security(("tenant_key" = [])),
@@ -100,6 +93,6 @@ pub async fn import_own(State(app): State<App>, caller: TenantCaller, ApiQuery(q
         (status = 413, description = "The files pass the plan's disk or inodes (`archive_too_large`).", body = ErrorBody),
         (status = 422, description = "An entry is a link, a device, an absolute or `..` path, or the archive is damaged (`invalid_archive`).", body = ErrorBody)))]
 pub async fn import_tenant(State(app): State<App>, _: Admin, TenantPath(id): TenantPath, ApiQuery(q): ApiQuery<ImportQuery>, body: Body) -> Result<(StatusCode, Json<Imported>), ApiError> {
-    let tenant = tenant_of(&app, &id).await?;
-    import(&app, &tenant, q, body, &Actor("admin".into())).await
+    let tenant = super::admin::tenant_exists(&app, &id).await?;
+    import(&app, &tenant, q, body, &super::admin::admin()).await
 }

@@ -534,20 +534,12 @@ impl Telegram {
         }
     }
 
-    /// The tenant's own bot tells each person paired with it that `agent` is live, when the bot
-    /// speaks for `agent`: the greeting is kept in that person's Telegram session (as if the
-    /// agent had written first) and sent to their private chat, whose id is their user id.
-    /// Returns how many got it; a failure for one person is logged and skips only them.
-    pub async fn greet(&self, app: &App, tenant: &clawpen_store::Tenant, agent: &clawpen_store::Agent, actor: &Actor) -> usize {
-        let bot = match app.store.get_telegram_bot(&tenant.id).await {
-            Ok(Some(bot)) if bot.agent_id == agent.id => bot,
-            Ok(_) => return 0,
-            Err(e) => {
-                warn!(tenant = %tenant.id, error = %e, "telegram: cannot read the tenant's bot; no greeting sent");
-                return 0;
-            }
-        };
-        let (api, people) = match (self.tenant_api(app, &bot).await, app.store.list_members(&tenant.id).await) {
+    /// The tenant's own bot (which speaks for `agent`) tells each person paired with it that
+    /// `agent` is live: the greeting is kept in that person's Telegram session (as if the agent
+    /// had written first) and sent to their private chat, whose id is their user id. Returns
+    /// how many got it; a failure for one person is logged and skips only them.
+    pub async fn greet(&self, app: &App, bot: &TelegramBot, tenant: &clawpen_store::Tenant, agent: &clawpen_store::Agent, actor: &Actor) -> usize {
+        let (api, people) = match (self.tenant_api(app, bot).await, app.store.list_members(&tenant.id).await) {
             (Ok(api), Ok(people)) => (api, people),
             (Err(e), _) => {
                 warn!(bot = %bot.id, error = %e, "telegram: cannot open the bot's token; no greeting sent");
