@@ -64,6 +64,18 @@ pub struct Plan {
     pub backup_every_secs: u64,
     /// Snapshots kept per agent (the newest ones; at least one).
     pub backup_keep: u32,
+    /// Days (fractions allowed) without activity after which the tenant is warned: an audit
+    /// line and a message to its people on Telegram; 0 never. Activity is a message to or a
+    /// connection with any of its agents, or the tenant's creation.
+    pub inactive_warn_days: f64,
+    /// Days after the warning, still without activity, after which its agents' data is
+    /// archived to storage and removed from the nodes (an agent's next start restores it);
+    /// 0 never.
+    pub inactive_grace_days: f64,
+    /// Days without activity after which the tenant is deleted with everything of it, as a
+    /// purge does; 0 never. Where warnings are set, only a tenant warned at least
+    /// `inactive_grace_days` before is deleted.
+    pub inactive_delete_days: f64,
 }
 
 /// One credit in micro-credits.
@@ -95,6 +107,9 @@ impl Default for Plan {
             image: None,
             backup_every_secs: 6 * 3600,
             backup_keep: 7,
+            inactive_warn_days: 0.0,
+            inactive_grace_days: 0.0,
+            inactive_delete_days: 0.0,
         }
     }
 }

@@ -10,7 +10,7 @@ use clawpen_runtime::Runtime;
 use clawpen_agent::client::AgentAddr;
 use clawpen_core::spec::Volume;
 use clawpen_hostfs::Peer;
-use clawpen_store::{Store, Tenant};
+use clawpen_store::{Agent, Store, Tenant};
 
 use crate::error::ApiError;
 
@@ -32,7 +32,11 @@ pub struct AppInner {
     pub store: Store,
     pub runtime: Arc<dyn Runtime>,
     pub config: Config,
+    /// This server's data dir: the store, keys, tenants' dirs, local storage.
     pub layout: Layout,
+    /// Where each node keeps its agents' filesystems, run dirs and warm pool: its own
+    /// `data_dir`, or this server's (see [`App::layout_on`]).
+    pub node_layouts: HashMap<String, Layout>,
     /// This installation's id, on every container label.
     pub instance: String,
     /// Tag of the sandbox image agents run.
@@ -92,6 +96,8 @@ pub struct AppInner {
     pub backed_up: Mutex<Option<HashMap<AgentId, i64>>>,
     /// Agents being backed up now: one backup of an agent at a time.
     pub backing_up: Mutex<std::collections::HashSet<AgentId>>,
+    /// The inactivity rules' looks (see [`crate::inactive`]).
+    pub inactivity: crate::inactive::InactivityState,
 }
 
 impl std::ops::Deref for App {
@@ -119,11 +125,21 @@ impl App {
     ) -> App {
         let telegram = crate::channels::telegram::Telegram::new(&config.telegram);
         let runtime: Arc<dyn Runtime> = Arc::new(nodes.clone());
+        let node_layouts = nodes
+            .names()
+            .into_iter()
+            .map(|n| {
+                let own = config.nodes.iter().find(|c| c.name == n).and_then(|c| c.data_dir.clone());
+                let l = own.map_or_else(|| layout.clone(), Layout::new);
+                (n, l)
+            })
+            .collect();
         App(Arc::new(AppInner {
             store,
             runtime,
             config,
             layout,
+            node_layouts,
             instance,
             image,
             agent_exe: None,
@@ -152,6 +168,7 @@ impl App {
             storage,
             backed_up: Mutex::new(None),
             backing_up: Mutex::new(Default::default()),
+            inactivity: Default::default(),
         }))
     }
 
@@ -159,6 +176,39 @@ impl App {
     pub fn with_agent_exe(mut self, exe: Option<std::path::PathBuf>) -> App {
         Arc::get_mut(&mut self.0).expect("set before the app is shared").agent_exe = exe;
         self
+    }
+
+    /// Where `node` keeps agents' filesystems (an agent not placed yet: the first node's).
+    pub fn layout_on(&self, node: Option<&str>) -> &Layout {
+        node.and_then(|n| self.node_layouts.get(n)).or_else(|| self.node_layouts.get(self.nodes.default_node())).unwrap_or(&self.layout)
+    }
+
+    /// Where the agent's filesystem is: on its node.
+    pub fn layout_of(&self, agent: &Agent) -> &Layout {
+        self.layout_on(agent.node.as_deref())
+    }
+
+    /// The warm pool's: the first node's.
+    pub fn pool_layout(&self) -> &Layout {
+        self.layout_on(None)
+    }
+
+    /// Each distinct node data dir once (nodes that share this server's count once).
+    pub fn distinct_layouts(&self) -> Vec<&Layout> {
+        let mut out: Vec<&Layout> = Vec::new();
+        for n in self.nodes.names() {
+            let l = self.layout_on(Some(&n));
+            if !out.iter().any(|o| o.data_dir == l.data_dir) {
+                out.push(l);
+            }
+        }
+        out
+    }
+
+    /// True when `a` and `b` keep agents' filesystems in one place (a move between them needs
+    /// no restore).
+    pub fn nodes_share_disk(&self, a: &str, b: &str) -> bool {
+        self.layout_on(Some(a)).data_dir == self.layout_on(Some(b)).data_dir
     }
 
     /// Takes the agent's lifecycle lock. Locks of deleted agents are dropped when unused.
@@ -175,12 +225,12 @@ impl App {
     /// it is served already. The socket is the caller's identity: the router is bound to this
     /// tenant and agent. It is bound in the agent's staging dir and renamed into its run dir, so
     /// nothing the sandbox put there is followed (see [`Layout::bind_control`]).
-    pub fn open_control(&self, tenant: &Tenant, agent: &AgentId, uid: u32) -> std::io::Result<()> {
+    pub fn open_control(&self, tenant: &Tenant, agent: &AgentId, uid: u32, layout: &Layout) -> std::io::Result<()> {
         let mut map = self.control.lock().expect("control map");
         if map.get(agent).is_some_and(|h| !h.is_finished()) {
             return Ok(());
         }
-        let std_listener = self.layout.bind_control(agent, uid)?;
+        let std_listener = layout.bind_control(agent, uid)?;
         std_listener.set_nonblocking(true)?;
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
         let caller = MeterCaller { tenant: tenant.id.clone(), agent: agent.clone() };
@@ -195,31 +245,52 @@ impl App {
         Ok(())
     }
 
-    /// Makes (or re-checks) the agent's filesystem, mounted, with its workspace and run dir for
-    /// `uid`, and serves its `control.sock`. A new filesystem is first admitted against the
-    /// node's disk budget (503 `disk_full` past it). Formatting and mounting run other programs,
-    /// so they run on a blocking thread, never on one that serves requests.
-    pub async fn prepare_sandbox(&self, tenant: &Tenant, agent: &AgentId, uid: u32) -> Result<(), ApiError> {
+    /// The agent's node: where its filesystem is and its sandbox runs. An agent that has none
+    /// is placed now (and the node recorded first), so its filesystem is made where it will run.
+    pub(crate) async fn node_for(&self, tenant: &Tenant, agent: &AgentId) -> Result<String, ApiError> {
+        let a = self.store.get_agent(&tenant.id, agent).await?;
+        if let Some(n) = a.node.as_deref().filter(|n| self.nodes.node(n).is_some()) {
+            return Ok(n.to_owned());
+        }
+        // A sandbox made before its node was recorded stays where it is.
+        let found = a.container_id.as_deref().and_then(|c| c.split_once('/')).map(|(n, _)| n).filter(|n| self.nodes.node(n).is_some());
+        let n = match found {
+            Some(n) => n.to_owned(),
+            None => self.place(&a, self.config.plan_or_default(&tenant.plan).memory_mib).await?,
+        };
+        self.store.set_node(agent, Some(&n)).await?;
+        Ok(n)
+    }
+
+    /// Makes (or re-checks) the agent's filesystem on its node (placing the agent when it has
+    /// none), mounted, with its workspace and run dir for `uid`, and serves its `control.sock`;
+    /// returns the node. A new filesystem is first admitted against the node's disk budget
+    /// (503 `disk_full` past it). Formatting and mounting run other programs, so they run on a
+    /// blocking thread, never on one that serves requests.
+    pub async fn prepare_sandbox(&self, tenant: &Tenant, agent: &AgentId, uid: u32) -> Result<String, ApiError> {
+        let node = self.node_for(tenant, agent).await?;
+        let layout = self.layout_on(Some(&node)).clone();
         let disk = Volume::of(self.config.plan_or_default(&tenant.plan));
         let internal = move |id: &AgentId, e: std::io::Error| ApiError::internal(format!("preparing the filesystem and control socket of {id}: {e}"));
-        if !self.layout.has_volume(agent) {
-            // A node without a copy of the workspace (new, or its disk replaced) gets the newest
-            // snapshot back before anything starts on it.
-            self.restore_if_missing(tenant, agent, uid, disk).await?;
+        if !layout.has_volume(agent) {
+            // A node without a copy of the workspace (new, its disk replaced, or the agent moved
+            // here) gets the newest snapshot back before anything starts on it.
+            self.restore_if_missing(tenant, agent, uid, disk, &layout).await?;
         }
-        let (app, id) = (self.clone(), agent.clone());
+        let (app, id, l) = (self.clone(), agent.clone(), layout.clone());
         tokio::task::spawn_blocking(move || {
-            if !app.layout.has_volume(&id) {
+            if !l.has_volume(&id) {
                 let _one_at_a_time = app.disk_lock.lock().expect("disk lock");
-                app.admit_disk(disk.size_mib)?;
-                app.layout.prepare_agent(&id, uid, disk).map_err(|e| internal(&id, e))
+                app.admit_disk(&l, disk.size_mib)?;
+                l.prepare_agent(&id, uid, disk).map_err(|e| internal(&id, e))
             } else {
-                app.layout.prepare_agent(&id, uid, disk).map_err(|e| internal(&id, e))
+                l.prepare_agent(&id, uid, disk).map_err(|e| internal(&id, e))
             }
         })
         .await
         .map_err(|e| ApiError::internal(format!("preparing the filesystem of {agent}: {e}")))??;
-        self.open_control(tenant, agent, uid).map_err(|e| internal(agent, e))
+        self.open_control(tenant, agent, uid, &layout).map_err(|e| internal(agent, e))?;
+        Ok(node)
     }
 
     /// Makes a warm-pool slot's filesystem, admitted against the disk budget like an agent's (on
@@ -228,26 +299,34 @@ impl App {
         let app = self.clone();
         tokio::task::spawn_blocking(move || {
             let _one_at_a_time = app.disk_lock.lock().expect("disk lock");
-            if std::fs::symlink_metadata(app.layout.pool_image(slot)).is_err() {
-                app.admit_disk(disk.size_mib)?;
+            let layout = app.pool_layout();
+            if std::fs::symlink_metadata(layout.pool_image(slot)).is_err() {
+                app.admit_disk(layout, disk.size_mib)?;
             }
-            app.layout.prepare_pool_slot(slot, uid, disk).map_err(|e| ApiError::internal(format!("preparing pool slot {slot}'s filesystem: {e}")))
+            layout.prepare_pool_slot(slot, uid, disk).map_err(|e| ApiError::internal(format!("preparing pool slot {slot}'s filesystem: {e}")))
         })
         .await
         .map_err(|e| ApiError::internal(format!("preparing pool slot {slot}'s filesystem: {e}")))?
     }
 
-    /// Refuses a new filesystem of `mib` when the filesystems on disk and it would pass the disk
-    /// budget. Images are sparse, so this bounds what tenants can write all together, not what
-    /// they have written.
+    /// Refuses a new filesystem of `mib` when no node's disk has room for it (each node's
+    /// filesystems on disk and it would pass its disk budget). Images are sparse, so this
+    /// bounds what tenants can write all together, not what they have written.
     pub fn check_disk(&self, mib: u64) -> Result<(), ApiError> {
         let _one_at_a_time = self.disk_lock.lock().expect("disk lock");
-        self.admit_disk(mib)
+        let mut refused = None;
+        for l in self.distinct_layouts() {
+            match self.admit_disk(l, mib) {
+                Ok(()) => return Ok(()),
+                Err(e) => refused = Some(e),
+            }
+        }
+        refused.map_or(Ok(()), Err)
     }
 
-    pub(crate) fn admit_disk(&self, mib: u64) -> Result<(), ApiError> {
-        let committed: u64 = self.layout.volumes_on_disk().iter().map(|(_, m)| m).sum();
-        let budget = self.disk_budget_mib();
+    pub(crate) fn admit_disk(&self, layout: &Layout, mib: u64) -> Result<(), ApiError> {
+        let committed: u64 = layout.volumes_on_disk().iter().map(|(_, m)| m).sum();
+        let budget = self.disk_budget_mib(layout);
         if committed + mib > budget {
             return Err(ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -258,20 +337,24 @@ impl App {
         Ok(())
     }
 
-    /// MiB of agent filesystems the data dir's disk may carry: `fleet.disk_budget_mib`, or
-    /// four fifths of the filesystem's size.
-    pub fn disk_budget_mib(&self) -> u64 {
+    /// MiB of agent filesystems a node's data dir may carry: `fleet.disk_budget_mib`, or four
+    /// fifths of the filesystem's size.
+    pub fn disk_budget_mib(&self, layout: &Layout) -> u64 {
         match self.config.fleet.disk_budget_mib {
-            0 => clawpen_hostfs::SandboxDir::open(&self.layout.data_dir).and_then(|d| d.usage()).map(|u| u.bytes_total / (1024 * 1024) * 4 / 5).unwrap_or(u64::MAX),
+            0 => clawpen_hostfs::SandboxDir::open(&layout.data_dir).and_then(|d| d.usage()).map(|u| u.bytes_total / (1024 * 1024) * 4 / 5).unwrap_or(u64::MAX),
             n => n,
         }
     }
 
     /// How to reach the agent in the sandbox `container_id` (node-qualified or not) that runs as
-    /// `uid`: its socket, with that sandbox's process as the only peer accepted.
+    /// `uid`: its socket, on that sandbox's node, with that sandbox's process as the only peer
+    /// accepted.
     pub fn agent_addr(&self, agent: &AgentId, container_id: &str, uid: u32) -> AgentAddr {
-        let raw = container_id.rsplit('/').next().unwrap_or(container_id);
-        AgentAddr::new(self.layout.run_dir(agent), Peer { container_id: raw.to_owned(), uid: Some(uid) })
+        let (node, raw) = match container_id.split_once('/') {
+            Some((n, raw)) => (Some(n), raw),
+            None => (None, container_id),
+        };
+        AgentAddr::new(self.layout_on(node).run_dir(agent), Peer { container_id: raw.to_owned(), uid: Some(uid) })
     }
 
     /// [`App::agent_addr`] from the agent's record: 503 `agent_unavailable` when it names no

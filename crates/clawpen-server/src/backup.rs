@@ -67,9 +67,9 @@ impl App {
     /// Takes a snapshot of the agent's workspace. A sandbox running awake is frozen for the
     /// walk, so every file is as it was at one moment; the files are read by handle, never
     /// through a link the tenant planted. Callers hold the agent's lock.
-    async fn backup_locked(&self, tenant: &Tenant, id: &AgentId, actor: &Actor, reason: &str, progress: &dyn Progress) -> Result<BackupView, ApiError> {
+    pub(crate) async fn backup_locked(&self, tenant: &Tenant, id: &AgentId, actor: &Actor, reason: &str, progress: &dyn Progress) -> Result<BackupView, ApiError> {
         let agent = self.store.get_agent(&tenant.id, id).await?;
-        let Some(ws) = self.layout.workspace(id).map_err(|e| ApiError::internal(format!("opening the workspace of {id}: {e}")))? else {
+        let Some(ws) = self.layout_of(&agent).workspace(id).map_err(|e| ApiError::internal(format!("opening the workspace of {id}: {e}")))? else {
             return Err(ApiError::new(StatusCode::CONFLICT, "no_workspace_here", "the agent's filesystem is not on this server; start the agent first"));
         };
         let plan = self.config.plan_or_default(&tenant.plan);
@@ -125,23 +125,23 @@ impl App {
     /// filesystem is here (admitted against the disk budget like a new one). The restore is
     /// made aside and becomes the agent's only when complete: a restore killed half-way is
     /// never used (start-up removes it). False when there was no snapshot.
-    pub(crate) async fn restore_if_missing(&self, tenant: &Tenant, id: &AgentId, uid: u32, disk: Volume) -> Result<bool, ApiError> {
+    pub(crate) async fn restore_if_missing(&self, tenant: &Tenant, id: &AgentId, uid: u32, disk: Volume, layout: &crate::layout::Layout) -> Result<bool, ApiError> {
         let newest = snapshot::newest(&self.storage, tenant.id.as_str(), id.as_str()).await.map_err(|e| storage_error("looking for the agent's snapshot", e))?;
         let Some(m) = newest else { return Ok(false) };
         // A control socket served from the filesystem that is gone is bound again in the new one.
         self.close_control(id);
-        let (app, a) = (self.clone(), id.clone());
+        let (app, a, l) = (self.clone(), id.clone(), layout.clone());
         let ws = tokio::task::spawn_blocking(move || {
             let _one_at_a_time = app.disk_lock.lock().expect("disk lock");
-            app.admit_disk(disk.size_mib)?;
-            app.layout.begin_restore(&a, uid, disk).map_err(|e| ApiError::internal(format!("making a filesystem to restore {a} into: {e}")))
+            app.admit_disk(&l, disk.size_mib)?;
+            l.begin_restore(&a, uid, disk).map_err(|e| ApiError::internal(format!("making a filesystem to restore {a} into: {e}")))
         })
         .await
         .map_err(|e| ApiError::internal(format!("restoring {id}: {e}")))??;
         let restored = snapshot::restore(&self.storage, &m, ws, uid, &Quiet).await;
-        let (app, a) = (self.clone(), id.clone());
+        let (l, a) = (layout.clone(), id.clone());
         let ok = restored.is_ok();
-        tokio::task::spawn_blocking(move || if ok { app.layout.finish_restore(&a) } else { app.layout.abandon_restore(&a) })
+        tokio::task::spawn_blocking(move || if ok { l.finish_restore(&a) } else { l.abandon_restore(&a) })
             .await
             .map_err(|e| ApiError::internal(format!("restoring {id}: {e}")))?
             .map_err(|e| ApiError::internal(format!("putting the restored filesystem of {id} in place: {e}")))?;
@@ -183,7 +183,7 @@ impl App {
             for a in agents {
                 let Some(tenant) = tenants.iter().find(|t| t.id == a.tenant_id) else { continue };
                 let every = self.config.plan_or_default(&tenant.plan).backup_every_secs;
-                if every == 0 || busy.contains(&a.id) || a.desired_state == clawpen_store::DesiredState::Deleted || !self.layout.has_volume(&a.id) {
+                if every == 0 || busy.contains(&a.id) || a.desired_state == clawpen_store::DesiredState::Deleted || !self.layout_of(a).has_volume(&a.id) {
                     continue;
                 }
                 let last = map.get(&a.id).copied().unwrap_or(a.created_at);

@@ -132,8 +132,8 @@ pub struct NodeConfig {
     pub name: String,
     /// The engine: `unix:///var/run/docker.sock`, or `tcp://host:port` with mutual TLS (then
     /// `tls_ca`, `tls_cert` and `tls_key` are required: plain TCP to an engine is root on that
-    /// host for anyone who can reach it). The node shares this host's filesystem (workspaces and
-    /// sockets are bind-mounted from the data dir).
+    /// host for anyone who can reach it). The engine must see this host's files: workspaces
+    /// and sockets are bind-mounted from the node's data dir (see `data_dir`).
     pub docker: String,
     /// The CA that signed the engine's certificate (PEM).
     #[serde(default)]
@@ -146,6 +146,12 @@ pub struct NodeConfig {
     /// Memory this node may commit to sandboxes, in MiB; 0: `fleet.node_memory_mib`.
     #[serde(default)]
     pub memory_mib: u64,
+    /// The node's own data dir (absolute): where its agents' filesystems, run dirs and (on the
+    /// first node) the warm pool live. Unset: this server's data dir, shared. An agent that
+    /// moves between nodes with different data dirs is backed up from the one and restored
+    /// from storage onto the other.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
 }
 
 impl FleetConfig {
@@ -312,6 +318,17 @@ impl Config {
                 ordered(p.idle_pause_secs, p.idle_stop_secs) && ordered(p.idle_stop_secs, p.idle_remove_secs) && ordered(p.idle_pause_secs, p.idle_remove_secs),
                 "plan {name}: idle_pause_secs < idle_stop_secs < idle_remove_secs (0 turns a tier off)"
             );
+            for (field, v) in [("inactive_warn_days", p.inactive_warn_days), ("inactive_grace_days", p.inactive_grace_days), ("inactive_delete_days", p.inactive_delete_days)] {
+                anyhow::ensure!(v.is_finite() && (0.0..=36_500.0).contains(&v), "plan {name}: {field} must be 0 (never) or a number of days up to 36500");
+            }
+            anyhow::ensure!(
+                p.inactive_grace_days == 0.0 || p.inactive_warn_days > 0.0,
+                "plan {name}: inactive_grace_days counts from the warning, so it needs inactive_warn_days"
+            );
+            anyhow::ensure!(
+                p.inactive_delete_days == 0.0 || p.inactive_warn_days == 0.0 || p.inactive_delete_days > p.inactive_warn_days,
+                "plan {name}: inactive_delete_days must be more than inactive_warn_days (the warning comes first)"
+            );
         }
         let f = &self.fleet;
         anyhow::ensure!(f.tick_ms >= 10, "fleet.tick_ms must be at least 10");
@@ -328,6 +345,9 @@ impl Config {
                 n.name
             );
             anyhow::ensure!(seen.insert(n.name.clone()), "nodes: the name {:?} is given twice", n.name);
+            if let Some(d) = &n.data_dir {
+                anyhow::ensure!(d.is_absolute(), "nodes.{}: data_dir = {:?} must be an absolute path", n.name, d);
+            }
             let tls = [&n.tls_ca, &n.tls_cert, &n.tls_key];
             if n.docker.starts_with("tcp://") {
                 anyhow::ensure!(

@@ -37,9 +37,10 @@ impl Actor {
 const RECONCILE_CONCURRENCY: usize = 8;
 
 impl App {
-    /// The sandbox spec of an agent running as `uid` (see [`uid_of`]), built from its tenant's
-    /// plan.
-    pub fn spec_for(&self, tenant: &Tenant, agent: &AgentId, uid: u32) -> SandboxSpec {
+    /// The sandbox spec of an agent running as `uid` (see [`uid_of`]) on `node`, built from its
+    /// tenant's plan.
+    pub fn spec_for(&self, tenant: &Tenant, agent: &AgentId, uid: u32, node: &str) -> SandboxSpec {
+        let layout = self.layout_on(Some(node));
         let plan = self.config.plan_or_default(&tenant.plan);
         SandboxSpec::for_agent(AgentSandbox {
             instance: &self.instance,
@@ -47,8 +48,8 @@ impl App {
             agent,
             uid,
             image: plan.image.as_deref().unwrap_or(&self.image),
-            workspace_dir: self.layout.workspace_dir(agent),
-            run_dir: self.layout.run_dir(agent),
+            workspace_dir: layout.workspace_dir(agent),
+            run_dir: layout.run_dir(agent),
             plan,
             limits: self.config.agent,
             // Only where the image is the one built from this executable.
@@ -79,7 +80,7 @@ impl App {
         }
         if let Err(e) = self.prepare_sandbox(tenant, &agent.id, tenant.uid as u32).await {
             self.close_control(&agent.id);
-            let _ = self.layout.remove_agent(&tenant.id, &agent.id);
+            self.remove_filesystems(&tenant.id, &agent.id);
             let _ = self.store.delete_agent(&agent.id).await;
             self.audit(&tenant.id, Some(&agent.id), &Actor::system(), "agent.create-failed", &e.message, None).await;
             return Err(e);
@@ -149,17 +150,15 @@ impl App {
                 return Ok(());
             }
         }
+        let uid = uid_of(tenant, &self.store.get_agent(&tenant.id, id).await?);
+        let node = self.prepare_sandbox(tenant, id, uid).await?;
+        // Its node is recorded now.
         let agent = self.store.get_agent(&tenant.id, id).await?;
-        let uid = uid_of(tenant, &agent);
-        self.prepare_sandbox(tenant, id, uid).await?;
-        let mut spec = self.spec_for(tenant, id, uid);
+        let mut spec = self.spec_for(tenant, id, uid, &node);
         let memory_mib = self.config.plan_or_default(&tenant.plan).memory_mib;
         let cold = || self.metrics.starts_cold.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // On its node when it has one (a stale copy on another node is not it).
-        let target = match &agent.node {
-            Some(n) => format!("{n}/{}", spec.name),
-            None => spec.name.clone(),
-        };
+        // On its node (a stale copy on another node is not it).
+        let target = format!("{node}/{}", spec.name);
         // Whether the sandbox was found running (and is adopted as it is).
         let mut found_running = false;
         let (container_id, spec_hash) = match self.runtime.inspect(&target).await {
@@ -279,6 +278,15 @@ impl App {
     async fn create_placed(&self, agent: &Agent, spec: &mut SandboxSpec, memory_mib: u64) -> Result<String, ApiError> {
         let node = self.place(agent, memory_mib).await?;
         if agent.node.as_deref() != Some(node.as_str()) {
+            // Another node may take it only where the agent's filesystem is too; else the agent
+            // waits for a move (a drain, or the node lost for `node_lost_secs`).
+            if let Some(from) = agent.node.as_deref().filter(|from| !self.nodes_share_disk(from, &node)) {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "node_unavailable",
+                    format!("the agent's node {from} does not answer or is drained; the agent moves to another node when it is drained or lost for fleet.node_lost_secs"),
+                ));
+            }
             self.store.set_node(&agent.id, Some(&node)).await?;
         }
         self.admit(&agent.id, &node, memory_mib)?;
@@ -330,12 +338,22 @@ impl App {
         self.finish_delete(&tenant.id, id).await
     }
 
+    /// Removes the agent's filesystem from every node's data dir, best effort (a create that
+    /// failed half-way).
+    fn remove_filesystems(&self, tenant: &TenantId, id: &AgentId) {
+        for layout in self.distinct_layouts() {
+            let _ = layout.remove_agent(tenant, id);
+        }
+    }
+
     async fn finish_delete(&self, tenant: &TenantId, id: &AgentId) -> Result<(), ApiError> {
         self.runtime.remove(&clawpen_core::spec::container_name(&self.instance, id)).await?;
         self.release(id);
         self.lives.lock().expect("lives").remove(id);
         self.close_control(id);
-        self.layout.remove_agent(tenant, id).map_err(|e| ApiError::internal(format!("removing the dirs of {id}: {e}")))?;
+        for layout in self.distinct_layouts() {
+            layout.remove_agent(tenant, id).map_err(|e| ApiError::internal(format!("removing the dirs of {id}: {e}")))?;
+        }
         self.remove_snapshots(tenant, id).await?;
         self.store.delete_agent(id).await?;
         info!(tenant = %tenant, agent = %id, "agent deleted");
@@ -362,7 +380,9 @@ impl App {
     pub async fn reconcile(&self) -> anyhow::Result<()> {
         let containers = self.runtime.list(labels::INSTANCE, &self.instance).await?;
         let agents = self.store.all_agents().await?;
-        self.layout.remove_unfinished_images()?;
+        for layout in self.distinct_layouts() {
+            layout.remove_unfinished_images()?;
+        }
         let sys = Actor::system();
         // Pool sandboxes no record names are removed, with every pool dir; claimed ones are
         // settled with their agents below.
@@ -457,7 +477,7 @@ impl App {
             self.layout.migrate_legacy(&tenant.id, &a.id, uid, disk).map_err(|e| ApiError::internal(format!("moving the workspace of {} into its own filesystem: {e}", a.id)))?;
             self.audit(&tenant.id, Some(&a.id), &Actor::system(), "reconcile.workspace-moved", "the workspace moved into the agent's own bounded filesystem", None).await;
         }
-        self.prepare_sandbox(tenant, &a.id, uid).await
+        self.prepare_sandbox(tenant, &a.id, uid).await.map(|_| ())
     }
 
     /// Brings one agent found at start-up to its desired state. Callers hold its lock.

@@ -417,6 +417,11 @@ impl Layout {
         remove_if_present(&self.tenant_dir(tenant))
     }
 
+    /// The agents whose filesystem images are here (not the pool's, not a restore's).
+    pub fn agents_on_disk(&self) -> Vec<AgentId> {
+        self.volumes_on_disk().into_iter().filter_map(|(name, _)| AgentId::parse(name.strip_suffix(".img")?).ok()).collect()
+    }
+
     /// Every agent filesystem image on disk and its size in MiB (for the disk budget).
     pub fn volumes_on_disk(&self) -> Vec<(String, u64)> {
         std::fs::read_dir(self.volumes_dir())

@@ -23,6 +23,7 @@ pub mod delivery;
 pub mod error;
 pub mod fleet;
 pub mod gateway;
+pub mod inactive;
 pub mod integrations;
 pub mod layout;
 pub mod metrics;
@@ -96,6 +97,11 @@ pub async fn open(data_dir: &Path, database_url: Option<&str>, mut config: Confi
     }
     let instance = store.instance_id().await?;
     config.sandbox.uid_base = uid_range::resolve(&store, config.sandbox.uid_base).await?;
+    for n in &config.nodes {
+        if let Some(d) = &n.data_dir {
+            Layout::new(d.clone()).init().with_context(|| format!("preparing node {}'s data dir {}", n.name, d.display()))?;
+        }
+    }
     let nodes = nodes::connect(&config).await?;
     for n in nodes.0.names() {
         if let Some(node) = nodes.0.node(&n) {

@@ -327,6 +327,7 @@ impl App {
                 let _ = self.runtime.remove(&c.id).await;
             }
         }
+        self.sweep_moved_filesystems(node).await;
         for a in agents.iter().filter(|a| a.node.as_deref() == Some(node)) {
             if a.desired_state != DesiredState::Running || a.hibernation != Tier::Awake || a.observed_state == ObservedState::Crashloop {
                 continue;
@@ -341,13 +342,18 @@ impl App {
     }
 
     /// Moves every agent off `node`: its sandbox there is removed (if the node answers), and an
-    /// agent that should run starts on another node. Workspaces stay where they are (the nodes
-    /// share the data dir).
+    /// agent that should run starts on another node. Where nodes keep filesystems apart, the
+    /// workspace travels through storage (see [`App::move_agent`]).
     pub async fn move_agents_off(&self, node: &str, why: &str) -> Vec<AgentId> {
         let mut moved = Vec::new();
         for a in self.agents_on(node).await {
             let Ok(tenant) = self.store.get_tenant(&a.tenant_id).await else { continue };
             let _guard = self.lock_agent(&a.id).await;
+            // Read again under the lock: a start or a delete may have come first.
+            let Ok(a) = self.store.get_agent(&tenant.id, &a.id).await else { continue };
+            if a.node.as_deref() != Some(node) {
+                continue;
+            }
             if let Err(e) = self.move_agent(&tenant, &a, node, why).await {
                 warn!(agent = %a.id, error = %e.message, "cannot move the agent");
             } else {
@@ -357,22 +363,83 @@ impl App {
         moved
     }
 
+    /// True when some node keeps agents' filesystems somewhere other than `node` does: a move
+    /// off it may need the workspace to travel.
+    fn disk_is_apart(&self, node: &str) -> bool {
+        self.nodes.names().iter().any(|n| !self.nodes_share_disk(n, node))
+    }
+
+    /// Moves one agent off `from`. Callers hold its lock. When another node keeps its files
+    /// elsewhere, the workspace goes through storage: from a node that answers, the sandbox is
+    /// removed first (so nothing writes), then the workspace is backed up and its filesystem
+    /// there removed, and the new node restores it; a move that cannot back up does not happen.
+    /// From a lost node, the newest snapshot is what the agent resumes from (what it wrote
+    /// since is lost with the node), and an agent with no snapshot waits for its node.
     async fn move_agent(&self, tenant: &Tenant, a: &Agent, from: &str, why: &str) -> Result<(), ApiError> {
-        if self.node_is_up(from) {
+        let up = self.node_is_up(from);
+        let apart = self.disk_is_apart(from);
+        if apart && !up && !self.may_have_snapshot(tenant, &a.id).await {
+            return Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "no_snapshot",
+                format!("the agent has no snapshot in storage, so it waits for node {from} to answer again"),
+            ));
+        }
+        if up {
             let name = format!("{from}/{}", clawpen_core::spec::container_name(&self.instance, &a.id));
             self.runtime.remove(&name).await?;
         }
         self.release(&a.id);
-        self.store.set_node(&a.id, None).await?;
         self.store.set_observed(&a.id, &Observation { state: ObservedState::Absent, ..Default::default() }).await?;
+        let mut detail = serde_json::json!({"from": from});
+        if apart && up && self.layout_on(Some(from)).has_volume(&a.id) {
+            let b = self.backup_locked(tenant, &a.id, &Actor::system(), "moving to another node", &clawpen_storage::snapshot::Quiet).await?;
+            detail["snapshot"] = b.snapshot_id.into();
+            self.close_control(&a.id);
+            let layout = self.layout_on(Some(from)).clone();
+            let (t, id) = (tenant.id.clone(), a.id.clone());
+            tokio::task::spawn_blocking(move || layout.remove_agent(&t, &id))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map_err(|e| ApiError::internal(format!("removing the filesystem of {} from node {from}: {e}", a.id)))?;
+        } else if apart {
+            detail["snapshot"] = self.store.get_backup(&tenant.id, &a.id).await.ok().flatten().map(|b| b.snapshot_id).into();
+            self.close_control(&a.id);
+        }
+        self.store.set_node(&a.id, None).await?;
         // An agent asleep had its sandbox on that node: it sleeps on, without one.
         if a.hibernation != Tier::Awake {
             self.store.set_hibernation(&a.id, Tier::Removed).await?;
         }
-        self.audit(&tenant.id, Some(&a.id), &Actor::system(), "agent.move", why, Some(serde_json::json!({"from": from}))).await;
+        self.audit(&tenant.id, Some(&a.id), &Actor::system(), "agent.move", why, Some(detail)).await;
         if a.desired_state == DesiredState::Running && a.hibernation == Tier::Awake && a.observed_state != ObservedState::Crashloop {
             self.bring_up(tenant, &a.id).await?;
         }
         Ok(())
+    }
+
+    /// On a returning node that keeps its own files: the filesystems of agents that moved away
+    /// while it was lost are stale (each resumed elsewhere from its snapshot) and are removed.
+    async fn sweep_moved_filesystems(&self, node: &str) {
+        let layout = self.layout_on(Some(node)).clone();
+        if !self.disk_is_apart(node) {
+            return;
+        }
+        for id in layout.agents_on_disk() {
+            let _guard = self.lock_agent(&id).await;
+            let Ok(Some(a)) = self.store.find_agent(&id).await else { continue };
+            let here = match a.node.as_deref() {
+                Some(n) => self.nodes_share_disk(n, node),
+                None => self.layout_on(None).data_dir == layout.data_dir,
+            };
+            if here {
+                continue;
+            }
+            info!(agent = %id, node, "removing the stale filesystem of an agent that moved off a returning node");
+            let (l, t, i) = (layout.clone(), a.tenant_id.clone(), id.clone());
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || l.remove_agent(&t, &i)).await {
+                warn!(agent = %id, node, error = %e, "cannot remove a stale filesystem");
+            }
+        }
     }
 }

@@ -83,7 +83,7 @@ impl App {
             clawpen_store::StoreError::NotFound => ApiError::not_found("agent"),
             other => other.into(),
         })?;
-        let ws = self.layout.workspace(agent).map_err(io_error)?.ok_or_else(unavailable)?;
+        let ws = self.layout_of(&a).workspace(agent).map_err(io_error)?.ok_or_else(unavailable)?;
         Ok((a, ws))
     }
 
@@ -118,7 +118,7 @@ impl App {
         let (a, ws) = self.owned_workspace(tenant, agent).await?;
         let (dir, name) = locate(&ws, file)?;
         let uid = crate::fleet::uid_of(tenant, &a);
-        self.layout.replace_workspace_file(agent, dir.as_ref().unwrap_or(&ws), &name, uid, text.as_bytes()).map_err(|e| {
+        self.layout_of(&a).replace_workspace_file(agent, dir.as_ref().unwrap_or(&ws), &name, uid, text.as_bytes()).map_err(|e| {
             if e.kind() == std::io::ErrorKind::StorageFull {
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "workspace_full", "the agent's disk is full; forget some memory or delete files, then try again")
             } else {

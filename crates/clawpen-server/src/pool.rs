@@ -120,8 +120,8 @@ impl App {
             slot: n,
             uid,
             image: plan.image.as_deref().unwrap_or(&self.image),
-            workspace_dir: self.layout.pool_workspace(n),
-            run_dir: self.layout.pool_run_dir(n),
+            workspace_dir: self.pool_layout().pool_workspace(n),
+            run_dir: self.pool_layout().pool_run_dir(n),
             plan,
             limits: self.config.agent,
             executable: if plan.image.is_none() { self.agent_exe.clone() } else { None },
@@ -134,11 +134,15 @@ impl App {
         if self.config.fleet.warm_pool == 0 || agent.observed_state != ObservedState::Absent || agent.container_id.is_some() {
             return None;
         }
-        if !self.layout.is_pristine(&agent.id).unwrap_or(false) {
+        // The pool is on the first node: an agent whose filesystem is on another stays there.
+        if agent.node.as_deref().is_some_and(|n| !self.nodes_share_disk(n, self.nodes.default_node())) {
+            return None;
+        }
+        if !self.pool_layout().is_pristine(&agent.id).unwrap_or(false) {
             return None;
         }
         // No filesystem here but a snapshot to restore: a cold start brings the workspace back.
-        if !self.layout.has_volume(&agent.id) && self.may_have_snapshot(tenant, &agent.id).await {
+        if !self.pool_layout().has_volume(&agent.id) && self.may_have_snapshot(tenant, &agent.id).await {
             return None;
         }
         let plan = self.config.plan_or_default(&tenant.plan);
@@ -149,6 +153,9 @@ impl App {
     /// the claim is undone and the agent is left without a sandbox, ready for a cold start.
     /// Callers hold the agent's lock.
     pub(crate) async fn claim(&self, tenant: &Tenant, id: &AgentId, slot: &Slot) -> Result<String, ApiError> {
+        // The pool lives on the first node, and so does the agent from here on (recorded first,
+        // so its filesystem is looked for there).
+        self.store.set_node(id, Some(self.nodes.default_node())).await?;
         self.store.set_claim(id, slot.uid as i64, &slot.container_id, &slot.spec_hash).await?;
         let detail = serde_json::json!({"kind": "warm", "container": slot.container_id, "uid": slot.uid, "slot": slot.n});
         self.audit(&tenant.id, Some(id), &Actor::system(), "agent.claim", "a warm-pool sandbox becomes the agent's", Some(detail)).await;
@@ -169,7 +176,7 @@ impl App {
                 self.metrics.claim_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.undo_claim(tenant, id, &slot.container_id).await;
                 self.committed.lock().expect("committed").remove(&Holder::Pool(slot.n));
-                let _ = self.layout.remove_pool_slot(slot.n);
+                let _ = self.pool_layout().remove_pool_slot(slot.n);
                 self.audit(&tenant.id, Some(id), &Actor::system(), "agent.claim-failed", &e.message, None).await;
                 Err(e)
             }
@@ -182,14 +189,14 @@ impl App {
         let n = spec::pool_slot(&self.instance, current_name);
         self.close_control(id);
         if let Some(n) = n {
-            self.layout.claim_slot(n, id, uid).map_err(|e| ApiError::internal(format!("giving the pool slot's filesystem to {id}: {e}")))?;
+            self.pool_layout().claim_slot(n, id, uid).map_err(|e| ApiError::internal(format!("giving the pool slot's filesystem to {id}: {e}")))?;
         }
         self.prepare_sandbox(tenant, id, uid).await?;
         let name = spec::container_name(&self.instance, id);
         if current_name != name {
             self.runtime.rename(container_id, &name).await?;
         }
-        self.layout.write_identity(&tenant.id, id).map_err(|e| ApiError::internal(format!("writing the identity of {id}: {e}")))?;
+        self.pool_layout().write_identity(&tenant.id, id).map_err(|e| ApiError::internal(format!("writing the identity of {id}: {e}")))?;
         let timeout = Duration::from_millis(self.config.fleet.health_timeout_ms);
         let h = client::claim(&self.agent_addr(id, container_id, uid), timeout).await?;
         if h.agent_id != id.as_str() || h.tenant_id != tenant.id.as_str() {
@@ -206,9 +213,9 @@ impl App {
         }
         self.release(id);
         self.close_control(id);
-        let _ = self.layout.remove_identity(id);
+        let _ = self.pool_layout().remove_identity(id);
         let uid = self.store.find_agent(id).await.ok().flatten().and_then(|a| a.uid).unwrap_or(tenant.uid) as u32;
-        let remade = match self.layout.reset_pristine(id) {
+        let remade = match self.pool_layout().reset_pristine(id) {
             Ok(_) => self.prepare_sandbox(tenant, id, uid).await,
             Err(e) => Err(ApiError::internal(e)),
         };
@@ -280,7 +287,7 @@ impl App {
         if let Err(e) = self.runtime.remove(target).await {
             warn!(slot = slot.n, error = %e, "cannot remove a warm-pool sandbox");
         }
-        let _ = self.layout.remove_pool_slot(slot.n);
+        let _ = self.pool_layout().remove_pool_slot(slot.n);
     }
 
     /// At start-up: removes every pool sandbox of this installation no agent record names, and
@@ -297,7 +304,7 @@ impl App {
             self.runtime.remove(&c.id).await?;
             removed += 1;
         }
-        self.layout.clear_pool()?;
+        self.pool_layout().clear_pool()?;
         Ok(removed)
     }
 
@@ -313,8 +320,8 @@ impl App {
             info!(container = %c.name, "removing a stray warm-pool sandbox");
             self.runtime.remove(&c.id).await?;
         }
-        for n in self.layout.pool_slots_on_disk().into_iter().filter(|n| !self.pool.knows(*n)) {
-            let _ = self.layout.remove_pool_slot(n);
+        for n in self.pool_layout().pool_slots_on_disk().into_iter().filter(|n| !self.pool.knows(*n)) {
+            let _ = self.pool_layout().remove_pool_slot(n);
         }
         Ok(())
     }
@@ -374,7 +381,7 @@ impl App {
             self.prepare_pool_volume(n, uid, Volume::of(&plan)).await.map_err(|e| anyhow::anyhow!(e.message))?;
             let spec = self.pool_spec(n, uid, &plan);
             let id = self.runtime.create_and_start(&spec).await?;
-            let addr = AgentAddr::new(self.layout.pool_run_dir(n), Peer { container_id: id.rsplit('/').next().unwrap_or(&id).to_owned(), uid: Some(uid) });
+            let addr = AgentAddr::new(self.pool_layout().pool_run_dir(n), Peer { container_id: id.rsplit('/').next().unwrap_or(&id).to_owned(), uid: Some(uid) });
             let h = client::wait_healthy(&addr, Duration::from_secs(self.config.sandbox.start_timeout_secs)).await?;
             anyhow::ensure!(h.agent_id.is_empty(), "a pool sandbox answered with an identity");
             Ok((id, spec.spec_hash().to_owned()))

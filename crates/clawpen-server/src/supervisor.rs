@@ -168,6 +168,7 @@ impl App {
             Ok(()) => self.start_due_backups(&agents, &tenants, now),
             Err(e) => warn!(error = %e.message, "supervisor: cannot read the backups"),
         }
+        self.start_inactivity_check(&agents, &tenants, now);
     }
 
     async fn carry_out(self, tenant: Tenant, id: AgentId, action: Action) {

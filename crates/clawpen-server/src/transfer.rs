@@ -87,7 +87,7 @@ impl App {
         let agents: Vec<Agent> = self.store.list_agents(&tenant.id).await?.into_iter().filter(|a| a.desired_state != DesiredState::Deleted).collect();
         w.add_dir("agents", 0o755).map_err(archive_error)?;
         for a in &agents {
-            if self.layout.workspace(&a.id).ok().flatten().is_some() {
+            if self.layout_of(a).workspace(&a.id).ok().flatten().is_some() {
                 match self.backup_agent(tenant, &a.id, actor, "export", &Quiet).await {
                     Ok(_) => {}
                     // Another backup of it is running: its snapshot is as fresh.
@@ -207,8 +207,8 @@ impl App {
         let id = agent.id.clone();
         let filled = async {
             let uid = tenant.uid as u32;
-            self.prepare_sandbox(tenant, &id, uid).await?;
-            let ws = self.layout.workspace(&id).map_err(|e| ApiError::internal(format!("opening the workspace of {id}: {e}")))?.ok_or_else(|| ApiError::internal("the new agent's filesystem is not mounted"))?;
+            let node = self.prepare_sandbox(tenant, &id, uid).await?;
+            let ws = self.layout_on(Some(&node)).workspace(&id).map_err(|e| ApiError::internal(format!("opening the workspace of {id}: {e}")))?.ok_or_else(|| ApiError::internal("the new agent's filesystem is not mounted"))?;
             let n = items.len();
             tokio::task::spawn_blocking(move || write_items(&ws, &items, uid))
                 .await

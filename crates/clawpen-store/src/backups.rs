@@ -85,7 +85,7 @@ impl Store {
 /// Every table that holds a tenant's rows by `tenant_id`, children before parents.
 const TENANT_TABLES: &[&str] = &[
     "tool_calls", "proposals", "enabled_tools", "connections", "oauth_states", "telegram_pairing_codes", "telegram_bots", "secrets", "credit_grants",
-    "calls", "holds", "accounts", "web_sessions", "workspace_backups", "api_keys", "audit_log",
+    "calls", "holds", "accounts", "web_sessions", "workspace_backups", "tenant_inactivity", "api_keys", "audit_log",
 ];
 
 impl Store {

@@ -9,6 +9,7 @@
 //! - [`StoreError`]: what a query can fail with.
 
 pub mod backups;
+pub mod inactivity;
 pub mod console;
 pub mod integrations;
 pub mod ledger;

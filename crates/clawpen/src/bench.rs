@@ -259,7 +259,7 @@ async fn coldstart_on(server: &BenchServer, n: usize) -> anyhow::Result<Vec<Case
             // Baseline: the same spec through `docker run`, then the same health poll.
             let bid = AgentId::new();
             app.layout.prepare_agent(&bid, tenant.uid as u32, clawpen_core::spec::Volume::of(app.config.plan_or_default(&tenant.plan)))?;
-            let mut spec = app.spec_for(&tenant, &bid, tenant.uid as u32);
+            let mut spec = app.spec_for(&tenant, &bid, tenant.uid as u32, app.nodes.default_node());
             spec.name = format!("clawpen-bench-{}", bid);
             spec.labels.insert(labels::INSTANCE.into(), baseline_instance.clone());
             let t0 = Instant::now();
@@ -272,7 +272,7 @@ async fn coldstart_on(server: &BenchServer, n: usize) -> anyhow::Result<Vec<Case
             // The floor: the same spec through the Engine API directly (no store, no HTTP).
             let eid = AgentId::new();
             app.layout.prepare_agent(&eid, tenant.uid as u32, clawpen_core::spec::Volume::of(app.config.plan_or_default(&tenant.plan)))?;
-            let mut spec = app.spec_for(&tenant, &eid, tenant.uid as u32);
+            let mut spec = app.spec_for(&tenant, &eid, tenant.uid as u32, app.nodes.default_node());
             spec.name = format!("clawpen-bench-{}", eid);
             spec.labels.insert(labels::INSTANCE.into(), baseline_instance.clone());
             let t0 = Instant::now();

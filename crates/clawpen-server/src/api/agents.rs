@@ -21,7 +21,7 @@ async fn pause_of(app: &App, caller: &TenantCaller) -> Result<(Option<i64>, Opti
 }
 
 async fn view(app: &App, caller: &TenantCaller, a: clawpen_store::Agent) -> Result<AgentView, ApiError> {
-    Ok(AgentView::from(a).paused(&pause_of(app, caller).await?).with_disk(&app.layout))
+    Ok(AgentView::from(a).paused(&pause_of(app, caller).await?).with_disk(app))
 }
 
 pub(super) fn agent_not_found(e: StoreError) -> ApiError {
@@ -55,7 +55,7 @@ pub async fn create_agent(State(app): State<App>, caller: TenantCaller, ApiJson(
     responses((status = 200, description = "The tenant's agents.", body = AgentList)))]
 pub async fn list_agents(State(app): State<App>, caller: TenantCaller) -> Result<Json<AgentList>, ApiError> {
     let pause = pause_of(&app, &caller).await?;
-    let agents = app.store.list_agents(&caller.tenant.id).await?.into_iter().map(|a| AgentView::from(a).paused(&pause).with_disk(&app.layout)).collect();
+    let agents = app.store.list_agents(&caller.tenant.id).await?.into_iter().map(|a| AgentView::from(a).paused(&pause).with_disk(&app)).collect();
     Ok(Json(AgentList { agents }))
 }
 

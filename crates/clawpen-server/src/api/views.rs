@@ -208,10 +208,10 @@ impl AgentView {
         self
     }
 
-    /// Adds what the agent's filesystem holds.
-    pub fn with_disk(mut self, layout: &crate::layout::Layout) -> AgentView {
+    /// Adds what the agent's filesystem (on its node) holds.
+    pub fn with_disk(mut self, app: &crate::app::App) -> AgentView {
         if let Ok(id) = clawpen_core::ids::AgentId::parse(&self.id) {
-            self.disk = layout.disk_usage(&id).ok().flatten().map(DiskView::of);
+            self.disk = app.layout_on(self.node.as_deref()).disk_usage(&id).ok().flatten().map(DiskView::of);
         }
         self
     }

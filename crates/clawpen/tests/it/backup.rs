@@ -276,3 +276,101 @@ async fn the_operator_backs_up_every_agent_and_the_store_and_puts_a_lost_store_b
     assert_eq!(st, 200, "{list}");
     assert_eq!(list["agents"].as_array().unwrap().len(), 2, "{list}");
 }
+
+async fn actions(s: &TestServer, tenant: &str) -> Vec<String> {
+    let (st, a) = s.get(&format!("/api/v1/audit?tenant={tenant}&limit=500"), &s.admin).await;
+    assert_eq!(st, 200, "{a}");
+    a["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn wait_for_action(s: &TestServer, tenant: &str, action: &str, count: usize, secs: u64) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let list = actions(s, tenant).await;
+        if list.iter().filter(|a| *a == action).count() >= count {
+            return list;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {action} (x{count}) within {secs} s: {list:?}\n{}", s.log());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// A plan's inactivity rules, in seconds instead of days: a tenant nobody writes to is warned on
+/// Telegram, then its agent's data is archived to storage and taken off the node (no sandbox,
+/// no filesystem); a message brings it back byte for byte and forgets the warning; left alone
+/// again, the tenant is warned, archived and finally deleted with everything of it. A tenant on
+/// a plan without the rules is never touched.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inactive_tenant_is_warned_archived_and_deleted_on_its_plans_days() {
+    const TOKEN: &str = "700021:AAinactiveBotTOKENsecretPART_0000021";
+    const GRANDPA: i64 = 6_200_001;
+    // 10 s to the warning (past the set-up below), 6 s more to the archive, 30 s to the delete.
+    let (warn, grace, delete) = (10.0 / 86_400.0, 6.0 / 86_400.0, 30.0 / 86_400.0);
+    let plan = format!("inactive_warn_days = {warn:e}\ninactive_grace_days = {grace:e}\ninactive_delete_days = {delete:e}\n");
+    let s = TestServer::start_full(&plan, "", "[telegram]\napi_base = \"STANDIN\"\nmode = \"webhook\"\n\n[fleet]\ntick_ms = 200\n", &[]).await;
+    let tg = s.standin.telegram();
+    tg.add_bot(TOKEN, "sleepy_family_bot");
+    let (t, key) = s.tenant("sleepy").await;
+    let tid = t["id"].as_str().unwrap().to_owned();
+    let (busy, busy_key) = s.tenant_on("busy", "standard").await;
+    let keeper = s.agent(&busy_key, "keeper", true).await["id"].as_str().unwrap().to_owned();
+    let id = s.agent(&key, "nest", true).await["id"].as_str().unwrap().to_owned();
+    let (st, v) = s.put(&format!("/api/v1/agents/{id}/files?name=MEMORY.md"), &key, json!({"text": "- Grandpa's birthday is in May. Sign off as Nest.\n"})).await;
+    assert_eq!(st, 204, "{v}");
+    let (st, v) = s.put("/api/v1/telegram/bot", &key, json!({"token": TOKEN, "agent_id": id, "mode": "webhook"})).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, c) = s.post("/api/v1/telegram/pairing-codes", &key, json!({"agent_id": id})).await;
+    assert_eq!(st, 201, "{c}");
+    tg.inject_message(TOKEN, GRANDPA, &format!("/pair {}", c["code"].as_str().unwrap()));
+    tg.wait_for_sent(TOKEN, GRANDPA, 1, std::time::Duration::from_secs(30)).await;
+    tg.inject_message(TOKEN, GRANDPA, "the garden party is on Sunday");
+    let sent = tg.wait_for_sent(TOKEN, GRANDPA, 2, std::time::Duration::from_secs(60)).await;
+    assert_eq!(sent[1], "stand-in reply to: the garden party is on Sunday — Nest", "{sent:?}");
+
+    // Warned, on Telegram, without the agent being woken for it.
+    wait_for_action(&s, &tid, "tenant.inactive-warn", 1, 30).await;
+    let sent = tg.wait_for_sent(TOKEN, GRANDPA, 3, std::time::Duration::from_secs(10)).await;
+    assert!(sent[2].contains("have not been used") && sent[2].contains("Send any message to keep it"), "{sent:?}");
+    let ws = s.workspace("", &id);
+    let before = hashes(&ws);
+
+    // Archived: backed up, no sandbox and no filesystem left on the node.
+    let list = wait_for_action(&s, &tid, "tenant.archive", 1, 30).await;
+    assert!(list.iter().any(|a| a == "agent.archive"), "{list:?}");
+    let container = s.container(&id);
+    let out = std::process::Command::new("docker").args(["inspect", &container]).output().unwrap();
+    assert!(!out.status.success(), "the archived agent's sandbox is gone");
+    assert!(!s.data_dir().join("volumes").join(format!("{id}.img")).exists() && !s.data_dir().join("agents").join(&id).exists(), "its filesystem is gone from the node");
+    let snapshots = s.data_dir().join("storage/tenants").join(&tid).join("agents").join(&id).join("snapshots");
+    assert!(std::fs::read_dir(&snapshots).unwrap().count() >= 1, "its snapshot is in storage");
+    // The other plan's tenant is untouched and answers.
+    let (st, r) = s.post(&format!("/api/v1/agents/{keeper}/messages"), &busy_key, json!({"text": "hello"})).await;
+    assert_eq!(st, 200, "{r}");
+    assert!(!actions(&s, busy["id"].as_str().unwrap()).await.iter().any(|a| a.starts_with("tenant.inactive") || a == "tenant.archive"));
+
+    // Started again: every file comes back; Grandpa's next message finds its memory and
+    // forgets the warning.
+    let (st, v) = s.post(&format!("/api/v1/agents/{id}/start"), &key, json!({})).await;
+    assert_eq!(st, 200, "{v}\n{}", s.log());
+    assert_eq!(hashes(&ws), before, "the archived workspace came back byte for byte");
+    tg.inject_message(TOKEN, GRANDPA, "when is my birthday?");
+    let sent = tg.wait_for_sent(TOKEN, GRANDPA, 4, std::time::Duration::from_secs(60)).await;
+    assert_eq!(sent[3], "stand-in reply to: when is my birthday? — Nest", "{sent:?}");
+    let list = wait_for_action(&s, &tid, "tenant.active", 1, 30).await;
+    assert!(list.iter().any(|a| a == "agent.restore"), "{list:?}");
+
+    // Left alone again: warned, archived, and deleted with everything of it.
+    wait_for_action(&s, &tid, "tenant.inactive-warn", 2, 30).await;
+    wait_for_action(&s, &tid, "tenant.archive", 2, 30).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while s.get("/api/v1/agents", &key).await.0 != 401 {
+        assert!(std::time::Instant::now() < deadline, "the tenant was not deleted\n{}", s.log());
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert!(!s.data_dir().join("storage/tenants").join(&tid).exists(), "its snapshots are gone from storage");
+    let (st, tenants) = s.get("/api/v1/tenants", &s.admin).await;
+    assert_eq!(st, 200);
+    assert!(!tenants.to_string().contains(&tid), "{tenants}");
+    let (st, r) = s.post(&format!("/api/v1/agents/{keeper}/messages"), &busy_key, json!({"text": "still here"})).await;
+    assert_eq!(st, 200, "the other tenant answers: {r}");
+}

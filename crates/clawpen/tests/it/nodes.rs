@@ -312,3 +312,145 @@ async fn agents_spread_over_two_nodes_survive_a_lost_node_and_a_drain() {
     let (st, e) = s.post("/api/v1/nodes/three/drain", &s.admin, json!({})).await;
     assert_eq!(st, 404, "{e}");
 }
+
+/// Data dirs of nodes' own, unmounted and removed when dropped (after the server that used them).
+struct NodeDirs(tempfile::TempDir);
+
+impl NodeDirs {
+    fn new() -> NodeDirs {
+        NodeDirs(tempfile::Builder::new().prefix("cpt-nd-").tempdir_in("/tmp").unwrap())
+    }
+    fn of(&self, node: &str) -> PathBuf {
+        self.0.path().join(node)
+    }
+}
+
+impl Drop for NodeDirs {
+    fn drop(&mut self) {
+        crate::harness::unmount_under(self.0.path());
+    }
+}
+
+/// SHA-256 of every regular file under `dir`, by relative path.
+fn hashes(dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    use sha2::Digest;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, format!("{:x}", sha2::Sha256::digest(std::fs::read(e.path()).unwrap())));
+            }
+        }
+    }
+    out
+}
+
+async fn events(s: &TestServer, key: &str, id: &str) -> Vec<Value> {
+    let (st, ev) = s.get(&format!("/api/v1/agents/{id}/events?limit=200"), key).await;
+    assert_eq!(st, 200, "{ev}");
+    ev["entries"].as_array().unwrap().clone()
+}
+
+/// Each node keeps its agents' filesystems in a data dir of its own, not the server's. A drain
+/// moves an agent to the other node through storage: backed up, its filesystem removed from
+/// the drained node, restored on the other, where it answers with its persona and memory and
+/// every file is byte for byte what it was. A lost node's agent resumes on the other node from
+/// its newest snapshot, and the stale copy is removed when the node returns.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_moved_between_nodes_with_separate_data_dirs_keeps_its_memory() {
+    clawpen_meter::tls::install_provider();
+    let dirs = NodeDirs::new();
+    let mut two = SecondEngine::start();
+    let (d1, d2) = (dirs.of("one"), dirs.of("two"));
+    let extra = format!(
+        "[fleet]\ntick_ms = 200\nnode_lost_secs = 3\n\n[[nodes]]\nname = \"one\"\ndocker = \"unix:///var/run/docker.sock\"\ndata_dir = \"{}\"\n\n{}data_dir = \"{}\"\n",
+        d1.display(),
+        two.node_config("two"),
+        d2.display()
+    );
+    let s = TestServer::start_full("", "", &extra, &[]).await;
+    let (_, key) = s.tenant("movers").await;
+    // The first agent goes to node one, the second to the emptier node two.
+    let first = s.agent(&key, "first", true).await["id"].as_str().unwrap().to_owned();
+    let pip = s.agent(&key, "pip", true).await;
+    assert_eq!(pip["node"], "two", "{pip}");
+    let pip = pip["id"].as_str().unwrap().to_owned();
+    let ws = |d: &std::path::Path, id: &str| d.join("agents").join(id).join("workspace");
+    assert!(d2.join("volumes").join(format!("{pip}.img")).is_file(), "the filesystem is in node two's own data dir");
+    assert!(!s.data_dir().join("volumes").join(format!("{pip}.img")).exists() && !d1.join("volumes").join(format!("{pip}.img")).exists());
+    assert!(d1.join("volumes").join(format!("{first}.img")).is_file());
+
+    let put = |file: &'static str, text: String| {
+        let (s, key, pip) = (&s, &key, &pip);
+        async move {
+            let (st, e) = s.put(&format!("/api/v1/agents/{pip}/files?name={file}"), key, json!({"text": text})).await;
+            assert_eq!(st, 204, "{e}");
+        }
+    };
+    put("SOUL.md", "# SOUL.md\n\nYou are the family's helper.\n".into()).await;
+    put("MEMORY.md", "# MEMORY.md\n\n- The children call you Pip. Sign off as Pip.\n".into()).await;
+    let (st, r) = s.post(&format!("/api/v1/agents/{pip}/messages"), &key, json!({"text": "the swimming lesson is on Tuesday"})).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["reply"], "stand-in reply to: the swimming lesson is on Tuesday — Pip", "{r}");
+    let before = hashes(&ws(&d2, &pip));
+    assert!(before.contains_key("sessions/main.jsonl") && before.contains_key("MEMORY.md"), "{before:?}");
+
+    // A drain moves it: backed up, gone from node two's data dir, restored into node one's.
+    let (st, report) = s.post("/api/v1/nodes/two/drain", &s.admin, json!({})).await;
+    assert_eq!(st, 200, "{report}\n{}", s.log());
+    assert_eq!(report["moved"].as_array().unwrap().len(), 1, "{report}");
+    let list = agents(&s, &key).await;
+    let moved = list.iter().find(|a| a["id"] == pip.as_str()).unwrap();
+    assert_eq!((moved["node"].as_str(), moved["observed_state"].as_str()), (Some("one"), Some("running")), "{moved}");
+    assert!(!d2.join("volumes").join(format!("{pip}.img")).exists() && !d2.join("agents").join(&pip).exists(), "the drained node keeps nothing of it");
+    let after = hashes(&ws(&d1, &pip));
+    assert_eq!(before, after, "every file arrived byte for byte");
+    let actions: Vec<String> = events(&s, &key, &pip).await.iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect();
+    for a in ["agent.backup", "agent.move", "agent.restore"] {
+        assert!(actions.iter().any(|x| x == a), "{a} missing: {actions:?}");
+    }
+    let (st, r) = s.post(&format!("/api/v1/agents/{pip}/messages"), &key, json!({"text": "when is the swimming lesson?"})).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["reply"], "stand-in reply to: when is the swimming lesson? — Pip", "the memory came along: {r}");
+    let session = std::fs::read_to_string(ws(&d1, &pip).join("sessions/main.jsonl")).unwrap();
+    assert!(session.contains("the swimming lesson is on Tuesday") && session.contains("when is the swimming lesson?"), "{session}");
+    let (st, e) = s.delete("/api/v1/nodes/two/drain", &s.admin).await;
+    assert!(st == 200 || st == 204, "{e}");
+
+    // A new agent on node two, backed up; then node two is lost: the agent resumes on node one
+    // from that snapshot.
+    let wren = s.agent(&key, "wren", true).await;
+    assert_eq!(wren["node"], "two", "{wren}");
+    let wren = wren["id"].as_str().unwrap().to_owned();
+    let (st, r) = s.post(&format!("/api/v1/agents/{wren}/messages"), &key, json!({"text": "the dentist is on Monday"})).await;
+    assert_eq!(st, 200, "{r}");
+    let (st, b) = s.post(&format!("/api/v1/agents/{wren}/backups"), &key, json!({})).await;
+    assert!(st == 200 || st == 201, "{b}");
+    let snapshot = hashes(&ws(&d2, &wren));
+    two.kill();
+    wait_until(&s, &key, 40, "the lost agent to run on node one", |l| l.iter().any(|a| a["id"] == wren.as_str() && a["node"] == "one" && a["observed_state"] == "running")).await;
+    assert_eq!(hashes(&ws(&d1, &wren)), snapshot, "it resumed from its snapshot");
+    let (st, r) = s.post(&format!("/api/v1/agents/{wren}/messages"), &key, json!({"text": "still there?"})).await;
+    assert_eq!(st, 200, "{r}");
+    let session = std::fs::read_to_string(ws(&d1, &wren).join("sessions/main.jsonl")).unwrap();
+    assert!(session.contains("the dentist is on Monday"), "{session}");
+
+    // Node two returns: the stale copy of the moved agent is removed from its data dir.
+    two.spawn();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d2.join("volumes").join(format!("{wren}.img")).exists() || d2.join("agents").join(&wren).exists() {
+        assert!(Instant::now() < deadline, "the stale copy stays on the returned node\n{}", s.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Deleting an agent leaves nothing of it in any node's data dir.
+    let (st, e) = s.delete(&format!("/api/v1/agents/{pip}"), &key).await;
+    assert!(st == 200 || st == 204, "{e}");
+    for d in [&d1, &d2, &s.data_dir().to_owned()] {
+        assert!(!d.join("volumes").join(format!("{pip}.img")).exists() && !d.join("agents").join(&pip).exists(), "{} keeps the deleted agent", d.display());
+    }
+}

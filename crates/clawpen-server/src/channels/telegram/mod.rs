@@ -566,6 +566,34 @@ impl Telegram {
         greeted
     }
 
+    /// Sends `text` to every person of the tenant paired on Telegram, through the tenant's own
+    /// bot when it has one, else the shared bot; no agent is woken for it. The number reached.
+    pub async fn notify(&self, app: &App, tenant: &clawpen_store::Tenant, text: &str) -> usize {
+        let api = match app.store.get_telegram_bot(&tenant.id).await {
+            Ok(Some(bot)) => match self.tenant_api(app, &bot).await {
+                Ok(api) => api,
+                Err(e) => {
+                    warn!(bot = %bot.id, error = %e, "telegram: cannot open the bot's token; no notice sent");
+                    return 0;
+                }
+            },
+            _ => match self.shared() {
+                Some(s) => s.api.clone(),
+                None => return 0,
+            },
+        };
+        let people = app.store.list_members(&tenant.id).await.unwrap_or_default();
+        let mut reached = 0;
+        for person in people.iter().filter(|m| m.kind == clawpen_store::telegram::MEMBER_KIND) {
+            let Ok(chat) = person.external_id.parse::<i64>() else { continue };
+            match api.send_message(chat, text).await {
+                Ok(()) => reached += 1,
+                Err(e) => warn!(tenant = %tenant.id, error = %e, "telegram: sendMessage of a notice failed"),
+            }
+        }
+        reached
+    }
+
     /// `/pair CODE`: spends the code and makes the user a member of its tenant.
     async fn pair(&self, app: &App, source: &Source, from: &User, code: &str) -> String {
         let Some(code) = normalize_code(code) else { return NOT_VALID.to_owned() };
