@@ -106,6 +106,20 @@ impl App {
         Ok(BackupView { snapshot_id: m.id, taken_at: now, files: stats.files, bytes: stats.bytes, files_read: stats.files_read, bytes_sent: stats.bytes_sent, skipped: stats.skipped, unchanged: stats.unchanged })
     }
 
+    /// Backs the workspace up, then removes the agent's filesystem from `layout` (its control
+    /// socket closed first): storage holds the only copy, which the next start restores. For a
+    /// move and an archive; callers removed the sandbox and hold the agent's lock. The snapshot.
+    pub(crate) async fn back_up_and_remove(&self, tenant: &Tenant, id: &AgentId, layout: crate::layout::Layout, reason: &str) -> Result<String, ApiError> {
+        let b = self.backup_locked(tenant, id, &Actor::system(), reason, &Quiet).await?;
+        self.close_control(id);
+        let (t, i) = (tenant.id.clone(), id.clone());
+        tokio::task::spawn_blocking(move || layout.remove_agent(&t, &i))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(format!("removing the filesystem of {id}: {e}")))?;
+        Ok(b.snapshot_id)
+    }
+
     /// Freezes the agent's sandbox when it runs awake; the container to thaw after.
     async fn freeze(&self, agent: &Agent) -> Option<String> {
         if agent.observed_state != ObservedState::Running || agent.hibernation != Tier::Awake {

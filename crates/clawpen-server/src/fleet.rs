@@ -150,10 +150,11 @@ impl App {
                 return Ok(());
             }
         }
-        let uid = uid_of(tenant, &self.store.get_agent(&tenant.id, id).await?);
+        let mut agent = self.store.get_agent(&tenant.id, id).await?;
+        let uid = uid_of(tenant, &agent);
         let node = self.prepare_sandbox(tenant, id, uid).await?;
-        // Its node is recorded now.
-        let agent = self.store.get_agent(&tenant.id, id).await?;
+        // Its node is recorded now (placed by prepare_sandbox when it had none).
+        agent.node = Some(node.clone());
         let mut spec = self.spec_for(tenant, id, uid, &node);
         let memory_mib = self.config.plan_or_default(&tenant.plan).memory_mib;
         let cold = || self.metrics.starts_cold.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -201,14 +201,8 @@ impl App {
         if !layout.has_volume(id) {
             return Ok(false);
         }
-        let b = self.backup_locked(tenant, id, &sys, "archived for inactivity", &clawpen_storage::snapshot::Quiet).await?;
-        self.close_control(id);
-        let (t, i) = (tenant.id.clone(), id.clone());
-        tokio::task::spawn_blocking(move || layout.remove_agent(&t, &i))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| ApiError::internal(format!("removing the filesystem of {id}: {e}")))?;
-        self.audit(&tenant.id, Some(id), &sys, "agent.archive", "archived to storage for inactivity; the next start restores it", Some(serde_json::json!({"snapshot": b.snapshot_id}))).await;
+        let snapshot = self.back_up_and_remove(tenant, id, layout, "archived for inactivity").await?;
+        self.audit(&tenant.id, Some(id), &sys, "agent.archive", "archived to storage for inactivity; the next start restores it", Some(serde_json::json!({"snapshot": snapshot}))).await;
         Ok(true)
     }
 }

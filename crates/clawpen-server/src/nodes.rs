@@ -393,15 +393,8 @@ impl App {
         self.store.set_observed(&a.id, &Observation { state: ObservedState::Absent, ..Default::default() }).await?;
         let mut detail = serde_json::json!({"from": from});
         if apart && up && self.layout_on(Some(from)).has_volume(&a.id) {
-            let b = self.backup_locked(tenant, &a.id, &Actor::system(), "moving to another node", &clawpen_storage::snapshot::Quiet).await?;
-            detail["snapshot"] = b.snapshot_id.into();
-            self.close_control(&a.id);
             let layout = self.layout_on(Some(from)).clone();
-            let (t, id) = (tenant.id.clone(), a.id.clone());
-            tokio::task::spawn_blocking(move || layout.remove_agent(&t, &id))
-                .await
-                .map_err(|e| ApiError::internal(e.to_string()))?
-                .map_err(|e| ApiError::internal(format!("removing the filesystem of {} from node {from}: {e}", a.id)))?;
+            detail["snapshot"] = self.back_up_and_remove(tenant, &a.id, layout, "moving to another node").await?.into();
         } else if apart {
             detail["snapshot"] = self.store.get_backup(&tenant.id, &a.id).await.ok().flatten().map(|b| b.snapshot_id).into();
             self.close_control(&a.id);
