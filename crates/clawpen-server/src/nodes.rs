@@ -242,10 +242,7 @@ impl App {
         let now = now_ms();
         // All nodes asked at once: a node that hangs costs one timeout, not one per node.
         let answers = futures_util::future::join_all(self.nodes.names().into_iter().map(|name| async move {
-            let up = match self.nodes.node(&name) {
-                Some(node) => tokio::time::timeout(std::time::Duration::from_secs(3), node.runtime.info()).await.is_ok_and(|r| r.is_ok()),
-                None => false,
-            };
+            let up = self.node_answers(&name).await;
             (name, up)
         }))
         .await;
@@ -284,6 +281,14 @@ impl App {
                 warn!(node = %name, "node lost: moving its agents");
                 self.move_agents_off(&name, "node lost").await;
             }
+        }
+    }
+
+    /// Whether `node`'s engine answers now (within 3 s).
+    async fn node_answers(&self, node: &str) -> bool {
+        match self.nodes.node(node) {
+            Some(n) => tokio::time::timeout(std::time::Duration::from_secs(3), n.runtime.info()).await.is_ok_and(|r| r.is_ok()),
+            None => false,
         }
     }
 
@@ -346,6 +351,9 @@ impl App {
     /// workspace travels through storage (see [`App::move_agent`]).
     pub async fn move_agents_off(&self, node: &str, why: &str) -> Vec<AgentId> {
         let mut moved = Vec::new();
+        // Whether the node answers is asked once, now: the last tick's answer may be a blip
+        // under load, and a move from a node that answers keeps everything the agent wrote.
+        let up = self.node_answers(node).await;
         for a in self.agents_on(node).await {
             let Ok(tenant) = self.store.get_tenant(&a.tenant_id).await else { continue };
             let _guard = self.lock_agent(&a.id).await;
@@ -354,8 +362,9 @@ impl App {
             if a.node.as_deref() != Some(node) {
                 continue;
             }
-            if let Err(e) = self.move_agent(&tenant, &a, node, why).await {
+            if let Err(e) = self.move_agent(&tenant, &a, node, up, why).await {
                 warn!(agent = %a.id, error = %e.message, "cannot move the agent");
+                self.audit(&tenant.id, Some(&a.id), &Actor::system(), "agent.move_failed", &e.message, Some(serde_json::json!({"from": node}))).await;
             } else {
                 moved.push(a.id.clone());
             }
@@ -375,8 +384,7 @@ impl App {
     /// there removed, and the new node restores it; a move that cannot back up does not happen.
     /// From a lost node, the newest snapshot is what the agent resumes from (what it wrote
     /// since is lost with the node), and an agent with no snapshot waits for its node.
-    async fn move_agent(&self, tenant: &Tenant, a: &Agent, from: &str, why: &str) -> Result<(), ApiError> {
-        let up = self.node_is_up(from);
+    async fn move_agent(&self, tenant: &Tenant, a: &Agent, from: &str, up: bool, why: &str) -> Result<(), ApiError> {
         let apart = self.disk_is_apart(from);
         if apart && !up && !self.may_have_snapshot(tenant, &a.id).await {
             return Err(ApiError::new(

@@ -403,7 +403,7 @@ async fn an_agent_moved_between_nodes_with_separate_data_dirs_keeps_its_memory()
     // A drain moves it: backed up, gone from node two's data dir, restored into node one's.
     let (st, report) = s.post("/api/v1/nodes/two/drain", &s.admin, json!({})).await;
     assert_eq!(st, 200, "{report}\n{}", s.log());
-    assert_eq!(report["moved"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["moved"].as_array().unwrap().len(), 1, "{report}\n{}", s.log());
     let list = agents(&s, &key).await;
     let moved = list.iter().find(|a| a["id"] == pip.as_str()).unwrap();
     assert_eq!((moved["node"].as_str(), moved["observed_state"].as_str()), (Some("one"), Some("running")), "{moved}");
