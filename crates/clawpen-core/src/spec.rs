@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ids::{AgentId, TenantId};
 use crate::labels;
-use crate::plan::Plan;
+use crate::plan::{Plan, SandboxRuntime};
 
 /// Where the agent's workspace is mounted inside the sandbox.
 pub const WORKSPACE_MOUNT: &str = "/data";
@@ -89,9 +89,29 @@ pub struct SandboxSpec {
     /// Equal to `memory_bytes`: no swap.
     pub memory_swap_bytes: i64,
     pub nano_cpus: i64,
+    /// The host's bound on the sandbox's tasks (its cgroup's `pids.max`). Under runc these are
+    /// the agent's own processes and threads, so it is the plan's `pids`; under runsc they are
+    /// the user-space kernel's (see [`RUNSC_HOST_TASKS_PER_PID`]), and `nproc` bounds the
+    /// agent's.
     pub pids_limit: i64,
+    /// The OCI runtime. Part of the hash, so a plan's new runtime re-creates its sandboxes; left
+    /// out when it is runc, so runc sandboxes keep the hash they had before runtimes existed.
+    #[serde(default, skip_serializing_if = "SandboxRuntime::is_runc")]
+    pub runtime: SandboxRuntime,
+    /// `RLIMIT_NPROC`, soft and hard: the processes and threads the agent may have. Set under
+    /// runsc, whose kernel counts them per sandbox; under runc the count would be per uid over
+    /// the whole host (every agent of the tenant together), so the cgroup bound does it there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nproc: Option<i64>,
     pub labels: BTreeMap<String, String>,
 }
+
+/// Host tasks a runsc sandbox needs per task of its agent: gVisor's ptrace platform gives each
+/// address space a stub process and each task a traced thread, beside the user-space kernel's
+/// own threads. Measured: 62 forked children held about 377 host tasks (see docs/SECURITY.md).
+pub const RUNSC_HOST_TASKS_PER_PID: i64 = 8;
+/// Host tasks of an idle runsc sandbox (its kernel's threads, the gofer), before the agent's.
+pub const RUNSC_HOST_TASKS_BASE: i64 = 128;
 
 /// The inputs that decide a sandbox: who it is for, what it runs, and where its dirs are.
 #[derive(Debug, Clone)]
@@ -194,7 +214,7 @@ impl SandboxSpec {
 
     fn hardened(id: Identity, uid: u32, image: &str, workspace_dir: PathBuf, run_dir: PathBuf, plan: &Plan, executable: Option<PathBuf>) -> SandboxSpec {
         assert!(uid != 0, "a sandbox never runs as root");
-        let memory_bytes = (plan.memory_mib * 1024 * 1024) as i64;
+        let memory_bytes = (plan.sandbox_mib() * 1024 * 1024) as i64;
         let mut spec = SandboxSpec {
             name: id.name,
             node: String::new(),
@@ -224,7 +244,12 @@ impl SandboxSpec {
             memory_bytes,
             memory_swap_bytes: memory_bytes,
             nano_cpus: (plan.cpu_millis as i64) * 1_000_000,
-            pids_limit: plan.pids,
+            pids_limit: match plan.runtime {
+                SandboxRuntime::Runc => plan.pids,
+                SandboxRuntime::Runsc => RUNSC_HOST_TASKS_BASE + plan.pids * RUNSC_HOST_TASKS_PER_PID,
+            },
+            runtime: plan.runtime,
+            nproc: (plan.runtime == SandboxRuntime::Runsc).then_some(plan.pids),
             labels: id.labels,
         };
         let hash = spec.hash();
@@ -353,6 +378,27 @@ mod tests {
         assert_eq!(pool(100_002, &Plan { max_agents: 99, ..Plan::default() }).spec_hash(), p.spec_hash());
         // So does another disk bound.
         assert_ne!(pool(100_002, &Plan { disk_mib: 512, ..Plan::default() }).spec_hash(), p.spec_hash());
+    }
+
+    #[test]
+    fn the_runtime_is_part_of_the_spec_and_runc_keeps_its_hash() {
+        let runc = spec(100_001);
+        // A runc spec serializes exactly as before runtimes were part of it.
+        let json = serde_json::to_value(&runc).unwrap();
+        assert!(json.get("runtime").is_none() && json.get("nproc").is_none(), "{json}");
+        let mut a = runc.clone();
+        a.runtime = SandboxRuntime::Runsc;
+        assert_ne!(a.hash(), runc.hash(), "another runtime is another sandbox");
+        let plan = Plan { runtime: SandboxRuntime::Runsc, ..Plan::default() };
+        let p = pool(100_002, &plan);
+        assert_eq!(p.runtime, SandboxRuntime::Runsc);
+        assert_ne!(p.spec_hash(), pool(100_002, &Plan::default()).spec_hash(), "a runsc plan's agents never claim a runc pool sandbox");
+        // Under runsc the agent's own tasks are bounded by its kernel, the host's by the cgroup.
+        assert_eq!(p.nproc, Some(plan.pids));
+        assert_eq!(p.memory_bytes, ((plan.memory_mib + crate::plan::RUNSC_KERNEL_MIB) << 20) as i64, "gVisor's kernel is in the cgroup, beside the agent's share");
+        assert!(p.pids_limit > plan.pids * 4, "{}", p.pids_limit);
+        let r = pool(100_002, &Plan::default());
+        assert_eq!((r.nproc, r.pids_limit), (None, Plan::default().pids));
     }
 
     #[test]

@@ -318,6 +318,42 @@ pub fn fork_bomb(max: u64, hold_ms: u64) -> Value {
     })
 }
 
+/// Spawns threads that wait until it fails or `max` run, holds them, then lets them end.
+pub fn thread_bomb(max: u64, hold_ms: u64) -> Value {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut threads = Vec::new();
+    let mut stopped: Option<io::Error> = None;
+    let started = Instant::now();
+    while (threads.len() as u64) < max {
+        let stop = stop.clone();
+        match std::thread::Builder::new().stack_size(64 * 1024).spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }) {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                stopped = Some(e);
+                break;
+            }
+        }
+    }
+    let spawned = threads.len();
+    let spawn_ms = started.elapsed().as_millis() as u64;
+    eprintln!("thread-bomb: stopped at {spawned} threads ({})", stopped.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "max reached".into()));
+    std::thread::sleep(Duration::from_millis(hold_ms));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let joined = threads.into_iter().filter_map(|t| t.join().ok()).count();
+    json!({
+        "forked": spawned,
+        "stopped_by_error": stopped.as_ref().map(|e| e.to_string()),
+        "errno": stopped.as_ref().and_then(|e| e.raw_os_error()),
+        "fork_ms": spawn_ms,
+        "held_ms": hold_ms,
+        "reaped": joined,
+    })
+}
+
 /// A fork-bomb child: waits for SIGKILL, never returns.
 fn child_wait(parent: libc::pid_t, alarm_s: libc::c_uint) -> ! {
     // SAFETY: async-signal-safe syscalls only; asks for SIGKILL when the parent dies.

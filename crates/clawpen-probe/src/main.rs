@@ -54,6 +54,9 @@ enum ProbeCmd {
         /// Keep the children alive this long once the limit is reached.
         #[arg(long, default_value_t = 0)]
         hold_ms: u64,
+        /// Spawn threads instead of processes.
+        #[arg(long)]
+        threads: bool,
     },
     /// Allocate and touch 1 MiB chunks until MAX_MIB (or until the kernel kills the process).
     MemoryBomb {
@@ -163,7 +166,8 @@ fn main() {
     let out = match cmd {
         ProbeCmd::ReadPaths { paths, marker } => attacks::read_paths(&paths, &marker),
         ProbeCmd::Network { tcp, dns } => clawpen_selfcheck::network(&tcp, &dns),
-        ProbeCmd::ForkBomb { max, hold_ms } => attacks::fork_bomb(max, hold_ms),
+        ProbeCmd::ForkBomb { max, hold_ms, threads: false } => attacks::fork_bomb(max, hold_ms),
+        ProbeCmd::ForkBomb { max, hold_ms, threads: true } => attacks::thread_bomb(max, hold_ms),
         ProbeCmd::MemoryBomb { max_mib } => attacks::memory_bomb(max_mib),
         ProbeCmd::Identity => clawpen_selfcheck::identity(),
         ProbeCmd::Filesystem => clawpen_selfcheck::filesystem(),

@@ -9,7 +9,7 @@ use bollard::container::{
     StopContainerOptions,
 };
 use bollard::models::{
-    ContainerStateStatusEnum, HostConfig, HostConfigLogConfig, Mount, MountBindOptions, MountBindOptionsPropagationEnum,
+    ContainerStateStatusEnum, HostConfig, HostConfigLogConfig, Mount, ResourcesUlimits, MountBindOptions, MountBindOptionsPropagationEnum,
     MountTypeEnum, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::system::EventsOptions;
@@ -105,6 +105,8 @@ pub fn container_config(spec: &SandboxSpec) -> Config<String> {
         memory_swap: Some(spec.memory_swap_bytes),
         nano_cpus: Some(spec.nano_cpus),
         pids_limit: Some(spec.pids_limit),
+        runtime: Some(spec.runtime.name().to_owned()),
+        ulimits: spec.nproc.map(|n| vec![ResourcesUlimits { name: Some("nproc".to_owned()), soft: Some(n), hard: Some(n) }]),
         privileged: Some(false),
         ipc_mode: Some("private".to_owned()),
         // The fleet decides about restarts, not the engine.
@@ -152,6 +154,11 @@ impl Runtime for DockerRuntime {
             version: v.version.unwrap_or_default(),
             api_version: self.docker.client_version().to_string(),
         })
+    }
+
+    async fn runtimes(&self) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
+        let info = self.docker.info().await?;
+        Ok(info.runtimes.unwrap_or_default().into_iter().map(|(name, r)| (name, r.runtime_args.unwrap_or_default())).collect())
     }
 
     async fn create_and_start(&self, spec: &SandboxSpec) -> Result<String> {
@@ -347,6 +354,10 @@ pub fn docker_run_args(spec: &SandboxSpec) -> Vec<String> {
         push("--tmpfs", format!("{target}:{opts}"));
     }
     push("--pids-limit", spec.pids_limit.to_string());
+    push("--runtime", spec.runtime.name().to_owned());
+    if let Some(n) = spec.nproc {
+        push("--ulimit", format!("nproc={n}:{n}"));
+    }
     push("--memory", format!("{}b", spec.memory_bytes));
     push("--memory-swap", format!("{}b", spec.memory_swap_bytes));
     push("--cpus", format!("{}", spec.nano_cpus as f64 / 1e9));

@@ -8,6 +8,7 @@
 pub mod docker;
 pub mod image;
 pub mod nodes;
+pub mod tiers;
 
 use std::collections::HashMap;
 
@@ -98,6 +99,8 @@ pub struct EngineInfo {
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     async fn info(&self) -> Result<EngineInfo>;
+    /// The OCI runtimes the engine has registered: name → the arguments it runs them with.
+    async fn runtimes(&self) -> Result<std::collections::BTreeMap<String, Vec<String>>>;
     /// Creates the sandbox described by `spec` and starts it; returns its id.
     async fn create_and_start(&self, spec: &SandboxSpec) -> Result<String>;
     async fn start(&self, id: &str) -> Result<()>;

@@ -92,6 +92,10 @@ impl Runtime for Nodes {
         self.nodes[0].runtime.info().await
     }
 
+    async fn runtimes(&self) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
+        self.nodes[0].runtime.runtimes().await
+    }
+
     async fn create_and_start(&self, spec: &SandboxSpec) -> Result<String> {
         let name = if spec.node.is_empty() { self.default_node() } else { spec.node.as_str() };
         let node = self.node(name).ok_or_else(|| RuntimeError::Engine(format!("no node named {name:?} in the config")))?;

@@ -176,6 +176,37 @@ pub fn identity() -> Value {
             o.insert("status_error".into(), err(&e));
         }
     }
+    // Kernels that leave fields out of /proc/self/status (gVisor's) answer prctl.
+    if o.get("no_new_privs").is_none_or(Value::is_null) {
+        // SAFETY: a query without pointers.
+        let v = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
+        o.insert("no_new_privs".into(), if v >= 0 { json!(v) } else { Value::Null });
+    }
+    if o.get("cap_amb").is_none_or(Value::is_null) {
+        let mut mask = 0u64;
+        let mut answered = false;
+        for cap in 0..64u64 {
+            // SAFETY: a query without pointers; an unknown capability answers EINVAL.
+            let v = unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_IS_SET as libc::c_ulong, cap as libc::c_ulong, 0, 0) };
+            if v >= 0 {
+                answered = true;
+                if v == 1 {
+                    mask |= 1 << cap;
+                }
+            }
+        }
+        // A kernel without ambient capabilities (EINVAL for every one) has an empty set.
+        o.insert("cap_amb".into(), json!(format!("{mask:016x}")));
+        o.insert("cap_amb_supported".into(), json!(answered));
+    }
+    // SAFETY: `uts` is a valid out-pointer for uname.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::uname(&mut uts) } == 0 {
+        // SAFETY: uname NUL-terminates its fields.
+        let field = |f: &[libc::c_char]| unsafe { std::ffi::CStr::from_ptr(f.as_ptr()) }.to_string_lossy().into_owned();
+        o.insert("kernel".into(), json!(format!("{} {}", field(&uts.release), field(&uts.version))));
+    }
 
     // SAFETY: plain syscall wrapper; failure is reported, not assumed.
     o.insert("setuid_0".into(), libc_outcome(unsafe { libc::setuid(0) }));

@@ -256,7 +256,7 @@ impl App {
         let found = a.container_id.as_deref().and_then(|c| c.split_once('/')).map(|(n, _)| n).filter(|n| self.nodes.node(n).is_some());
         let n = match found {
             Some(n) => n.to_owned(),
-            None => self.place(&a, self.config.plan_or_default(&tenant.plan).memory_mib).await?,
+            None => self.place(&a, self.config.sandbox_mib(self.config.plan_or_default(&tenant.plan))).await?,
         };
         self.store.set_node(agent, Some(&n)).await?;
         Ok(n)
@@ -349,12 +349,13 @@ impl App {
     /// How to reach the agent in the sandbox `container_id` (node-qualified or not) that runs as
     /// `uid`: its socket, on that sandbox's node, with that sandbox's process as the only peer
     /// accepted.
-    pub fn agent_addr(&self, agent: &AgentId, container_id: &str, uid: u32) -> AgentAddr {
+    pub fn agent_addr(&self, tenant: &Tenant, agent: &AgentId, container_id: &str, uid: u32) -> AgentAddr {
         let (node, raw) = match container_id.split_once('/') {
             Some((n, raw)) => (Some(n), raw),
             None => (None, container_id),
         };
-        AgentAddr::new(self.layout_on(node).run_dir(agent), Peer { container_id: raw.to_owned(), uid: Some(uid) })
+        let runtime = self.config.plan_or_default(&tenant.plan).runtime;
+        AgentAddr::new(self.layout_on(node).run_dir(agent), Peer { container_id: raw.to_owned(), uid: peer_uid(runtime, uid) })
     }
 
     /// [`App::agent_addr`] from the agent's record: 503 `agent_unavailable` when it names no
@@ -364,7 +365,7 @@ impl App {
         let Some(container) = a.container_id.as_deref() else {
             return Err(ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "agent_unavailable", "the agent has no sandbox yet; start it"));
         };
-        Ok(self.agent_addr(agent, container, crate::fleet::uid_of(tenant, &a)))
+        Ok(self.agent_addr(tenant, agent, container, crate::fleet::uid_of(tenant, &a)))
     }
 
     /// Stops serving an agent's `control.sock`.
@@ -381,4 +382,11 @@ impl App {
     pub fn mark_reconciled(&self) {
         self.reconciled.store(true, Ordering::Release);
     }
+}
+
+/// The uid that must hold a sandbox's socket on the host: its agent's, under runc. Under runsc
+/// the host-side socket is held by gVisor's gofer, as root, in the sandbox's cgroup: there the
+/// cgroup alone names the sandbox.
+pub fn peer_uid(runtime: clawpen_core::plan::SandboxRuntime, uid: u32) -> Option<u32> {
+    runtime.is_runc().then_some(uid)
 }

@@ -236,6 +236,14 @@ impl Default for SandboxConfig {
     }
 }
 
+impl Config {
+    /// What one sandbox of `plan` commits of a node's memory budget: its cgroup's limit, which
+    /// under runsc holds gVisor's kernel too (see [`Plan::sandbox_mib`]).
+    pub fn sandbox_mib(&self, plan: &Plan) -> u64 {
+        plan.sandbox_mib()
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         let plans = BTreeMap::from([
@@ -310,6 +318,7 @@ impl Config {
         );
         for (name, p) in &self.plans {
             anyhow::ensure!(p.memory_mib >= 16, "plan {name}: memory_mib must be at least 16");
+            anyhow::ensure!(p.warm_pool.is_none_or(|w| w <= 64), "plan {name}: warm_pool must be at most 64");
             anyhow::ensure!(p.messages_per_minute >= 1, "plan {name}: messages_per_minute must be at least 1");
             anyhow::ensure!(p.pids >= 8, "plan {name}: pids must be at least 8");
             anyhow::ensure!(p.cpu_millis >= 10, "plan {name}: cpu_millis must be at least 10");

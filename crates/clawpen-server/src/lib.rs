@@ -110,6 +110,7 @@ pub async fn open(data_dir: &Path, database_url: Option<&str>, mut config: Confi
             }
         }
     }
+    check_runtimes(&nodes.0, &config).await?;
     let meter = clawpen_meter::Meter::new(store.clone(), config.meter.clone(), config.plans.clone(), config.default_plan.clone())
         .map_err(|e| anyhow::anyhow!("meter configuration: {e}"))?;
     // The image built from this executable gets a host copy of it bound over its own (shared
@@ -128,6 +129,35 @@ pub async fn open(data_dir: &Path, database_url: Option<&str>, mut config: Confi
         info!("telegram: the shared bot's token is loaded");
     }
     Ok(app)
+}
+
+/// Refuses a config whose plans name a sandbox runtime a node's daemon lacks, or has registered
+/// without the arguments the sandbox contract needs, saying how to register it. A node that
+/// does not answer now is checked by `clawpen doctor`, not here.
+async fn check_runtimes(nodes: &clawpen_runtime::nodes::Nodes, config: &Config) -> anyhow::Result<()> {
+    let mut wanted: std::collections::BTreeMap<clawpen_core::plan::SandboxRuntime, Vec<&str>> = Default::default();
+    for (name, p) in &config.plans {
+        wanted.entry(p.runtime).or_default().push(name);
+    }
+    if wanted.keys().all(|r| r.is_runc()) {
+        return Ok(());
+    }
+    for n in nodes.names() {
+        let Some(node) = nodes.node(&n) else { continue };
+        let registered = match tokio::time::timeout(std::time::Duration::from_secs(5), node.runtime.runtimes()).await {
+            Ok(Ok(r)) => r,
+            _ => {
+                tracing::warn!(node = %n, "cannot ask the node which sandbox runtimes it has; `clawpen doctor` checks them");
+                continue;
+            }
+        };
+        for (rt, plans) in &wanted {
+            if let Some(problem) = clawpen_runtime::tiers::problem(&registered, *rt) {
+                anyhow::bail!("node {n}: {problem}, and plan {} runs its sandboxes under {rt}. To fix it: {}", plans.join(", "), clawpen_runtime::tiers::advice(*rt));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Makes sure a node has the sandbox image: built there from this executable when missing (a

@@ -3,8 +3,12 @@
 //!
 //! A sandbox's bind mounts, uid and environment are fixed when its container is made, so a pool
 //! sandbox gets what any agent could be given: a fresh uid from the never-reused uid counter, its
-//! own empty dirs under `<data-dir>/pool/<slot>/`, the default plan's limits, and no identity (its
-//! agent runs in pool mode and answers only `/health`). A claim, under the agent's lock:
+//! own empty dirs under `<data-dir>/pool/<slot>/`, one plan's limits and runtime, and no identity
+//! (its agent runs in pool mode and answers only `/health`). The pool keeps sandboxes per class:
+//! plans whose sandboxes would be the same (same limits, image and runtime) share one; the
+//! default plan's keeps `fleet.warm_pool` ready, another plan's what it sets as `warm_pool`
+//! (none unless it does); an agent claims only a
+//! sandbox whose spec its own plan gives. A claim, under the agent's lock:
 //!
 //! 1. writes the intent to the store (the agent takes the slot's uid, its record names the pool
 //!    container, observed `starting`) and the audit log;
@@ -60,6 +64,8 @@ pub struct Slot {
     /// Empty while the sandbox is being made.
     pub container_id: String,
     pub spec_hash: String,
+    /// The class of plans it was made for (see [`App::pool_classes`]).
+    pub class: String,
     /// The sandbox answered `/health`; only ready slots are handed out.
     pub ready: bool,
     /// Handed to an agent; the slot leaves the pool when the claim is done or undone.
@@ -72,8 +78,9 @@ impl Pool {
         self.slots.lock().expect("pool").iter().filter(|s| s.ready).count()
     }
 
-    fn len(&self) -> usize {
-        self.slots.lock().expect("pool").len()
+    /// Slots of one class, warming or ready.
+    fn count(&self, class: &str) -> usize {
+        self.slots.lock().expect("pool").iter().filter(|s| s.class == class).count()
     }
 
     /// Marks the first ready slot `fits` accepts as being claimed and returns it; it stays
@@ -107,9 +114,29 @@ impl Pool {
 }
 
 impl App {
-    /// The plan pool sandboxes are made for: the default plan.
+    /// The default plan, whose class of pool sandboxes comes first.
     pub fn pool_plan(&self) -> &Plan {
         self.config.plan_or_default(&self.config.default_plan)
+    }
+
+    /// The classes of pool sandboxes: (a plan of the class, the class's key, how many to keep).
+    /// Plans whose pool sandboxes would have the same spec are one class; the default plan's
+    /// comes first. A class keeps the most any of its plans asks for (`warm_pool`; for the
+    /// default plan `fleet.warm_pool` unless it sets one).
+    pub fn pool_classes(&self) -> Vec<(String, String, u32)> {
+        let mut names: Vec<&String> = self.config.plans.keys().collect();
+        names.sort_by_key(|n| **n != self.config.default_plan);
+        let mut classes: Vec<(String, String, u32)> = Vec::new();
+        for name in names {
+            let plan = &self.config.plans[name];
+            let key = self.pool_spec(0, u32::MAX, plan).spec_hash().to_owned();
+            let want = plan.warm_pool.unwrap_or(if *name == self.config.default_plan { self.config.fleet.warm_pool } else { 0 });
+            match classes.iter_mut().find(|c| c.1 == key) {
+                Some(c) => c.2 = c.2.max(want),
+                None => classes.push((name.clone(), key, want)),
+            }
+        }
+        classes
     }
 
     /// The spec of pool slot `n` with `uid`, made with `plan`'s limits. An agent may claim a
@@ -198,7 +225,7 @@ impl App {
         }
         self.pool_layout().write_identity(&tenant.id, id).map_err(|e| ApiError::internal(format!("writing the identity of {id}: {e}")))?;
         let timeout = Duration::from_millis(self.config.fleet.health_timeout_ms);
-        let h = client::claim(&self.agent_addr(id, container_id, uid), timeout).await?;
+        let h = client::claim(&self.agent_addr(tenant, id, container_id, uid), timeout).await?;
         if h.agent_id != id.as_str() || h.tenant_id != tenant.id.as_str() {
             return Err(ApiError::internal(format!("the claimed sandbox answered as {:?} of {:?}", h.agent_id, h.tenant_id)));
         }
@@ -240,7 +267,7 @@ impl App {
         if renamed {
             // A claim that went through answers as its agent: nothing to finish.
             let timeout = Duration::from_millis(self.config.fleet.health_timeout_ms);
-            if let Ok(h) = client::health(&self.agent_addr(&a.id, &c.id, uid), timeout).await {
+            if let Ok(h) = client::health(&self.agent_addr(tenant, &a.id, &c.id, uid), timeout).await {
                 if h.agent_id == a.id.as_str() && h.tenant_id == a.tenant_id.as_str() {
                     return;
                 }
@@ -346,42 +373,46 @@ impl App {
                     warn!(error = %e, "cannot sweep stray warm-pool sandboxes");
                 }
             }
-            while self.pool.len() < self.config.fleet.warm_pool as usize {
-                match self.warm_one().await {
-                    Ok(true) => backoff = Duration::from_millis(500),
-                    // No room on the node: skipped, not an error.
-                    Ok(false) => break,
-                    Err(e) => {
-                        warn!(error = %e, "cannot make a warm-pool sandbox");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                        break;
+            'classes: for (plan, class, want) in self.pool_classes() {
+                while self.pool.count(&class) < want as usize {
+                    match self.warm_one(&plan, &class).await {
+                        Ok(true) => backoff = Duration::from_millis(500),
+                        // No room on the node: skipped, not an error.
+                        Ok(false) => break,
+                        Err(e) => {
+                            warn!(error = %e, plan, "cannot make a warm-pool sandbox");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                            break 'classes;
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Makes one pool sandbox and waits for its `/health`. `Ok(false)` when the node's budget
-    /// has no room for it.
-    async fn warm_one(&self) -> anyhow::Result<bool> {
-        let plan = self.pool_plan().clone();
+    /// Makes one pool sandbox of `plan` (of `class`) and waits for its `/health`. `Ok(false)`
+    /// when the node's budget has no room for it.
+    async fn warm_one(&self, plan: &str, class: &str) -> anyhow::Result<bool> {
+        let plan = self.config.plan_or_default(plan).clone();
+        let mib = self.config.sandbox_mib(&plan);
         let (committed, budget) = self.committed_mib();
-        if committed + plan.memory_mib > budget {
+        if committed + mib > budget {
             return Ok(false);
         }
         let uid = self.store.next_uid(self.config.sandbox.uid_base).await?;
         let n = (uid - self.config.sandbox.uid_base as i64) as u64;
         let uid = uid as u32;
-        if self.reserve(Holder::Pool(n), self.nodes.default_node(), plan.memory_mib).is_err() {
+        if self.reserve(Holder::Pool(n), self.nodes.default_node(), mib).is_err() {
             return Ok(false);
         }
-        self.pool.slots.lock().expect("pool").push(Slot { n, uid, container_id: String::new(), spec_hash: String::new(), ready: false, claiming: false });
+        let slot = |container_id: String, spec_hash: String| Slot { n, uid, container_id, spec_hash, class: class.to_owned(), ready: false, claiming: false };
+        self.pool.slots.lock().expect("pool").push(slot(String::new(), String::new()));
         let made: anyhow::Result<(String, String)> = async {
             self.prepare_pool_volume(n, uid, Volume::of(&plan)).await.map_err(|e| anyhow::anyhow!(e.message))?;
             let spec = self.pool_spec(n, uid, &plan);
             let id = self.runtime.create_and_start(&spec).await?;
-            let addr = AgentAddr::new(self.pool_layout().pool_run_dir(n), Peer { container_id: id.rsplit('/').next().unwrap_or(&id).to_owned(), uid: Some(uid) });
+            let addr = AgentAddr::new(self.pool_layout().pool_run_dir(n), Peer { container_id: id.rsplit('/').next().unwrap_or(&id).to_owned(), uid: crate::app::peer_uid(plan.runtime, uid) });
             let h = client::wait_healthy(&addr, Duration::from_secs(self.config.sandbox.start_timeout_secs)).await?;
             anyhow::ensure!(h.agent_id.is_empty(), "a pool sandbox answered with an identity");
             Ok((id, spec.spec_hash().to_owned()))
@@ -399,14 +430,14 @@ impl App {
                 };
                 // Given up while it warmed.
                 if kept.is_none() {
-                    self.discard(&Slot { n, uid, container_id: id, spec_hash: hash, ready: false, claiming: false }).await;
+                    self.discard(&slot(id, hash)).await;
                 }
                 Ok(true)
             }
             Err(e) => {
                 self.pool.forget(n);
                 self.committed.lock().expect("committed").remove(&Holder::Pool(n));
-                self.discard(&Slot { n, uid, container_id: String::new(), spec_hash: String::new(), ready: false, claiming: false }).await;
+                self.discard(&slot(String::new(), String::new())).await;
                 Err(e)
             }
         }

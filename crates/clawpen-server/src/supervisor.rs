@@ -270,7 +270,7 @@ impl App {
         }
         let timeout = Duration::from_millis(self.config.fleet.health_timeout_ms);
         let ok = match agent.container_id.as_deref() {
-            Some(c) => client::health(&self.agent_addr(id, c, crate::fleet::uid_of(tenant, &agent)), timeout).await.is_ok(),
+            Some(c) => client::health(&self.agent_addr(tenant, id, c, crate::fleet::uid_of(tenant, &agent)), timeout).await.is_ok(),
             None => false,
         };
         let now = now_ms();

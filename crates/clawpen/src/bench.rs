@@ -139,6 +139,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The bench plan behind runsc (gVisor).
+pub const RUNSC_PLAN: &str = "bench-runsc";
+
+/// The bench plan behind each wall: (case suffix, plan name).
+pub const WALLS: [(&str, &str); 2] = [("runc", "bench"), ("runsc", RUNSC_PLAN)];
+
 /// A throwaway server on a temp data dir, torn down (sandboxes included) when dropped.
 pub struct BenchServer {
     pub app: clawpen_server::App,
@@ -175,6 +181,8 @@ impl BenchServer {
         plan.runs_per_hour = u32::MAX;
         // `bench gateway` holds thousands of gateway connections of one tenant.
         plan.gateway_connections = u32::MAX;
+        // The same plan behind gVisor, for the scenarios that compare the two walls.
+        config.plans.insert(RUNSC_PLAN.into(), clawpen_core::plan::Plan { runtime: clawpen_core::plan::SandboxRuntime::Runsc, ..plan.clone() });
         config.plans.insert("bench".into(), plan);
         configure(&mut config);
         let image = crate::image_cmd::ensure(&config, true).await?;
@@ -224,14 +232,23 @@ impl BenchServer {
 async fn coldstart(n: usize) -> anyhow::Result<Vec<Case>> {
     anyhow::ensure!(n >= 1, "--agents must be at least 1");
     let server = BenchServer::start(n as u32 + 1).await?;
-    let result = coldstart_on(&server, n).await;
+    let mut cases = Vec::new();
+    for (wall, plan) in WALLS {
+        match coldstart_on(&server, n, wall, plan).await {
+            Ok(c) => cases.push(c),
+            Err(e) => {
+                server.teardown().await;
+                return Err(e);
+            }
+        }
+    }
     server.teardown().await;
-    result
+    Ok(cases)
 }
 
-async fn coldstart_on(server: &BenchServer, n: usize) -> anyhow::Result<Vec<Case>> {
+async fn coldstart_on(server: &BenchServer, n: usize, wall: &str, plan: &str) -> anyhow::Result<Case> {
     let app = &server.app;
-    let tenant = app.store.create_tenant("bench", "bench", app.config.sandbox.uid_base).await?;
+    let tenant = app.store.create_tenant(&format!("bench-{wall}"), plan, app.config.sandbox.uid_base).await?;
     let (_, token) = app.store.create_api_key(&tenant.id).await?;
     let http = reqwest::Client::new();
     // The baseline's containers carry their own instance label so the server never adopts them.
@@ -241,7 +258,7 @@ async fn coldstart_on(server: &BenchServer, n: usize) -> anyhow::Result<Vec<Case
     let mut engine = Vec::with_capacity(n);
     let result: anyhow::Result<()> = async {
         for i in 0..n {
-            eprintln!("coldstart {}/{n}", i + 1);
+            eprintln!("coldstart {wall} {}/{n}", i + 1);
             // clawpen: one create call with start=true, then the agent's first /health answer.
             let t0 = Instant::now();
             let res = http
@@ -266,7 +283,7 @@ async fn coldstart_on(server: &BenchServer, n: usize) -> anyhow::Result<Vec<Case
             let out = tokio::process::Command::new("docker").args(docker_run_args(&spec)).output().await.context("running `docker run`")?;
             anyhow::ensure!(out.status.success(), "docker run failed: {}", String::from_utf8_lossy(&out.stderr));
             let container = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            clawpen_agent::client::wait_healthy(&app.agent_addr(&bid, &container, tenant.uid as u32), Duration::from_secs(30)).await?;
+            clawpen_agent::client::wait_healthy(&app.agent_addr(&tenant, &bid, &container, tenant.uid as u32), Duration::from_secs(30)).await?;
             baseline.push(t0.elapsed().as_secs_f64() * 1000.0);
 
             // The floor: the same spec through the Engine API directly (no store, no HTTP).
@@ -277,7 +294,7 @@ async fn coldstart_on(server: &BenchServer, n: usize) -> anyhow::Result<Vec<Case
             spec.labels.insert(labels::INSTANCE.into(), baseline_instance.clone());
             let t0 = Instant::now();
             let container = app.runtime.create_and_start(&spec).await?;
-            clawpen_agent::client::wait_healthy(&app.agent_addr(&eid, &container, tenant.uid as u32), Duration::from_secs(30)).await?;
+            clawpen_agent::client::wait_healthy(&app.agent_addr(&tenant, &eid, &container, tenant.uid as u32), Duration::from_secs(30)).await?;
             engine.push(t0.elapsed().as_secs_f64() * 1000.0);
         }
         Ok(())
@@ -294,7 +311,7 @@ async fn coldstart_on(server: &BenchServer, n: usize) -> anyhow::Result<Vec<Case
     extra.insert("mode".into(), json!("sequential, interleaved with the baseline"));
     extra.insert("engine_api_p50_ms".into(), json!(round2(percentile(&engine, 50.0))));
     extra.insert("engine_api_p99_ms".into(), json!(round2(percentile(&engine, 99.0))));
-    Ok(vec![Case { name: "runc".into(), samples_ms: ours, baseline_ms: Some(baseline), extra }])
+    Ok(Case { name: wall.into(), samples_ms: ours, baseline_ms: Some(baseline), extra })
 }
 
 #[cfg(test)]

@@ -16,14 +16,25 @@ use crate::bench::{BenchServer, Case};
 pub async fn run(n: usize) -> anyhow::Result<Vec<Case>> {
     anyhow::ensure!(n >= 1, "--wakes must be at least 1");
     let server = BenchServer::start(4).await?;
-    let result = run_on(&server, n).await;
+    let mut cases = Vec::new();
+    for (wall, plan) in crate::bench::WALLS {
+        match run_on(&server, n, wall, plan).await {
+            Ok(c) => cases.extend(c),
+            Err(e) => {
+                server.teardown().await;
+                return Err(e);
+            }
+        }
+    }
+    // The walls' cases of one tier side by side.
+    cases.sort_by_key(|c| ["paused", "stopped", "removed"].iter().position(|t| c.name.starts_with(t)));
     server.teardown().await;
-    result
+    Ok(cases)
 }
 
-async fn run_on(server: &BenchServer, n: usize) -> anyhow::Result<Vec<Case>> {
+async fn run_on(server: &BenchServer, n: usize, wall: &str, plan: &str) -> anyhow::Result<Vec<Case>> {
     let app = &server.app;
-    let tenant = app.store.create_tenant("bench", "bench", app.config.sandbox.uid_base).await?;
+    let tenant = app.store.create_tenant(&format!("bench-{wall}"), plan, app.config.sandbox.uid_base).await?;
     let (_, token) = app.store.create_api_key(&tenant.id).await?;
     let http = reqwest::Client::new();
     let post = |path: String, body: Value| {
@@ -43,7 +54,7 @@ async fn run_on(server: &BenchServer, n: usize) -> anyhow::Result<Vec<Case>> {
     for (tier, engine_state) in [("paused", Some(SandboxState::Paused)), ("stopped", Some(SandboxState::Exited)), ("removed", None)] {
         let (mut woken, mut awake) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for i in 0..n {
-            eprintln!("wake {tier} {}/{n}", i + 1);
+            eprintln!("wake {tier}-{wall} {}/{n}", i + 1);
             let slept = post(format!("/api/v1/agents/{id}/hibernate"), json!({"tier": tier})).await?;
             anyhow::ensure!(slept["hibernation"] == tier, "the agent did not hibernate: {slept}");
             // The engine agrees before the clock starts.
@@ -59,7 +70,7 @@ async fn run_on(server: &BenchServer, n: usize) -> anyhow::Result<Vec<Case>> {
         }
         let mut extra = serde_json::Map::new();
         extra.insert("baseline".into(), json!("the same message to the same agent while awake"));
-        cases.push(Case { name: tier.into(), samples_ms: woken, baseline_ms: Some(awake), extra });
+        cases.push(Case { name: format!("{tier}-{wall}"), samples_ms: woken, baseline_ms: Some(awake), extra });
     }
     // Every wake kept the workspace: the session holds both messages of every round.
     let session = app.layout.workspace_dir(&clawpen_core::ids::AgentId::parse(&id).map_err(|e| anyhow::anyhow!("{e}"))?).join("sessions/main.jsonl");

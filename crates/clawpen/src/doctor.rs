@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use clawpen_core::ids::{AgentId, TenantId};
 use clawpen_core::labels;
+use clawpen_core::plan::SandboxRuntime;
 use clawpen_core::spec::{AgentSandbox, SandboxSpec};
 use clawpen_runtime::image;
 use clawpen_runtime::{DockerRuntime, Runtime};
@@ -23,18 +24,18 @@ pub struct DoctorArgs {
 }
 
 struct Check {
-    name: &'static str,
+    name: String,
     ok: bool,
     detail: String,
     fix: Option<String>,
 }
 
-fn pass(name: &'static str, detail: impl Into<String>) -> Check {
-    Check { name, ok: true, detail: detail.into(), fix: None }
+fn pass(name: impl Into<String>, detail: impl Into<String>) -> Check {
+    Check { name: name.into(), ok: true, detail: detail.into(), fix: None }
 }
 
-fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
-    Check { name, ok: false, detail: detail.into(), fix: Some(fix.into()) }
+fn fail(name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check { name: name.into(), ok: false, detail: detail.into(), fix: Some(fix.into()) }
 }
 
 pub async fn run(args: DoctorArgs) -> anyhow::Result<i32> {
@@ -147,8 +148,43 @@ async fn collect(args: &DoctorArgs) -> Vec<Check> {
         Ok(()) => pass("sandbox filesystems", "an ext4 image is made and loop-mounted nosuid,nodev,noexec"),
         Err(e) => fail("sandbox filesystems", e, "install e2fsprogs and mount (util-linux) and run as root with loop devices available (modprobe loop)"),
     });
-    checks.extend(sandbox_checks(&rt, &layout, &config, &tag).await);
+    // Every runtime a plan names must be registered as the sandbox contract needs; runsc is
+    // looked at even when no plan names it yet, so the operator knows whether it could.
+    let registered = match rt.runtimes().await {
+        Ok(r) => r,
+        Err(e) => {
+            checks.push(fail("runtimes", e.to_string(), "check that Docker answers `docker info`"));
+            return checks;
+        }
+    };
+    let host_kernel = host_kernel();
+    for runtime in SandboxRuntime::ALL {
+        let plans: Vec<&String> = config.plans.iter().filter(|(_, p)| p.runtime == runtime).map(|(n, _)| n).collect();
+        let name = format!("runtime {runtime}");
+        match clawpen_runtime::tiers::problem(&registered, runtime) {
+            Some(_) if plans.is_empty() && !registered.contains_key(runtime.name()) => {
+                checks.push(pass(name, format!("not registered, and no plan names it; to offer the tier: {}", clawpen_runtime::tiers::advice(runtime))));
+                continue;
+            }
+            Some(problem) => {
+                checks.push(fail(name, problem, clawpen_runtime::tiers::advice(runtime)));
+                continue;
+            }
+            None => {
+                let used = if plans.is_empty() { "no plan names it yet".to_owned() } else { format!("plans {}", plans.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")) };
+                checks.push(pass(name, format!("registered with {:?}; {used}", registered[runtime.name()])));
+            }
+        }
+        checks.extend(sandbox_checks(&rt, &layout, &config, &tag, runtime, &host_kernel).await);
+    }
     checks
+}
+
+/// The host's kernel as `uname` gives it (release and version), the way the sandbox's
+/// self-check reports its own.
+fn host_kernel() -> String {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/sys/kernel/{f}")).map(|s| s.trim().to_owned()).unwrap_or_default();
+    format!("{} {}", read("osrelease"), read("version"))
 }
 
 /// Fails when a sandbox of another installation on this engine runs as a uid in this
@@ -186,11 +222,11 @@ fn parse_api(v: &str) -> (u32, u32) {
 
 /// Runs `clawpen self-check <args>` in a throwaway sandbox built by `SandboxSpec::for_agent` (only the
 /// arguments differ) and returns the JSON it printed.
-async fn probe_in_sandbox(rt: &DockerRuntime, layout: &clawpen_server::Layout, config: &clawpen_server::Config, image: &str, probe: &[&str]) -> anyhow::Result<Value> {
+async fn probe_in_sandbox(rt: &DockerRuntime, layout: &clawpen_server::Layout, config: &clawpen_server::Config, image: &str, runtime: SandboxRuntime, probe: &[&str]) -> anyhow::Result<Value> {
     let instance = format!("doctor-{}", &AgentId::new().as_str()[3..13]);
     let (tenant, agent) = (TenantId::new(), AgentId::new());
     let uid = config.sandbox.uid_base; // never a tenant's: tenant uids start at uid_base + 1
-    let plan = &config.plans[&config.default_plan];
+    let plan = &clawpen_core::plan::Plan { runtime, ..config.plans[&config.default_plan].clone() };
     layout.prepare_agent(&agent, uid, clawpen_core::spec::Volume::of(plan))?;
     let mut spec = SandboxSpec::for_agent(AgentSandbox {
         instance: &instance,
@@ -222,38 +258,56 @@ async fn probe_in_sandbox(rt: &DockerRuntime, layout: &clawpen_server::Layout, c
     result
 }
 
-async fn sandbox_checks(rt: &DockerRuntime, layout: &clawpen_server::Layout, config: &clawpen_server::Config, image: &str) -> Vec<Check> {
+/// Throwaway sandboxes under `runtime`: who they run as, their filesystem, their network. Under
+/// runc the host's kernel filters their system calls (seccomp 2); under runsc gVisor's kernel
+/// serves them (it must not be the host's).
+async fn sandbox_checks(rt: &DockerRuntime, layout: &clawpen_server::Layout, config: &clawpen_server::Config, image: &str, runtime: SandboxRuntime, host_kernel: &str) -> Vec<Check> {
     let mut checks = Vec::new();
-    let fix = "the kernel or engine does not honour the sandbox spec; check `docker info` for cgroup and seccomp support";
-    match probe_in_sandbox(rt, layout, config, image, &["identity"]).await {
+    let fix = match runtime {
+        SandboxRuntime::Runc => "the kernel or engine does not honour the sandbox spec; check `docker info` for cgroup and seccomp support".to_owned(),
+        SandboxRuntime::Runsc => format!("the runsc runtime does not honour the sandbox spec; register it as the contract needs: {}", clawpen_runtime::tiers::advice(runtime)),
+    };
+    let fix = fix.as_str();
+    let named = |what: &str| if runtime.is_runc() { format!("sandbox {what}") } else { format!("{runtime} sandbox {what}") };
+    match probe_in_sandbox(rt, layout, config, image, runtime, &["identity"]).await {
         Ok(v) => {
             let uid_ok = v["uid"].as_u64() == Some(config.sandbox.uid_base as u64);
-            let caps_ok = v["cap_eff"].as_str().is_some_and(|c| c.trim_start_matches('0').is_empty());
+            let caps_ok = ["cap_eff", "cap_prm", "cap_bnd", "cap_amb"].iter().all(|k| v[*k].as_str().is_some_and(|c| c.trim_start_matches('0').is_empty()));
             let nnp_ok = v["no_new_privs"].as_u64() == Some(1);
-            let seccomp_ok = v["seccomp"].as_u64() == Some(2);
-            let detail = format!("uid {} caps {} no_new_privs {} seccomp {}", v["uid"], v["cap_eff"], v["no_new_privs"], v["seccomp"]);
-            checks.push(if uid_ok && caps_ok && nnp_ok && seccomp_ok { pass("sandbox identity", detail) } else { fail("sandbox identity", detail, fix) });
+            let kernel = v["kernel"].as_str().unwrap_or_default();
+            let wall_ok = match runtime {
+                SandboxRuntime::Runc => v["seccomp"].as_u64() == Some(2),
+                SandboxRuntime::Runsc => !kernel.is_empty() && kernel != host_kernel,
+            };
+            let detail = format!("uid {} caps {} no_new_privs {} seccomp {} kernel {kernel:?}", v["uid"], v["cap_eff"], v["no_new_privs"], v["seccomp"]);
+            checks.push(if uid_ok && caps_ok && nnp_ok && wall_ok { pass(named("identity"), detail) } else { fail(named("identity"), detail, fix) });
         }
-        Err(e) => checks.push(fail("sandbox identity", format!("{e:#}"), "run `clawpen image build`, then `clawpen doctor` again")),
+        Err(e) => {
+            let advice = if runtime.is_runc() { "run `clawpen image build`, then `clawpen doctor` again".to_owned() } else { format!("no sandbox starts under {runtime}: {}", clawpen_runtime::tiers::advice(runtime)) };
+            checks.push(fail(named("identity"), format!("{e:#}"), advice));
+            return checks;
+        }
     }
-    match probe_in_sandbox(rt, layout, config, image, &["filesystem"]).await {
+    match probe_in_sandbox(rt, layout, config, image, runtime, &["filesystem"]).await {
         Ok(v) => {
             let root_ro = v["mounts"]["/"].as_str().is_some_and(|o| o.split(',').any(|x| x == "ro"));
             let tmp_noexec = v["tmp_exec"]["ok"].as_bool() == Some(false);
-            let data_noexec = v["data_exec"]["ok"].as_bool() == Some(false) && v["run_exec"]["ok"].as_bool() == Some(false);
+            // gVisor does not carry the host mount's noexec across its file proxy: there, what
+            // runs from /data runs against gVisor's kernel like the agent itself (docs/SECURITY.md).
+            let data_noexec = !runtime.is_runc() || (v["data_exec"]["ok"].as_bool() == Some(false) && v["run_exec"]["ok"].as_bool() == Some(false));
             let detail = format!("root {} ; exec refused from /tmp: {tmp_noexec}, from /data and /run/clawpen: {data_noexec}", v["mounts"]["/"]);
-            checks.push(if root_ro && tmp_noexec && data_noexec { pass("sandbox filesystem", detail) } else { fail("sandbox filesystem", detail, fix) });
+            checks.push(if root_ro && tmp_noexec && data_noexec { pass(named("filesystem"), detail) } else { fail(named("filesystem"), detail, fix) });
         }
-        Err(e) => checks.push(fail("sandbox filesystem", format!("{e:#}"), fix)),
+        Err(e) => checks.push(fail(named("filesystem"), format!("{e:#}"), fix)),
     }
-    match probe_in_sandbox(rt, layout, config, image, &["network", "--tcp", "127.0.0.1:9"]).await {
+    match probe_in_sandbox(rt, layout, config, image, runtime, &["network", "--tcp", "127.0.0.1:9"]).await {
         Ok(v) => {
             let only_lo = v["interfaces"].as_array().is_some_and(|i| i.iter().all(|x| x == "lo"));
             let no_routes = v["routes"].as_u64() == Some(0);
             let detail = format!("interfaces {} routes {}", v["interfaces"], v["routes"]);
-            checks.push(if only_lo && no_routes { pass("sandbox network", detail) } else { fail("sandbox network", detail, fix) });
+            checks.push(if only_lo && no_routes { pass(named("network"), detail) } else { fail(named("network"), detail, fix) });
         }
-        Err(e) => checks.push(fail("sandbox network", format!("{e:#}"), fix)),
+        Err(e) => checks.push(fail(named("network"), format!("{e:#}"), fix)),
     }
     checks
 }

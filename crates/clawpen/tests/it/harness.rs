@@ -166,6 +166,12 @@ impl TestServer {
     /// A server whose sandboxes (agents' and the warm pool's) all run the probe image: the
     /// sandbox image plus `/probe`, so that [`TestServer::probe`] can attack from inside any of
     /// them. `plan` and `extra` as for [`TestServer::start_full`].
+    /// [`TestServer::start_with_probe`] with every plan's sandboxes behind `wall`.
+    pub async fn start_with_probe_on(wall: Wall, plan: &str, extra: &str) -> TestServer {
+        wall.require();
+        TestServer::start_with_probe(&format!("{}{plan}", wall.plan_line()), extra).await
+    }
+
     pub async fn start_with_probe(plan: &str, extra: &str) -> TestServer {
         let img = ProbeImage::build();
         let image_line = format!("image = \"{}\"", img.0);
@@ -177,11 +183,37 @@ impl TestServer {
 
     /// Runs `/probe ARGS` inside the agent's sandbox with `docker exec` (same uid, cgroup,
     /// seccomp profile and capabilities as its agent): `(exit code, the JSON it printed)`.
+    /// A `docker exec` whose sandbox dies under it (gVisor's, killed whole for memory) may never
+    /// return: after 120 s it is killed and its code is -1.
     pub fn probe(&self, agent: &str, args: &[&str]) -> (i32, Value) {
         assert!(self.probe_image.is_some(), "start the server with TestServer::start_with_probe");
-        let out = Command::new("docker").args(["exec", &self.container(agent), "/probe"]).args(args).output().unwrap();
-        let code = out.status.code().unwrap_or(-1);
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut child = Command::new("docker")
+            .args(["exec", &self.container(agent), "/probe"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdout_pipe = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stdout_pipe, &mut buf);
+            buf
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let code = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st.code().unwrap_or(-1);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break -1;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let out = reader.join().unwrap_or_default();
+        let stdout = String::from_utf8_lossy(&out);
         let json = stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null);
         (code, json)
     }
@@ -531,4 +563,74 @@ pub async fn uds_post(socket: &Path, path: &str, body: &Value, headers: &[(&str,
     let res = sender.send_request(req.body(http_body_util::Full::new(bytes::Bytes::from(body.to_string()))).unwrap()).await.unwrap();
     let status = res.status().as_u16();
     (status, res.into_body().collect().await.unwrap().to_bytes())
+}
+
+/// The wall around the sandboxes of a test's server: the suites that attack from inside a
+/// sandbox run behind each (see [`both_walls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wall {
+    Runc,
+    Runsc,
+}
+
+impl Wall {
+    /// The plan line that puts a plan's sandboxes behind this wall.
+    pub fn plan_line(self) -> &'static str {
+        match self {
+            Wall::Runc => "",
+            Wall::Runsc => "runtime = \"runsc\"\n",
+        }
+    }
+
+    /// Fails, saying how to fix it, when the Docker daemon lacks the runtime or registered it
+    /// without the sandbox contract's arguments.
+    pub fn require(self) {
+        if self == Wall::Runc {
+            return;
+        }
+        let out = Command::new("docker").args(["info", "--format", "{{json .Runtimes}}"]).output().expect("run docker info");
+        let runtimes: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let args: Vec<String> = runtimes["runsc"]["runtimeArgs"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect()).unwrap_or_default();
+        let contract = clawpen_runtime::tiers::required_args(clawpen_core::plan::SandboxRuntime::Runsc);
+        assert!(
+            runtimes.get("runsc").is_some() && contract.iter().all(|c| args.iter().any(|a| a == c)),
+            "the gVisor tests need runsc registered with the Docker daemon (it has {runtimes}): {}",
+            clawpen_runtime::tiers::advice(clawpen_core::plan::SandboxRuntime::Runsc)
+        );
+    }
+
+    /// Whether the sandbox's kernel is gVisor's rather than the host's.
+    pub fn is_gvisor(self) -> bool {
+        self == Wall::Runsc
+    }
+}
+
+/// The host's kernel as the probe's `identity` reports a sandbox's: release and version.
+pub fn host_kernel() -> String {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/sys/kernel/{f}")).map(|s| s.trim().to_owned()).unwrap_or_default();
+    format!("{} {}", read("osrelease"), read("version"))
+}
+
+/// Runs each named `async fn(Wall)` as two tests, `runc::NAME` and `runsc::NAME`: the same
+/// attack behind each wall.
+#[macro_export]
+macro_rules! both_walls {
+    ($($name:ident),* $(,)?) => {
+        mod runc {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name($crate::harness::Wall::Runc).await
+                }
+            )*
+        }
+        mod runsc {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name($crate::harness::Wall::Runsc).await
+                }
+            )*
+        }
+    };
 }

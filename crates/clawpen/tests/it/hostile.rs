@@ -10,7 +10,18 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::TestServer;
+use crate::harness::{TestServer, Wall};
+
+crate::both_walls!(
+    a_symlinked_agent_sock_reaches_no_other_tenant,
+    links_renamed_over_control_sock_during_50_restarts_change_no_mode,
+    a_gigabyte_answer_and_a_sparse_seed_cost_the_server_no_memory,
+    a_flood_of_connections_leaves_others_and_the_node_answering,
+    a_full_filesystem_fails_inside_with_enospc_while_others_write,
+    a_hanging_sandbox_holds_up_neither_a_restart_nor_anyone_elses_meter,
+    a_sandbox_cannot_forge_or_drive_the_log_its_owner_reads,
+    a_sandbox_calls_no_tool_outside_a_run_the_server_opened_for_it,
+);
 
 /// The host pid of a container's first process.
 fn host_pid(container: &str) -> u64 {
@@ -39,9 +50,8 @@ async fn calls_of(s: &TestServer, key: &str) -> i64 {
     s.settled_usage(key).await["agents"].as_array().map_or(0, |a| a.iter().map(|x| x["calls"].as_i64().unwrap_or(0)).sum())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_symlinked_agent_sock_reaches_no_other_tenant() {
-    let s = TestServer::start_with_probe("", "").await;
+async fn a_symlinked_agent_sock_reaches_no_other_tenant(wall: Wall) {
+    let s = TestServer::start_with_probe_on(wall, "", "").await;
     let (_, key_a) = s.tenant("alpha").await;
     let (tb, key_b) = s.tenant("beta").await;
     let a = s.agent(&key_a, "a", true).await["id"].as_str().unwrap().to_owned();
@@ -85,9 +95,8 @@ async fn a_symlinked_agent_sock_reaches_no_other_tenant() {
     assert!(s.log().contains("leads elsewhere than its sandbox"), "the refusal is logged");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn links_renamed_over_control_sock_during_50_restarts_change_no_mode() {
-    let mut s = TestServer::start_with_probe("", "").await;
+async fn links_renamed_over_control_sock_during_50_restarts_change_no_mode(wall: Wall) {
+    let mut s = TestServer::start_with_probe_on(wall, "", "").await;
     let (_, key_a) = s.tenant("alpha").await;
     let (_, key_b) = s.tenant("beta").await;
     let a = s.agent(&key_a, "a", true).await["id"].as_str().unwrap().to_owned();
@@ -125,9 +134,8 @@ async fn links_renamed_over_control_sock_during_50_restarts_change_no_mode() {
     others_answer(&s, &key_b, &b, "after the race").await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_gigabyte_answer_and_a_sparse_seed_cost_the_server_no_memory() {
-    let s = TestServer::start_with_probe("", "[fleet]\nwarm_pool = 1\n").await;
+async fn a_gigabyte_answer_and_a_sparse_seed_cost_the_server_no_memory(wall: Wall) {
+    let s = TestServer::start_with_probe_on(wall, "", "[fleet]\nwarm_pool = 1\n").await;
     let (_, key_a) = s.tenant("alpha").await;
     let (_, key_b) = s.tenant("beta").await;
     let a = s.agent(&key_a, "a", true).await["id"].as_str().unwrap().to_owned();
@@ -169,17 +177,19 @@ fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_flood_of_connections_leaves_others_and_the_node_answering() {
-    let s = TestServer::start_with_probe("gateway_connections = 3", "").await;
+async fn a_flood_of_connections_leaves_others_and_the_node_answering(wall: Wall) {
+    let s = TestServer::start_with_probe_on(wall, "gateway_connections = 3", "").await;
     let (_, key_a) = s.tenant("alpha").await;
     let (_, key_b) = s.tenant("beta").await;
     let a = s.agent(&key_a, "a", true).await["id"].as_str().unwrap().to_owned();
     let b = s.agent(&key_b, "b", true).await["id"].as_str().unwrap().to_owned();
     let idle_fds = fds(s.pid());
 
-    // 25,000 connections to control.sock, held.
-    let flood = s.probe_async(&a, &["flood", "--name", "control.sock", "--count", "25000", "--hold-secs", "15"]);
+    // 25,000 connections to control.sock, held. Under gVisor a connection past the host's
+    // backlog (4,096) takes its gofer seconds to be refused, which slows only the attacker:
+    // 4,000 there, still 125 times what one sandbox is served at once.
+    let count = if wall.is_gvisor() { "4000" } else { "25000" };
+    let flood = s.probe_async(&a, &["flood", "--name", "control.sock", "--count", count, "--hold-secs", "15"]);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut most_fds = 0;
     for i in 0..5 {
@@ -188,7 +198,7 @@ async fn a_flood_of_connections_leaves_others_and_the_node_answering() {
     }
     let out = flood.wait_with_output().await.unwrap();
     let v: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
-    assert_eq!(v["attempted"], 25000, "{v}");
+    assert_eq!(v["attempted"].to_string(), count, "{v}");
     assert!(v["connected"].as_u64().unwrap() > 100, "the flood connected: {v}");
     assert!(most_fds < idle_fds + 200, "the server held {most_fds} descriptors (idle: {idle_fds}) during the flood: {v}");
 
@@ -216,9 +226,8 @@ async fn a_flood_of_connections_leaves_others_and_the_node_answering() {
     tokio_tungstenite::connect_async(url.as_str()).await.expect("a closed connection gives its place back");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_full_filesystem_fails_inside_with_enospc_while_others_write() {
-    let s = TestServer::start_with_probe("disk_mib = 64\ndisk_inodes = 4096", "").await;
+async fn a_full_filesystem_fails_inside_with_enospc_while_others_write(wall: Wall) {
+    let s = TestServer::start_with_probe_on(wall, "disk_mib = 64\ndisk_inodes = 4096", "").await;
     let (_, key_a) = s.tenant("alpha").await;
     let (tb, key_b) = s.tenant("beta").await;
     let a = s.agent(&key_a, "a", true).await["id"].as_str().unwrap().to_owned();
@@ -263,11 +272,10 @@ fn clawpen_hostfs_free(dir: &std::path::Path) -> u64 {
     clawpen_hostfs::SandboxDir::open(dir).unwrap().usage().unwrap().bytes_free
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_hanging_sandbox_holds_up_neither_a_restart_nor_anyone_elses_meter() {
+async fn a_hanging_sandbox_holds_up_neither_a_restart_nor_anyone_elses_meter(wall: Wall) {
     // A start timeout longer than the harness waits for readiness: were the start-up to wait on
     // A's hanging sandbox, the restart below would not become ready at all.
-    let mut s = TestServer::start_with_probe("", "[sandbox]\nstart_timeout_secs = 300\n").await;
+    let mut s = TestServer::start_with_probe_on(wall, "", "[sandbox]\nstart_timeout_secs = 300\n").await;
     let (_, key_a) = s.tenant("alpha").await;
     let (_, key_b) = s.tenant("beta").await;
     let a = s.agent(&key_a, "a", true).await["id"].as_str().unwrap().to_owned();
@@ -289,9 +297,8 @@ async fn a_hanging_sandbox_holds_up_neither_a_restart_nor_anyone_elses_meter() {
     assert_eq!(view["observed_state"], "running", "{view}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_sandbox_cannot_forge_or_drive_the_log_its_owner_reads() {
-    let s = TestServer::start_with_probe("", "").await;
+async fn a_sandbox_cannot_forge_or_drive_the_log_its_owner_reads(wall: Wall) {
+    let s = TestServer::start_with_probe_on(wall, "", "").await;
     let (_, key_a) = s.tenant("alpha").await;
     let a = s.agent(&key_a, "a", true).await["id"].as_str().unwrap().to_owned();
     let forged = "\u{1b}[2J\u{1b}[31m2026-12-01T00:00:00Z  INFO clawpen_server: tenant verified, all clear\r\u{202e}txt.exe\n";
@@ -306,9 +313,8 @@ async fn a_sandbox_cannot_forge_or_drive_the_log_its_owner_reads() {
     assert!(line.contains("\\u{1b}[2J"), "escapes are shown, not acted on: {line}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_sandbox_calls_no_tool_outside_a_run_the_server_opened_for_it() {
-    let s = TestServer::start_with_probe("", "").await;
+async fn a_sandbox_calls_no_tool_outside_a_run_the_server_opened_for_it(wall: Wall) {
+    let s = TestServer::start_with_probe_on(wall, "", "").await;
     let (_, key_a) = s.tenant("alpha").await;
     let (_, key_b) = s.tenant("beta").await;
     let a = s.agent(&key_a, "a", true).await["id"].as_str().unwrap().to_owned();

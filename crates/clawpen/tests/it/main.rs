@@ -45,3 +45,4 @@ mod openapi;
 mod pool;
 mod telegram;
 mod transfer;
+mod walls;

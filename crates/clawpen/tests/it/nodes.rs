@@ -454,3 +454,26 @@ async fn an_agent_moved_between_nodes_with_separate_data_dirs_keeps_its_memory()
         assert!(!d.join("volumes").join(format!("{pip}.img")).exists() && !d.join("agents").join(&pip).exists(), "{} keeps the deleted agent", d.display());
     }
 }
+
+/// A plan whose sandboxes run under a runtime one node's daemon lacks: the server refuses to
+/// start, names the node and the plan, and says exactly how to register the runtime. (The
+/// second engine here has only runc.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_whose_runtime_a_node_lacks_is_refused_at_start_with_the_fix() {
+    crate::harness::image();
+    let two = SecondEngine::start();
+    let dir = tempfile::Builder::new().prefix("cpt-").tempdir_in("/tmp").unwrap();
+    let config = dir.path().join("test-config.toml");
+    let text = format!(
+        "[plans.free]\n\n[plans.walled]\nruntime = \"runsc\"\n\n[[nodes]]\nname = \"one\"\ndocker = \"unix:///var/run/docker.sock\"\n\n{}",
+        two.node_config("two")
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(EXE).args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path()).arg("--config").arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the server started: {err}");
+    for want in ["node two", "no runtime named runsc", "plan walled", "daemon.json", "\"--network=none\",\"--host-uds=all\"", "apt-get install runsc"] {
+        assert!(err.contains(want), "{want:?} missing from: {err}");
+    }
+    drop(two);
+}
