@@ -152,6 +152,20 @@ fn udp_query(server: &str, name: &str, timeout: Duration) -> Value {
 // ---------------------------------------------------------------------------------------------
 // identity
 
+/// The kernel this process runs on, as `uname` gives it: release and version. In a sandbox
+/// under runsc it is gVisor's; `clawpen doctor` and the tests compare it with the host's.
+pub fn kernel() -> Option<String> {
+    // SAFETY: `uts` is a valid out-pointer for uname.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return None;
+    }
+    // SAFETY: uname NUL-terminates its fields.
+    let field = |f: &[libc::c_char]| unsafe { std::ffi::CStr::from_ptr(f.as_ptr()) }.to_string_lossy().into_owned();
+    Some(format!("{} {}", field(&uts.release), field(&uts.version)))
+}
+
 pub fn identity() -> Value {
     let mut o = Map::new();
     match fs::read_to_string("/proc/self/status") {
@@ -199,13 +213,8 @@ pub fn identity() -> Value {
         o.insert("cap_amb".into(), json!(format!("{mask:016x}")));
         o.insert("cap_amb_supported".into(), json!(answered));
     }
-    // SAFETY: `uts` is a valid out-pointer for uname.
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::uname(&mut uts) } == 0 {
-        // SAFETY: uname NUL-terminates its fields.
-        let field = |f: &[libc::c_char]| unsafe { std::ffi::CStr::from_ptr(f.as_ptr()) }.to_string_lossy().into_owned();
-        o.insert("kernel".into(), json!(format!("{} {}", field(&uts.release), field(&uts.version))));
+    if let Some(k) = kernel() {
+        o.insert("kernel".into(), json!(k));
     }
 
     // SAFETY: plain syscall wrapper; failure is reported, not assumed.

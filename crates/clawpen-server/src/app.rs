@@ -256,7 +256,7 @@ impl App {
         let found = a.container_id.as_deref().and_then(|c| c.split_once('/')).map(|(n, _)| n).filter(|n| self.nodes.node(n).is_some());
         let n = match found {
             Some(n) => n.to_owned(),
-            None => self.place(&a, self.config.sandbox_mib(self.config.plan_or_default(&tenant.plan))).await?,
+            None => self.place(&a, self.config.plan_or_default(&tenant.plan).sandbox_mib()).await?,
         };
         self.store.set_node(agent, Some(&n)).await?;
         Ok(n)

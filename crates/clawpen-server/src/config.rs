@@ -236,14 +236,6 @@ impl Default for SandboxConfig {
     }
 }
 
-impl Config {
-    /// What one sandbox of `plan` commits of a node's memory budget: its cgroup's limit, which
-    /// under runsc holds gVisor's kernel too (see [`Plan::sandbox_mib`]).
-    pub fn sandbox_mib(&self, plan: &Plan) -> u64 {
-        plan.sandbox_mib()
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         let plans = BTreeMap::from([

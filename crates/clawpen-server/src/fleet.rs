@@ -156,7 +156,7 @@ impl App {
         // Its node is recorded now (placed by prepare_sandbox when it had none).
         agent.node = Some(node.clone());
         let mut spec = self.spec_for(tenant, id, uid, &node);
-        let memory_mib = self.config.sandbox_mib(self.config.plan_or_default(&tenant.plan));
+        let memory_mib = self.config.plan_or_default(&tenant.plan).sandbox_mib();
         let cold = || self.metrics.starts_cold.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // On its node (a stale copy on another node is not it).
         let target = format!("{node}/{}", spec.name);
@@ -435,7 +435,7 @@ impl App {
             // A sandbox found running or frozen holds its plan's memory, whatever the budget.
             let holding = containers.iter().filter(is_its).find(|c| matches!(c.state, SandboxState::Running | SandboxState::Paused));
             if let Some(c) = holding {
-                self.commit_found(&a.id, &c.node, self.config.sandbox_mib(self.config.plan_or_default(&tenant.plan)));
+                self.commit_found(&a.id, &c.node, self.config.plan_or_default(&tenant.plan).sandbox_mib());
             }
             let running = containers.iter().filter(is_its).any(|c| c.state == SandboxState::Running);
             if a.desired_state != DesiredState::Deleted {

@@ -395,7 +395,7 @@ impl App {
     /// when the node's budget has no room for it.
     async fn warm_one(&self, plan: &str, class: &str) -> anyhow::Result<bool> {
         let plan = self.config.plan_or_default(plan).clone();
-        let mib = self.config.sandbox_mib(&plan);
+        let mib = plan.sandbox_mib();
         let (committed, budget) = self.committed_mib();
         if committed + mib > budget {
             return Ok(false);

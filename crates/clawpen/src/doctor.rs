@@ -157,7 +157,8 @@ async fn collect(args: &DoctorArgs) -> Vec<Check> {
             return checks;
         }
     };
-    let host_kernel = host_kernel();
+    // The self-check's own kernel report, run here on the host.
+    let host_kernel = clawpen_selfcheck::kernel().unwrap_or_default();
     for runtime in SandboxRuntime::ALL {
         let plans: Vec<&String> = config.plans.iter().filter(|(_, p)| p.runtime == runtime).map(|(n, _)| n).collect();
         let name = format!("runtime {runtime}");
@@ -178,13 +179,6 @@ async fn collect(args: &DoctorArgs) -> Vec<Check> {
         checks.extend(sandbox_checks(&rt, &layout, &config, &tag, runtime, &host_kernel).await);
     }
     checks
-}
-
-/// The host's kernel as `uname` gives it (release and version), the way the sandbox's
-/// self-check reports its own.
-fn host_kernel() -> String {
-    let read = |f: &str| std::fs::read_to_string(format!("/proc/sys/kernel/{f}")).map(|s| s.trim().to_owned()).unwrap_or_default();
-    format!("{} {}", read("osrelease"), read("version"))
 }
 
 /// Fails when a sandbox of another installation on this engine runs as a uid in this

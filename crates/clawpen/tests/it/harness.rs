@@ -605,10 +605,9 @@ impl Wall {
     }
 }
 
-/// The host's kernel as the probe's `identity` reports a sandbox's: release and version.
+/// The host's kernel as the probe's `identity` reports a sandbox's (the same self-check code).
 pub fn host_kernel() -> String {
-    let read = |f: &str| std::fs::read_to_string(format!("/proc/sys/kernel/{f}")).map(|s| s.trim().to_owned()).unwrap_or_default();
-    format!("{} {}", read("osrelease"), read("version"))
+    clawpen_selfcheck::kernel().expect("uname answers")
 }
 
 /// Runs each named `async fn(Wall)` as two tests, `runc::NAME` and `runsc::NAME`: the same
