@@ -137,6 +137,13 @@ impl CalendarEvent {
     pub fn new(summary: &str, description: &str, start: &str, end: &str) -> Self {
         Self { summary: summary.into(), description: description.into(), start: start.into(), end: end.into(), ..Self::default() }
     }
+
+    /// An event that starts `hours` from now and lasts an hour: still upcoming whenever a test
+    /// runs, as the seeded events are.
+    pub fn in_hours(summary: &str, description: &str, hours: i64) -> Self {
+        let start = OffsetDateTime::now_utc() + time::Duration::hours(hours);
+        Self::new(summary, description, &rfc3339(start), &rfc3339(start + time::Duration::hours(1)))
+    }
 }
 
 /// A message in the Gmail mailbox.
