@@ -81,7 +81,7 @@ pub async fn run(requests: usize) -> anyhow::Result<Vec<Case>> {
     anyhow::ensure!(requests >= 1, "--requests must be at least 1");
     let dir = tempfile::Builder::new().prefix("clawpen-bench-tools-").tempdir_in("/tmp")?;
     // One event per `call` (warm-up included) and one for `cached`.
-    let events: Vec<CalendarEvent> = (0..requests + WARMUP + 1).map(|i| CalendarEvent::new(&format!("Bench event {i}"), "An event of the bench.", "2026-12-03T09:00:00Z", "2026-12-03T09:30:00Z")).collect();
+    let events: Vec<CalendarEvent> = (0..requests + WARMUP + 1).map(|i| CalendarEvent::in_hours(&format!("Bench event {i}"), "An event of the bench.", 24)).collect();
     let content = Content { calendar_events: events, ..Content::default() };
     let standin = ProviderStandin::start(ProviderKind::Google, ProviderStandinConfig { content, ..ProviderStandinConfig::default() }).await?;
     let ids: Vec<String> = standin.content().calendar_events.iter().filter(|e| e.summary.starts_with("Bench event ")).map(|e| e.id.clone()).collect();
