@@ -93,6 +93,7 @@ id_type!(MemberId, "mb", "member");
 id_type!(TelegramBotId, "tgb", "telegram bot");
 id_type!(ConnectionId, "cn", "connection");
 id_type!(ProposalId, "pr", "proposal");
+id_type!(ScheduleId, "sch", "schedule");
 
 #[cfg(test)]
 mod tests {

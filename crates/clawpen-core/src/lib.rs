@@ -5,12 +5,14 @@
 //! - [`lifecycle`]: the pure state machine of hibernation tiers, restarts and the crash-loop guard.
 //! - [`names`]: validation of user-chosen names.
 //! - [`plan`]: plans and their sandbox limits.
+//! - [`schedule`]: when an agent's scheduled runs fall due (cron in a time zone, or an interval).
 //! - [`spec`]: [`spec::SandboxSpec`], built by [`spec::SandboxSpec::for_agent`] and nowhere else.
 
 pub mod ids;
 pub mod lifecycle;
 pub mod names;
 pub mod plan;
+pub mod schedule;
 pub mod spec;
 
 /// Labels put on every container the platform makes, so a restarted server can adopt or sweep.

@@ -84,6 +84,12 @@ pub struct Plan {
     /// sandboxes are the same: limits, image and runtime); `None`: `fleet.warm_pool` for the
     /// default plan, none for the others. A runsc plan sets it to start its agents warm too.
     pub warm_pool: Option<u32>,
+    /// Most schedules (runs the agent starts on its own, at set times) a tenant on this plan
+    /// may have, all agents together; 0 none.
+    pub schedules: u32,
+    /// The shortest time between two runs of one schedule, in seconds: an interval below it,
+    /// or a cron expression that ever falls due sooner after its last run, is refused.
+    pub schedule_min_interval_secs: u64,
 }
 
 /// The OCI runtime a plan's sandboxes run under, registered under this name with the Docker
@@ -154,6 +160,8 @@ impl Default for Plan {
             inactive_delete_days: 0.0,
             runtime: SandboxRuntime::Runc,
             warm_pool: None,
+            schedules: 5,
+            schedule_min_interval_secs: 900,
         }
     }
 }

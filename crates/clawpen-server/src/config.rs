@@ -36,6 +36,27 @@ pub struct Config {
     pub broker: clawpen_broker::config::BrokerConfig,
     /// Where workspaces' snapshots and the store's backups go (docs/OPERATIONS.md).
     pub storage: StorageConfig,
+    /// Scheduled runs: how often they are looked for, spread and run at once.
+    pub schedules: SchedulesConfig,
+}
+
+/// How the scheduler runs the schedules' runs (the plans say how many and how often).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulesConfig {
+    /// How often due schedules are looked for, in milliseconds.
+    pub tick_ms: u64,
+    /// Runs due at the same time start spread over this many seconds (each schedule at its own
+    /// fixed offset), so that a minute many families chose does not wake every agent at once.
+    pub spread_secs: u64,
+    /// Scheduled runs in flight at once, all tenants together; more wait their turn.
+    pub concurrency: u32,
+}
+
+impl Default for SchedulesConfig {
+    fn default() -> Self {
+        SchedulesConfig { tick_ms: 1000, spread_secs: 10, concurrency: 16 }
+    }
 }
 
 /// Object storage: a local folder by default, or S3-compatible by URL.
@@ -280,6 +301,7 @@ impl Default for Config {
             telegram: TelegramConfig::default(),
             broker: Default::default(),
             storage: Default::default(),
+            schedules: SchedulesConfig::default(),
         }
     }
 }

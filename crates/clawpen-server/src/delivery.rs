@@ -74,9 +74,15 @@ impl App {
     /// piece of the answer as it arrives and then the whole reply (its identity checked like a
     /// whole reply's). The run ends with the stream; dropping it hangs up on the agent, which
     /// stops the run and its model call.
-    pub async fn deliver_message_stream(&self, tenant: &Tenant, agent: &Agent, mut msg: MessageIn, actor: &Actor) -> Result<ReplyStream, ApiError> {
+    pub async fn deliver_message_stream(&self, tenant: &Tenant, agent: &Agent, msg: MessageIn, actor: &Actor) -> Result<ReplyStream, ApiError> {
+        let run = self.admit_message(tenant, &agent.id).await?;
+        self.stream_in_run(tenant, agent, msg, run, actor).await
+    }
+
+    /// [`App::deliver_message_stream`] in a run already admitted (a scheduled run records the
+    /// run's id before it starts).
+    pub(crate) async fn stream_in_run(&self, tenant: &Tenant, agent: &Agent, mut msg: MessageIn, run: OpenRun, actor: &Actor) -> Result<ReplyStream, ApiError> {
         let id = &agent.id;
-        let run = self.admit_message(tenant, id).await?;
         msg.run_id = Some(run.id.clone());
         let timeout = Duration::from_secs(self.config.sandbox.message_timeout_secs);
         let activity = self.activity(id);
@@ -94,7 +100,7 @@ impl App {
     }
 
     /// A message's admission: one from the tenant's allowance, and the run it starts.
-    async fn admit_message(&self, tenant: &Tenant, id: &clawpen_core::ids::AgentId) -> Result<OpenRun, ApiError> {
+    pub(crate) async fn admit_message(&self, tenant: &Tenant, id: &clawpen_core::ids::AgentId) -> Result<OpenRun, ApiError> {
         let per_minute = self.config.plan_or_default(&tenant.plan).messages_per_minute;
         if let Err(wait) = self.message_limits.check(&tenant.id, per_minute) {
             return Err(ApiError::new(
@@ -145,10 +151,16 @@ fn check_identity(out: &MessageOut, agent: &clawpen_core::ids::AgentId, tenant: 
 }
 
 /// A run the server opened for a message; closed when dropped.
-struct OpenRun {
+pub(crate) struct OpenRun {
     meter: std::sync::Arc<clawpen_meter::Meter>,
     agent: clawpen_core::ids::AgentId,
     id: String,
+}
+
+impl OpenRun {
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
 }
 
 impl Drop for OpenRun {

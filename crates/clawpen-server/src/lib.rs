@@ -31,6 +31,7 @@ pub mod nodes;
 pub mod persona;
 pub mod pool;
 pub mod ratelimit;
+pub mod schedules;
 pub mod supervisor;
 pub mod transfer;
 pub mod uid_range;
@@ -202,6 +203,7 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
     let _supervisor_guard = AbortOnDrop(tokio::spawn(app.clone().run_supervisor()));
     let _nodes_guard = AbortOnDrop(tokio::spawn(app.clone().run_node_watch()));
     let _pool_guard = AbortOnDrop(tokio::spawn(app.clone().run_pool()));
+    let _scheduler_guard = AbortOnDrop(tokio::spawn(app.clone().run_scheduler()));
     let _sweeper_guard = AbortOnDrop(tokio::spawn(app.meter.clone().run_sweeper()));
     let _flusher_guard = AbortOnDrop(tokio::spawn(app.meter.clone().run_flusher()));
     let _telegram_guard = AbortOnDrop(tokio::spawn(channels::telegram::Telegram::run(app.clone(), listener.local_addr()?)));

@@ -20,7 +20,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, Response, Schema};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, agents, backups, files, integrations, nodes, telegram, transfer, usage};
+use super::{admin, agents, backups, files, integrations, nodes, schedules, telegram, transfer, usage};
 use crate::config::Config;
 use crate::error::{ErrorBody, ErrorDetail};
 
@@ -35,6 +35,7 @@ use crate::error::{ErrorBody, ErrorDetail};
         agents::create_agent, agents::list_agents, agents::get_agent, agents::delete_agent,
         agents::start_agent, agents::stop_agent, agents::hibernate, agents::logs, agents::events, agents::send_message, agents::connect_url,
         files::get_file, files::put_file, files::memory, files::forget,
+        schedules::create, schedules::list_agent, schedules::list, schedules::get, schedules::change, schedules::delete, schedules::runs,
         backups::backup, backups::list, backups::list_all, backups::backup_any, backups::backup_store,
         transfer::export_own, transfer::export_tenant, transfer::import_own, transfer::import_tenant,
         usage::usage, usage::tenant_usage, usage::set_plan, usage::add_credits,
@@ -146,6 +147,7 @@ fn path_param(name: &str) -> Option<(&'static str, &'static str)> {
         "run_id" => (RUN_PATTERN, "A run id (`run_…`) the server opened for the agent."),
         "provider" => (integrations::PROVIDER_PATTERN, "`google`, `github`, `slack`, `trello` or `notion`."),
         "connection_id" => (clawpen_core::ids::ConnectionId::PATTERN, "A connection id (`cn_…`) of the tenant."),
+        "schedule_id" => (clawpen_core::ids::ScheduleId::PATTERN, "A schedule id (`sch_…`) of the caller's tenant."),
         "number" => (integrations::NUMBER_PATTERN, "A proposal's number within the tenant."),
         _ => return None,
     })
@@ -246,6 +248,7 @@ const LINK_SOURCES: &[(&str, &str, &str, &str, &[&str])] = &[
     ("create_agent", "201", "agent_id", "$response.body#/id", &[]),
     ("create_key", "201", "key_id", "$response.body#/key/id", &["tenant_id"]),
     ("add_tenant_member", "201", "member_id", "$response.body#/id", &["tenant_id"]),
+    ("create_schedule", "201", "schedule_id", "$response.body#/id", &[]),
 ];
 
 /// Adds an OpenAPI link from each creating operation's response to every operation with the
@@ -432,8 +435,8 @@ mod tests {
         let links = &d["paths"]["/api/v1/tenants/{tenant_id}/members"]["post"]["responses"]["201"]["links"];
         assert!(links.get("remove_tenant_member").is_some() && links.as_object().unwrap().len() == 1, "{links}");
         let links = d["paths"]["/api/v1/agents"]["post"]["responses"]["201"]["links"].as_object().unwrap().clone();
-        assert_eq!(links.len(), 15, "{links:?}");
-        for op in ["get_agent_file", "put_agent_file", "agent_memory", "forget_agent_memory", "backup_agent", "list_agent_backups"] {
+        assert_eq!(links.len(), 17, "{links:?}");
+        for op in ["get_agent_file", "put_agent_file", "agent_memory", "forget_agent_memory", "backup_agent", "list_agent_backups", "create_schedule", "list_agent_schedules"] {
             assert!(links.contains_key(op), "{op}: {links:?}");
         }
     }

@@ -8,6 +8,7 @@ pub mod extract;
 pub mod files;
 pub mod integrations;
 pub mod nodes;
+pub mod schedules;
 pub mod telegram;
 pub mod transfer;
 pub mod usage;
@@ -60,6 +61,10 @@ pub fn router(app: App) -> Router {
         .route("/agents/{agent_id}/memory", get(files::memory))
         .route("/agents/{agent_id}/memory/forget", post(files::forget))
         .route("/agents/{agent_id}/backups", post(backups::backup).get(backups::list))
+        .route("/agents/{agent_id}/schedules", post(schedules::create).get(schedules::list_agent))
+        .route("/schedules", get(schedules::list))
+        .route("/schedules/{schedule_id}", get(schedules::get).patch(schedules::change).delete(schedules::delete))
+        .route("/schedules/{schedule_id}/runs", get(schedules::runs))
         .route("/backups", get(backups::list_all))
         .route("/backups/agents/{agent_id}", post(backups::backup_any))
         .route("/backups/store", post(backups::backup_store))

@@ -22,6 +22,7 @@
 //! - `meter`: model calls through the meter against a stand-in upstream; caps, aborts, crashes.
 //! - `openapi`: schemathesis with a tenant key and with the admin token: every answer is one the
 //!   OpenAPI document declares, and none is a 5xx.
+//! - `schedules`: scheduled runs as ordinary runs, kills around due runs, caps, isolation.
 //! - `telegram`: tenants' own bots (webhook, polling) and the shared bot with pairing, against the
 //!   stand-in's Bot API; cross-tenant isolation and secrets.
 
@@ -43,6 +44,7 @@ mod meter;
 mod nodes;
 mod openapi;
 mod pool;
+mod schedules;
 mod telegram;
 mod transfer;
 mod walls;

@@ -569,18 +569,12 @@ impl Telegram {
     /// Sends `text` to every person of the tenant paired on Telegram, through the tenant's own
     /// bot when it has one, else the shared bot; no agent is woken for it. The number reached.
     pub async fn notify(&self, app: &App, tenant: &clawpen_store::Tenant, text: &str) -> usize {
-        let api = match app.store.get_telegram_bot(&tenant.id).await {
-            Ok(Some(bot)) => match self.tenant_api(app, &bot).await {
-                Ok(api) => api,
-                Err(e) => {
-                    warn!(bot = %bot.id, error = %e, "telegram: cannot open the bot's token; no notice sent");
-                    return 0;
-                }
-            },
-            _ => match self.shared() {
-                Some(s) => s.api.clone(),
-                None => return 0,
-            },
+        let api = match self.speaker(app, tenant).await {
+            Ok(api) => api,
+            Err(e) => {
+                warn!(tenant = %tenant.id, error = %e, "telegram: no notice sent");
+                return 0;
+            }
         };
         let people = app.store.list_members(&tenant.id).await.unwrap_or_default();
         let mut reached = 0;
@@ -592,6 +586,25 @@ impl Telegram {
             }
         }
         reached
+    }
+
+    /// The bot that speaks to the tenant's people: its own when it has one, else the shared bot.
+    async fn speaker(&self, app: &App, tenant: &clawpen_store::Tenant) -> Result<BotApi, String> {
+        match app.store.get_telegram_bot(&tenant.id).await {
+            Ok(Some(bot)) => self.tenant_api(app, &bot).await.map_err(|e| format!("cannot open the bot's token: {e}")),
+            Ok(None) => self.shared().map(|s| s.api.clone()).ok_or_else(|| "the tenant has no Telegram bot and there is no shared bot".to_owned()),
+            Err(e) => Err(format!("cannot read the tenant's bot: {e}")),
+        }
+    }
+
+    /// Sends `text` to the private chat of `user` (a person paired with the tenant), split to
+    /// Telegram's message length, through the bot that speaks to the tenant's people.
+    pub async fn send_to(&self, app: &App, tenant: &clawpen_store::Tenant, user: i64, text: &str) -> Result<(), String> {
+        let api = self.speaker(app, tenant).await?;
+        for part in bot_api::split_text(text) {
+            api.send_message(user, &part).await.map_err(|e| format!("Telegram did not take the message: {e}"))?;
+        }
+        Ok(())
     }
 
     /// `/pair CODE`: spends the code and makes the user a member of its tenant.
