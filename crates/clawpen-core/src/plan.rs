@@ -90,6 +90,9 @@ pub struct Plan {
     /// The shortest time between two runs of one schedule, in seconds: an interval below it,
     /// or a cron expression that ever falls due sooner after its last run, is refused.
     pub schedule_min_interval_secs: u64,
+    /// The models (names in `[meter.models]`) this plan's agents may call; `None`: all of them.
+    /// A call to another is refused with 403 `model_not_in_plan`, naming the plan's models.
+    pub models: Option<Vec<String>>,
 }
 
 /// The OCI runtime a plan's sandboxes run under, registered under this name with the Docker
@@ -162,6 +165,7 @@ impl Default for Plan {
             warm_pool: None,
             schedules: 5,
             schedule_min_interval_secs: 900,
+            models: None,
         }
     }
 }

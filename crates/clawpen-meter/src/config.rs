@@ -36,17 +36,41 @@ impl fmt::Display for Secret {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
-    /// Any OpenAI-compatible chat-completions API.
+    /// OpenAI's chat-completions API (and any API that reports usage as it does).
     Openai,
     /// Anthropic's Messages API.
     Anthropic,
+    /// Google Gemini through its OpenAI-compatible endpoint
+    /// (`https://generativelanguage.googleapis.com/v1beta/openai`): thinking tokens are billed
+    /// as output and counted in `total_tokens`, not always in `completion_tokens`.
+    Gemini,
+    /// DeepSeek's OpenAI-compatible API (`https://api.deepseek.com/v1`): cached input in
+    /// `prompt_cache_hit_tokens`, reasoning inside `completion_tokens`.
+    Deepseek,
+    /// xAI's Grok through its OpenAI-compatible API (`https://api.x.ai/v1`): reasoning tokens are
+    /// billed as output beside `completion_tokens`, not in it.
+    #[serde(alias = "grok")]
+    Xai,
 }
 
 impl Provider {
+    pub const ALL: [Provider; 5] = [Provider::Openai, Provider::Anthropic, Provider::Gemini, Provider::Deepseek, Provider::Xai];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::Openai => "openai",
             Provider::Anthropic => "anthropic",
+            Provider::Gemini => "gemini",
+            Provider::Deepseek => "deepseek",
+            Provider::Xai => "xai",
+        }
+    }
+
+    /// The API the provider is called with: OpenAI's chat completions for all but Anthropic.
+    pub fn api(self) -> Provider {
+        match self {
+            Provider::Anthropic => Provider::Anthropic,
+            _ => Provider::Openai,
         }
     }
 }

@@ -396,10 +396,13 @@ impl Meter {
             invalid(format!("model: {requested:?} is not offered; offered: {}", known.join(", ")))
         })?;
         let upstream = Arc::clone(&self.upstreams[&model.upstream]);
-        if upstream.provider != endpoint.provider() {
+        if upstream.provider.api() != endpoint.provider() {
             return Err(invalid(format!("model {model_name} is served by the {} API, not this one", upstream.provider.as_str())));
         }
         let plan = self.plan_of(&caller.tenant).await?;
+        if let Some(offered) = plan.models.as_ref().filter(|m| !m.contains(&model_name)) {
+            return Err(MeterError::new(StatusCode::FORBIDDEN, "model_not_in_plan", format!("model {model_name} is not in this account's plan; it offers: {}", offered.join(", "))));
+        }
         let upstream_model = model.upstream_model.clone().unwrap_or_else(|| model_name.clone());
         let checked = request::check(endpoint, headers, &request, &upstream_model, plan.max_tokens as i64).map_err(|request::Invalid(m)| invalid(m))?;
         let image_tokens = match (checked.images, model.image_tokens_max) {
@@ -584,7 +587,7 @@ impl Meter {
             usage: Option<Value>,
         }
         let usage = serde_json::from_slice::<UsageOnly>(&body).ok().and_then(|v| v.usage).filter(Value::is_object).map(|u| match endpoint {
-            Endpoint::ChatCompletions => usage::openai(&u),
+            Endpoint::ChatCompletions => usage::chat_completions(upstream.provider, &u),
             Endpoint::Messages => usage::anthropic(&u),
         });
         // Settled in memory here (the store is written by the flusher, in batches): cheaper
@@ -608,9 +611,10 @@ impl Meter {
     ) -> Response {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
         let meter = Arc::clone(self);
+        let provider = p.upstream.provider;
         tokio::spawn(async move {
             let mut splitter = SseSplitter::default();
-            let mut seen = StreamUsage::default();
+            let mut seen = StreamUsage::of(provider);
             let (mut client_gone, mut broken) = (false, false);
             'read: loop {
                 let next = tokio::select! {

@@ -2,6 +2,8 @@
 
 use serde_json::Value;
 
+use crate::config::Provider;
+
 /// Tokens of one call. `input` excludes cached input (which is priced apart).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -17,13 +19,43 @@ fn int(v: &Value, path: &[&str]) -> i64 {
 
 /// Usage of an OpenAI chat-completions answer or of its usage chunk.
 pub fn openai(usage: &Value) -> Usage {
-    let cached = int(usage, &["prompt_tokens_details", "cached_tokens"]);
-    Usage {
-        input: (int(usage, &["prompt_tokens"]) - cached).max(0),
-        output: int(usage, &["completion_tokens"]),
-        cache_read: cached,
-        cache_write: 0,
+    chat_completions(Provider::Openai, usage)
+}
+
+/// Usage of a chat-completions answer (or its usage chunk) of `provider`, each in its own
+/// fields. Every provider here counts cached input inside `prompt_tokens`; they differ in where
+/// the cached count is and whether reasoning is inside `completion_tokens`:
+/// - OpenAI: `prompt_tokens_details.cached_tokens`; reasoning inside `completion_tokens`.
+/// - DeepSeek: `prompt_cache_hit_tokens`; reasoning inside `completion_tokens`.
+/// - xAI: `prompt_tokens_details.cached_tokens`; `completion_tokens_details.reasoning_tokens`
+///   beside `completion_tokens` (`total_tokens` is the sum of the three).
+/// - Gemini: `prompt_tokens_details.cached_tokens`; thinking tokens in `total_tokens`, and in
+///   `completion_tokens` or beside it depending on the model's version.
+///
+/// For the last two, output is what `total_tokens` says beyond the prompt, or completion plus
+/// reasoning, whichever is more: hidden reasoning is billed as output, never missed.
+pub fn chat_completions(provider: Provider, usage: &Value) -> Usage {
+    let prompt = int(usage, &["prompt_tokens"]);
+    let completion = int(usage, &["completion_tokens"]);
+    let cached = match provider {
+        Provider::Deepseek => int(usage, &["prompt_cache_hit_tokens"]),
+        _ => int(usage, &["prompt_tokens_details", "cached_tokens"]),
     }
+    .clamp(0, prompt.max(0));
+    let output = match provider {
+        Provider::Xai | Provider::Gemini => {
+            let beside = completion + int(usage, &["completion_tokens_details", "reasoning_tokens"]);
+            let total = usage.get("total_tokens").and_then(Value::as_i64).map(|t| t - prompt);
+            match (provider, total) {
+                // xAI's reasoning is always beside completion; Gemini's may be inside it.
+                (Provider::Xai, t) => beside.max(t.unwrap_or(0)),
+                (_, Some(t)) => completion.max(t),
+                (_, None) => completion,
+            }
+        }
+        _ => completion,
+    };
+    Usage { input: (prompt - cached).max(0), output: output.max(0), cache_read: cached, cache_write: 0 }
 }
 
 /// Usage of an Anthropic Messages answer.
@@ -37,8 +69,10 @@ pub fn anthropic(usage: &Value) -> Usage {
 }
 
 /// Usage gathered from a stream as its events pass.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct StreamUsage {
+    /// Whose usage fields a chat-completions usage chunk has.
+    provider: Provider,
     usage: Usage,
     seen: bool,
     /// Input counts came (Anthropic's `message_start`): a stream cut short knows its input.
@@ -55,11 +89,22 @@ fn str_len(v: Option<&Value>) -> i64 {
     v.and_then(Value::as_str).map_or(0, |s| s.len() as i64)
 }
 
+impl Default for StreamUsage {
+    fn default() -> Self {
+        StreamUsage::of(Provider::Openai)
+    }
+}
+
 impl StreamUsage {
+    /// A stream of `provider`'s.
+    pub fn of(provider: Provider) -> Self {
+        StreamUsage { provider, usage: Usage::default(), seen: false, input_seen: false, ended: false, generated_bytes: 0 }
+    }
+
     /// An OpenAI chunk: the usage chunk (sent last when `include_usage` is on) has it all.
     pub fn observe_openai(&mut self, chunk: &Value) {
         if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
-            self.usage = openai(u);
+            self.usage = chat_completions(self.provider, u);
             self.seen = true;
             self.input_seen = true;
             self.ended = true;
@@ -181,6 +226,32 @@ pub fn event_data(event: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn each_providers_usage_fields_are_read_as_it_bills_them() {
+        // OpenAI: cached inside prompt_tokens, reasoning inside completion_tokens.
+        let u = chat_completions(Provider::Openai, &json!({"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140, "prompt_tokens_details": {"cached_tokens": 30}, "completion_tokens_details": {"reasoning_tokens": 25}}));
+        assert_eq!(u, Usage { input: 70, output: 40, cache_read: 30, cache_write: 0 });
+        // DeepSeek: prompt_cache_hit_tokens + prompt_cache_miss_tokens = prompt_tokens.
+        let u = chat_completions(Provider::Deepseek, &json!({"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140, "prompt_cache_hit_tokens": 64, "prompt_cache_miss_tokens": 36, "completion_tokens_details": {"reasoning_tokens": 25}}));
+        assert_eq!(u, Usage { input: 36, output: 40, cache_read: 64, cache_write: 0 });
+        // xAI: reasoning beside completion; total is the sum of the three.
+        let u = chat_completions(Provider::Xai, &json!({"prompt_tokens": 32, "completion_tokens": 9, "total_tokens": 135, "prompt_tokens_details": {"text_tokens": 32, "cached_tokens": 6}, "completion_tokens_details": {"reasoning_tokens": 94}}));
+        assert_eq!(u, Usage { input: 26, output: 103, cache_read: 6, cache_write: 0 });
+        // Gemini: thinking counted in total, whether or not completion_tokens has it.
+        let beside = chat_completions(Provider::Gemini, &json!({"prompt_tokens": 21, "completion_tokens": 5, "total_tokens": 86, "completion_tokens_details": {"reasoning_tokens": 60}}));
+        let inside = chat_completions(Provider::Gemini, &json!({"prompt_tokens": 21, "completion_tokens": 65, "total_tokens": 86, "completion_tokens_details": {"reasoning_tokens": 60}}));
+        assert_eq!((beside.output, inside.output), (65, 65));
+        // OpenAI's own reading of the same xAI body would miss the reasoning: the dialect matters.
+        assert_eq!(chat_completions(Provider::Openai, &json!({"prompt_tokens": 32, "completion_tokens": 9, "completion_tokens_details": {"reasoning_tokens": 94}})).output, 9);
+        // Nonsense never goes negative.
+        let u = chat_completions(Provider::Deepseek, &json!({"prompt_tokens": 5, "completion_tokens": -3, "prompt_cache_hit_tokens": 50}));
+        assert_eq!(u, Usage { input: 0, output: 0, cache_read: 5, cache_write: 0 });
+        // A stream reads its usage chunk in its provider's dialect.
+        let mut s = StreamUsage::of(Provider::Xai);
+        s.observe_openai(&json!({"choices": [], "usage": {"prompt_tokens": 32, "completion_tokens": 9, "total_tokens": 135, "completion_tokens_details": {"reasoning_tokens": 94}}}));
+        assert_eq!(s.usage.output, 103);
+    }
 
     #[test]
     fn splits_events_across_chunks() {

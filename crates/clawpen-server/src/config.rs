@@ -55,7 +55,7 @@ pub struct SchedulesConfig {
 
 impl Default for SchedulesConfig {
     fn default() -> Self {
-        SchedulesConfig { tick_ms: 1000, spread_secs: 10, concurrency: 16 }
+        SchedulesConfig { tick_ms: 250, spread_secs: 10, concurrency: 16 }
     }
 }
 
@@ -352,7 +352,13 @@ impl Config {
                 p.inactive_delete_days == 0.0 || p.inactive_warn_days == 0.0 || p.inactive_delete_days > p.inactive_warn_days,
                 "plan {name}: inactive_delete_days must be more than inactive_warn_days (the warning comes first)"
             );
+            for m in p.models.iter().flatten() {
+                anyhow::ensure!(self.meter.models.contains_key(m), "plan {name}: models names {m:?}, which is not in [meter.models]");
+            }
         }
+        let s = &self.schedules;
+        anyhow::ensure!(s.tick_ms >= 10 && s.concurrency >= 1, "schedules.tick_ms must be at least 10 and schedules.concurrency at least 1");
+        anyhow::ensure!(s.spread_secs <= 3600, "schedules.spread_secs must be at most 3600");
         let f = &self.fleet;
         anyhow::ensure!(f.tick_ms >= 10, "fleet.tick_ms must be at least 10");
         anyhow::ensure!(f.health_every_secs >= 1 && f.health_timeout_ms >= 10, "fleet.health_every_secs must be at least 1 and fleet.health_timeout_ms at least 10");

@@ -3,7 +3,8 @@
 //! # Layout
 //! - this file: [`StandinConfig`], [`Standin`] (in-process), [`serve`] and [`run_cli`] (own process).
 //! - `tokens`: word counts and the deterministic reply, shared by both protocols.
-//! - `openai`: Chat Completions and the model list.
+//! - `openai`: Chat Completions (in OpenAI's, Gemini's, DeepSeek's and xAI's usage dialects,
+//!   each on its own path: [`Dialect`]) and the model list.
 //! - `anthropic`: Messages.
 //! - `log`: [`RecordedRequest`]s, and the body wrapper that marks an answer completed.
 //! - `sse`: server-sent event streams, paced for `-slow` models.
@@ -49,6 +50,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use log::RecordedRequest;
+pub use openai::{Dialect, REASONING_TOKENS};
 pub use provider::{
     CalendarEvent, Content, DriveFile, Email, GmailDraft, IssuedTokens, Issue, IssueComment, NotionComment, NotionPage, ProviderKind, ProviderRequest, ProviderStandin, ProviderStandinConfig, SentMail,
     SlackChannel, SlackMessage, TrelloBoard, TrelloCard, TrelloList, TrelloUpdate,
@@ -137,6 +139,9 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/gemini/v1beta/openai/chat/completions", post(openai::gemini))
+        .route("/deepseek/v1/chat/completions", post(openai::deepseek))
+        .route("/xai/v1/chat/completions", post(openai::xai))
         .route("/v1/models", get(openai::models))
         .route("/v1/messages", post(anthropic::messages))
         .fallback(fallback)

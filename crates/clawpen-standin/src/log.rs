@@ -36,6 +36,8 @@ pub struct RecordedRequest {
     pub hung_up_at: Option<Instant>,
     /// When its body had been read.
     pub received_at: Instant,
+    /// The bearer key it came with (chat completions), to tell whose key a call used.
+    pub key: Option<String>,
 }
 
 impl RecordedRequest {
@@ -51,6 +53,7 @@ impl RecordedRequest {
             output_generated: 0,
             hung_up_at: None,
             received_at: Instant::now(),
+            key: None,
         }
     }
 }

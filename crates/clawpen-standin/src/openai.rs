@@ -16,14 +16,73 @@ use crate::{sse, Shared};
 
 const MODEL_IDS: [&str; 3] = ["gpt-test", "gpt-test-slow", "gpt-cached"];
 
-pub(crate) async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+/// Whose chat-completions API is spoken: the same request, each provider's own usage fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `/v1/chat/completions`: cached input inside `prompt_tokens`
+    /// (`prompt_tokens_details.cached_tokens`), reasoning inside `completion_tokens`.
+    Openai,
+    /// `/gemini/v1beta/openai/chat/completions` (Gemini's OpenAI-compatible endpoint): thinking
+    /// tokens counted in `total_tokens` and `completion_tokens_details.reasoning_tokens`, not in
+    /// `completion_tokens`.
+    Gemini,
+    /// `/deepseek/v1/chat/completions`: `prompt_cache_hit_tokens` and
+    /// `prompt_cache_miss_tokens`; reasoning inside `completion_tokens`.
+    Deepseek,
+    /// `/xai/v1/chat/completions` (Grok): reasoning tokens beside `completion_tokens`,
+    /// `total_tokens` their sum with the prompt.
+    Xai,
+}
+
+impl Dialect {
+    pub const ALL: [Dialect; 4] = [Dialect::Openai, Dialect::Gemini, Dialect::Deepseek, Dialect::Xai];
+
+    /// The path of its chat completions on the stand-in.
+    pub fn path(self) -> &'static str {
+        match self {
+            Dialect::Openai => "/v1/chat/completions",
+            Dialect::Gemini => "/gemini/v1beta/openai/chat/completions",
+            Dialect::Deepseek => "/deepseek/v1/chat/completions",
+            Dialect::Xai => "/xai/v1/chat/completions",
+        }
+    }
+
+    /// The base URL an OpenAI client (or the meter) is given, under the stand-in's base.
+    pub fn base_path(self) -> &'static str {
+        self.path().trim_end_matches("/chat/completions")
+    }
+}
+
+/// Hidden reasoning tokens a model whose name says `think` or `reason` spends before it answers
+/// (within the request's max tokens, as providers count them).
+pub const REASONING_TOKENS: u64 = 24;
+
+pub(crate) async fn chat_completions(state: State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    chat_in(state, headers, body, Dialect::Openai).await
+}
+
+pub(crate) async fn gemini(state: State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    chat_in(state, headers, body, Dialect::Gemini).await
+}
+
+pub(crate) async fn deepseek(state: State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    chat_in(state, headers, body, Dialect::Deepseek).await
+}
+
+pub(crate) async fn xai(state: State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    chat_in(state, headers, body, Dialect::Xai).await
+}
+
+async fn chat_in(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes, dialect: Dialect) -> Response {
     let request = serde_json::from_slice::<Value>(&body).ok();
     let authorized = authorized(&shared, &headers);
     let max = request.as_ref().map_or(Ok(None), max_tokens);
-    let entry = shared.log.record(RecordedRequest::new("/v1/chat/completions", request.clone().unwrap_or_default(), authorized, max.unwrap_or(None)));
+    let mut recorded = RecordedRequest::new(dialect.path(), request.clone().unwrap_or_default(), authorized, max.unwrap_or(None));
+    recorded.key = crate::bearer(&headers).map(str::to_owned);
+    let entry = shared.log.record(recorded);
     let response = if authorized {
         shared.think().await;
-        chat(&shared, request, entry.progress())
+        chat(&shared, request, entry.progress(), dialect)
     } else {
         unauthorized(&headers)
     };
@@ -77,7 +136,7 @@ fn unauthorized(headers: &HeaderMap) -> Response {
     error(StatusCode::UNAUTHORIZED, message, None, Some("invalid_api_key"))
 }
 
-fn chat(shared: &Shared, request: Option<Value>, progress: Progress) -> Response {
+fn chat(shared: &Shared, request: Option<Value>, progress: Progress, dialect: Dialect) -> Response {
     let Some(request) = request else {
         return error(StatusCode::BAD_REQUEST, "We could not parse the JSON body of your request. The OpenAI API expects a JSON payload.", None, None);
     };
@@ -107,11 +166,12 @@ fn chat(shared: &Shared, request: Option<Value>, progress: Progress) -> Response
     }
     let cached = if model.contains("cached") { input.min(10) } else { 0 };
     let output: u64 = answers.iter().map(Answer::tokens).sum();
-    let usage = usage(input, output, cached);
+    let reasoning = if model.contains("think") || model.contains("reason") { REASONING_TOKENS.min(max.unwrap_or(u64::MAX).saturating_mul(n as u64).saturating_sub(output)) } else { 0 };
+    let usage = usage(dialect, input, output, cached, reasoning);
     let (id, created) = (format!("chatcmpl-standin{:012}", shared.next_answer()), SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
 
     if request["stream"] != true {
-        progress.generated(output);
+        progress.generated(output + reasoning);
         let choices: Vec<Value> = answers.iter().enumerate().map(|(i, a)| json!({"index": i, "message": a.message(), "logprobs": null, "finish_reason": a.finish_reason()})).collect();
         return Json(json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
@@ -130,8 +190,10 @@ fn chat(shared: &Shared, request: Option<Value>, progress: Progress) -> Response
     };
     let choice = |index: usize, delta: Value, finish: Value| json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}]);
     let mut events: Vec<(Bytes, u64)> = Vec::new();
+    // Hidden reasoning comes first and streams nothing: it is billed with the first event.
+    let mut hidden = reasoning;
     for (i, a) in answers.iter().enumerate() {
-        events.extend(a.deltas().into_iter().map(|(delta, tokens)| (sse::data(&chunk(choice(i, delta, Value::Null))), tokens)));
+        events.extend(a.deltas().into_iter().map(|(delta, tokens)| (sse::data(&chunk(choice(i, delta, Value::Null))), tokens + std::mem::take(&mut hidden))));
         events.push((sse::data(&chunk(choice(i, json!({}), json!(a.finish_reason())))), 0));
     }
     if include_usage {
@@ -143,12 +205,33 @@ fn chat(shared: &Shared, request: Option<Value>, progress: Progress) -> Response
     sse::response(events, shared.delay(model), progress)
 }
 
-fn usage(input: u64, output: u64, cached: u64) -> Value {
-    json!({
-        "prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output,
-        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
-    })
+/// The usage object of `dialect` for `input` prompt tokens (`cached` of them from the cache),
+/// `output` visible tokens and `reasoning` hidden ones.
+fn usage(dialect: Dialect, input: u64, output: u64, cached: u64, reasoning: u64) -> Value {
+    match dialect {
+        Dialect::Openai => json!({
+            "prompt_tokens": input, "completion_tokens": output + reasoning, "total_tokens": input + output + reasoning,
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": reasoning, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        }),
+        Dialect::Gemini => json!({
+            "prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output + reasoning,
+            "prompt_tokens_details": {"cached_tokens": cached},
+            "completion_tokens_details": {"reasoning_tokens": reasoning},
+        }),
+        Dialect::Deepseek => json!({
+            "prompt_tokens": input, "completion_tokens": output + reasoning, "total_tokens": input + output + reasoning,
+            "prompt_cache_hit_tokens": cached, "prompt_cache_miss_tokens": input - cached,
+            "prompt_tokens_details": {"cached_tokens": cached},
+            "completion_tokens_details": {"reasoning_tokens": reasoning},
+        }),
+        Dialect::Xai => json!({
+            "prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output + reasoning,
+            "prompt_tokens_details": {"text_tokens": input, "audio_tokens": 0, "image_tokens": 0, "cached_tokens": cached},
+            "completion_tokens_details": {"reasoning_tokens": reasoning, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+            "num_sources_used": 0,
+        }),
+    }
 }
 
 enum Answer {

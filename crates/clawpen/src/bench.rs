@@ -43,6 +43,9 @@ pub enum Scenario {
     /// A workspace of 1,000 files and 50 MiB to storage: a full backup, an incremental one (one
     /// file changed) against the full one, and a restore.
     Backup,
+    /// Many paused agents' schedules due in the same minute: from the minute to each run's
+    /// first token.
+    Schedule,
 }
 
 #[derive(Args)]
@@ -69,6 +72,9 @@ pub struct BenchArgs {
     /// 25,000 unless given).
     #[arg(long)]
     connections: Option<usize>,
+    /// Agents with a schedule due in the same minute (schedule).
+    #[arg(long, default_value_t = 1000)]
+    schedules: usize,
     /// Print only the JSON object (progress still goes to stderr).
     #[arg(long)]
     json: bool,
@@ -129,6 +135,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Tools => ("tools", crate::bench_tools::run(args.requests).await?),
         Scenario::Console => ("console", crate::bench_console::run(args.requests).await?),
         Scenario::Backup => ("backup", crate::bench_backup::run(args.samples.max(1)).await?),
+        Scenario::Schedule => ("schedule", crate::bench_schedule::run(args.schedules, args.upstream_ms).await?),
     };
     let out = json!({"scenario": scenario, "cases": cases.iter().map(Case::to_json).collect::<Vec<_>>()});
     if args.json {

@@ -20,6 +20,7 @@ mod bench_gateway;
 mod bench_hostile;
 mod bench_wake;
 mod bench_meter;
+mod bench_schedule;
 mod bench_tools;
 mod vault_cmd;
 mod doctor;

@@ -118,6 +118,27 @@ provider = "anthropic"
 base_url = "{base}/v1"
 api_key_env = "{ANTHROPIC_KEY_ENV}"
 
+[meter.upstreams.gem]
+provider = "gemini"
+base_url = "{base}/gemini/v1beta/openai"
+api_key_env = "{OPENAI_KEY_ENV}"
+
+[meter.upstreams.ds]
+provider = "deepseek"
+base_url = "{base}/deepseek/v1"
+api_key_env = "{OPENAI_KEY_ENV}"
+
+[meter.upstreams.xai]
+provider = "xai"
+base_url = "{base}/xai/v1"
+api_key_env = "{OPENAI_KEY_ENV}"
+
+{}
+{}
+{}
+{}
+{}
+{}
 {}
 {}
 {}
@@ -129,6 +150,14 @@ api_key_env = "{ANTHROPIC_KEY_ENV}"
         priced("gpt-slow", "oai", "gpt-test-slow"),
         priced("claude-test", "ant", "claude-test"),
         priced("claude-cached", "ant", "claude-cached"),
+        // The three OpenAI-compatible providers, each in its own usage dialect (see the
+        // stand-in's `Dialect`): a plain model and one that thinks and reads from the cache.
+        priced("gemini-lite", "gem", "gemini-test"),
+        format!("{}reasoning = true\n", priced("gemini-think", "gem", "gemini-think-cached")),
+        priced("deepseek-chat", "ds", "deepseek-chat-cached"),
+        format!("{}reasoning = true\n", priced("deepseek-reasoner", "ds", "deepseek-reasoner-cached")),
+        priced("grok-fast", "xai", "grok-test"),
+        format!("{}reasoning = true\n", priced("grok-mini", "xai", "grok-reason-cached")),
     )
 }
 

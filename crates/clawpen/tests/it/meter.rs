@@ -326,6 +326,33 @@ async fn the_real_python_sdks_work_through_the_meter() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn gemini_deepseek_and_grok_are_charged_exactly_through_the_real_openai_sdk() {
+    // A plan that offers all but one model: that one is refused by name.
+    let w = world("models = [\"gpt-test\", \"gemini-lite\", \"gemini-think\", \"deepseek-chat\", \"deepseek-reasoner\", \"grok-fast\", \"grok-mini\"]", "").await;
+    let (_, key) = w.tenant("polyglot").await;
+    let a = w.agent(&key, "a", false).await;
+    let sock = w.run_dir(a["id"].as_str().unwrap()).join("control.sock");
+    let run = open_run(&w, &a).await;
+    pytest("test_provider_sdks.py", &[("CLAWPEN_CONTROL_SOCK", sock.to_str().unwrap()), ("CLAWPEN_URL", &w.base), ("CLAWPEN_TENANT_KEY", &key), ("CLAWPEN_RUN_ID", &run)]).await;
+    // Each provider's calls reached its own endpoint, with the platform's key, streamed with
+    // usage asked for.
+    let reqs = w.standin.requests();
+    for (dialect, model) in [(clawpen_standin::Dialect::Gemini, "gemini-think-cached"), (clawpen_standin::Dialect::Deepseek, "deepseek-reasoner-cached"), (clawpen_standin::Dialect::Xai, "grok-reason-cached")] {
+        let mine: Vec<_> = reqs.iter().filter(|r| r.path == dialect.path()).collect();
+        assert!(mine.iter().any(|r| r.model == model && r.stream && r.body["stream_options"]["include_usage"] == true), "{dialect:?}: {mine:?}");
+        assert!(mine.iter().all(|r| r.authorized && r.key.as_deref() != Some("sk-made-up-inside-the-sandbox")), "{dialect:?}: {mine:?}");
+    }
+    // Outside the plan's list: refused before any hold, naming the plan's models.
+    let (st, body) = uds_post(&sock, "/v1/chat/completions", &chat("gpt-slow", "not mine", false), &in_run(&run)).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(st, 403, "{v}");
+    assert_eq!(v["error"]["code"], "model_not_in_plan", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("grok-mini"), "{v}");
+    let (st, body) = uds_post(&sock, "/v1/chat/completions", &chat("gpt-cached", "not mine either", false), &in_run(&run)).await;
+    assert_eq!(st, 403, "{}", String::from_utf8_lossy(&body));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_https_upstream_is_reached_only_with_its_ca_trusted() {
     use clawpen_standin::{tls::TlsFront, Standin, StandinConfig};
     // A provider behind TLS with its own CA (like a private gateway).
