@@ -55,7 +55,7 @@ pub struct SchedulesConfig {
 
 impl Default for SchedulesConfig {
     fn default() -> Self {
-        SchedulesConfig { tick_ms: 250, spread_secs: 10, concurrency: 16 }
+        SchedulesConfig { tick_ms: 250, spread_secs: 10, concurrency: 64 }
     }
 }
 

@@ -153,11 +153,11 @@ api_key_env = "{OPENAI_KEY_ENV}"
         // The three OpenAI-compatible providers, each in its own usage dialect (see the
         // stand-in's `Dialect`): a plain model and one that thinks and reads from the cache.
         priced("gemini-lite", "gem", "gemini-test"),
-        format!("{}reasoning = true\n", priced("gemini-think", "gem", "gemini-think-cached")),
+        priced("gemini-think", "gem", "gemini-think-cached") + "reasoning = true\n",
         priced("deepseek-chat", "ds", "deepseek-chat-cached"),
-        format!("{}reasoning = true\n", priced("deepseek-reasoner", "ds", "deepseek-reasoner-cached")),
+        priced("deepseek-reasoner", "ds", "deepseek-reasoner-cached") + "reasoning = true\n",
         priced("grok-fast", "xai", "grok-test"),
-        format!("{}reasoning = true\n", priced("grok-mini", "xai", "grok-reason-cached")),
+        priced("grok-mini", "xai", "grok-reason-cached") + "reasoning = true\n",
     )
 }
 
