@@ -93,6 +93,9 @@ pub struct Plan {
     /// The models (names in `[meter.models]`) this plan's agents may call; `None`: all of them.
     /// A call to another is refused with 403 `model_not_in_plan`, naming the plan's models.
     pub models: Option<Vec<String>>,
+    /// What a call on the tenant's own provider key (bring your own key) is charged, in
+    /// micro-credits, instead of the provider's price; may be 0.
+    pub byok_fee_per_call: i64,
 }
 
 /// The OCI runtime a plan's sandboxes run under, registered under this name with the Docker
@@ -166,6 +169,7 @@ impl Default for Plan {
             schedules: 5,
             schedule_min_interval_secs: 900,
             models: None,
+            byok_fee_per_call: 0,
         }
     }
 }

@@ -33,7 +33,7 @@ impl fmt::Display for Secret {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     /// OpenAI's chat-completions API (and any API that reports usage as it does).
@@ -55,6 +55,11 @@ pub enum Provider {
 
 impl Provider {
     pub const ALL: [Provider; 5] = [Provider::Openai, Provider::Anthropic, Provider::Gemini, Provider::Deepseek, Provider::Xai];
+
+    /// The provider named `name` (as the config and the API spell it).
+    pub fn parse(name: &str) -> Option<Provider> {
+        Provider::ALL.into_iter().find(|p| p.as_str() == name)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {

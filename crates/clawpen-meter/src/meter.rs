@@ -19,8 +19,9 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use crate::budget::Budgets;
+use crate::byok::{self, TenantKey, TenantKeys};
 use crate::client::{Conn, UpstreamClient};
-use crate::config::{MeterConfig, ModelConfig, Provider, Upstream};
+use crate::config::{MeterConfig, ModelConfig, Provider, Secret, Upstream};
 use crate::refusals::{Refusals, Refused, ToWrite};
 use crate::request;
 use crate::runs::{CallRefusal, Runs};
@@ -53,6 +54,9 @@ impl Endpoint {
 }
 
 pub struct Meter {
+    /// Tenants' own provider keys (the server's), and what was learned of each.
+    tenant_keys: std::sync::RwLock<Option<Arc<dyn TenantKeys>>>,
+    own_keys: Mutex<HashMap<(TenantId, Provider), Option<TenantKey>>>,
     store: Store,
     config: MeterConfig,
     upstreams: BTreeMap<String, Arc<Upstream>>,
@@ -173,6 +177,9 @@ struct Prepared {
     /// Sent upstream as `anthropic-version` (Anthropic only).
     anthropic_version: String,
     held: i64,
+    /// The tenant's own key for the provider, when it saved one: sent instead of the platform's,
+    /// and the call is charged `held` (the plan's fee per call) whatever its usage.
+    own_key: Option<Secret>,
 }
 
 /// How long the flusher waits after the first settled call, so the calls settling meanwhile
@@ -220,7 +227,43 @@ impl Meter {
             runs: Runs::default(),
             refusals: Refusals::default(),
             plan_names: Mutex::new(HashMap::new()),
+            tenant_keys: std::sync::RwLock::new(None),
+            own_keys: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Where tenants' own provider keys are found (see [`crate::byok`]); without it every call
+    /// goes on the platform's keys.
+    pub fn set_tenant_keys(&self, keys: Arc<dyn TenantKeys>) {
+        *self.tenant_keys.write().expect("tenant keys") = Some(keys);
+        self.own_keys.lock().expect("own keys").clear();
+    }
+
+    /// The tenant saved or removed its key for `provider`: the next call looks it up again.
+    pub fn forget_tenant_key(&self, tenant: &TenantId, provider: Provider) {
+        self.own_keys.lock().expect("own keys").remove(&(tenant.clone(), provider));
+    }
+
+    async fn tenant_key(&self, tenant: &TenantId, provider: Provider) -> Result<Option<TenantKey>, MeterError> {
+        let Some(keys) = self.tenant_keys.read().expect("tenant keys").clone() else { return Ok(None) };
+        if let Some(known) = self.own_keys.lock().expect("own keys").get(&(tenant.clone(), provider)) {
+            return Ok(known.clone());
+        }
+        let found = keys.lookup(tenant, provider).await.map_err(|e| {
+            warn!(tenant = %tenant, provider = provider.as_str(), error = %e, "meter: cannot read the tenant's own key");
+            MeterError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the account's own provider key cannot be read right now; try again")
+        })?;
+        self.own_keys.lock().expect("own keys").insert((tenant.clone(), provider), found.clone());
+        Ok(found)
+    }
+
+    async fn key_rejected(&self, tenant: &TenantId, provider: Provider, reason: &str) {
+        warn!(tenant = %tenant, provider = provider.as_str(), reason, "meter: the provider refused the tenant's own key; its use stops until a new one is saved");
+        self.own_keys.lock().expect("own keys").insert((tenant.clone(), provider), Some(TenantKey::Rejected(reason.to_owned())));
+        let keys = self.tenant_keys.read().expect("tenant keys").clone();
+        if let Some(keys) = keys {
+            keys.rejected(tenant, provider, reason).await;
+        }
     }
 
     fn now_ms() -> i64 {
@@ -403,6 +446,11 @@ impl Meter {
         if let Some(offered) = plan.models.as_ref().filter(|m| !m.contains(&model_name)) {
             return Err(MeterError::new(StatusCode::FORBIDDEN, "model_not_in_plan", format!("model {model_name} is not in this account's plan; it offers: {}", offered.join(", "))));
         }
+        let own_key = match self.tenant_key(&caller.tenant, upstream.provider).await? {
+            Some(TenantKey::Active(key)) => Some(key),
+            Some(TenantKey::Rejected(reason)) => return Err(MeterError::new(StatusCode::FORBIDDEN, "provider_key_rejected", byok::rejected_message(upstream.provider, &reason))),
+            None => None,
+        };
         let upstream_model = model.upstream_model.clone().unwrap_or_else(|| model_name.clone());
         let checked = request::check(endpoint, headers, &request, &upstream_model, plan.max_tokens as i64).map_err(|request::Invalid(m)| invalid(m))?;
         let image_tokens = match (checked.images, model.image_tokens_max) {
@@ -415,7 +463,8 @@ impl Meter {
         let run = headers.get("x-clawpen-run").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         self.admit_call(caller, &run, &plan, now).await?;
         let id = new_request_id();
-        let held = price::estimate(&model, input_tokens_max, checked.max_tokens);
+        // On the tenant's own key the provider bills the tenant: the platform holds its fee.
+        let held = if own_key.is_some() { plan.byok_fee_per_call.max(0) } else { price::estimate(&model, input_tokens_max, checked.max_tokens) };
         let reserved = self.reserve(caller, &plan, &id, held, now).await;
         if let Err(e) = reserved {
             // Only calls that went upstream count against the run.
@@ -436,6 +485,7 @@ impl Meter {
             hidden_output,
             anthropic_version: checked.anthropic_version,
             held,
+            own_key,
         })
     }
 
@@ -503,7 +553,7 @@ impl Meter {
 
     fn upstream_request(&self, endpoint: Endpoint, p: &Prepared) -> Result<hyper::Request<http_body_util::Full<Bytes>>, String> {
         let base = &p.upstream.base;
-        let key = p.upstream.key.expose();
+        let key = p.own_key.as_ref().unwrap_or(&p.upstream.key).expose();
         let req = hyper::Request::post(base.path(match endpoint {
             Endpoint::ChatCompletions => "/chat/completions",
             Endpoint::Messages => "/messages",
@@ -571,6 +621,15 @@ impl Meter {
                 return MeterError::new(StatusCode::BAD_GATEWAY, "upstream_broken", "the model provider's answer broke off").into_response();
             }
         };
+        if !status.is_success() && call.p().own_key.is_some() && matches!(status.as_u16(), 401 | 403) {
+            // The tenant's own key was refused: its use stops here, and the provider's body
+            // (which may quote the key) goes nowhere.
+            let provider = call.p().upstream.provider;
+            let reason = format!("HTTP {}", status.as_u16());
+            self.key_rejected(&call.caller.tenant, provider, &reason).await;
+            call.close(None, &format!("upstream_error:{}", status.as_u16()), true).await;
+            return MeterError::new(StatusCode::FORBIDDEN, "provider_key_rejected", byok::rejected_message(provider, &reason)).into_response();
+        }
         if !status.is_success() {
             // The provider refused: nothing was generated, nothing is charged.
             call.close(None, &format!("upstream_error:{}", status.as_u16()), true).await;
@@ -699,6 +758,8 @@ impl Meter {
         let u = usage.unwrap_or_default();
         let cost = match (void, usage) {
             (true, _) => 0,
+            // The tenant's own key: the plan's fee, whatever the provider bills the tenant.
+            (false, _) if p.own_key.is_some() => p.held,
             (false, Some(u)) => price::cost(&p.model, &u),
             // No usage came back for a call that did generate: never settle at 0.
             (false, None) => p.held,

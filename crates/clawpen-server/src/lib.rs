@@ -15,6 +15,7 @@
 pub mod api;
 pub mod app;
 pub mod backup;
+pub mod byok;
 pub mod channels;
 pub mod config;
 pub mod console;
@@ -121,6 +122,7 @@ pub async fn open(data_dir: &Path, database_url: Option<&str>, mut config: Confi
         Some(_) => None,
     };
     let vault = clawpen_vault::Vault::new(keys);
+    meter.set_tenant_keys(Arc::new(byok::StoreKeys { store: store.clone(), vault: vault.clone() }));
     let broker = clawpen_broker::Broker::new(store.clone(), vault.clone(), config.broker.clone()).map_err(|e| anyhow::anyhow!("integrations ([broker]) configuration: {e}"))?;
     let storage = clawpen_storage::Storage::open(&config.storage.url, &layout.storage_dir(), config.storage.credentials_file.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     info!(storage = storage.describe(), "backups go to storage");

@@ -96,11 +96,14 @@ struct Shared {
     tool_calls: AtomicU64,
     /// The Bot API's bots, updates and sent messages.
     telegram: TelegramStandin,
+    /// Keys of the providers' own customers (bring-your-own keys), accepted by the
+    /// chat-completions APIs besides [`StandinConfig::openai_key`] until revoked.
+    customer_keys: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Shared {
     fn new(config: StandinConfig) -> Arc<Self> {
-        Arc::new(Self { config, log: Arc::default(), answers: AtomicU64::new(0), tool_calls: AtomicU64::new(0), telegram: TelegramStandin::default() })
+        Arc::new(Self { config, log: Arc::default(), answers: AtomicU64::new(0), tool_calls: AtomicU64::new(0), telegram: TelegramStandin::default(), customer_keys: Default::default() })
     }
 
     fn next_answer(&self) -> u64 {
@@ -142,6 +145,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/gemini/v1beta/openai/chat/completions", post(openai::gemini))
         .route("/deepseek/v1/chat/completions", post(openai::deepseek))
         .route("/xai/v1/chat/completions", post(openai::xai))
+        .route("/gemini/v1beta/openai/models", get(openai::models))
+        .route("/deepseek/v1/models", get(openai::models))
+        .route("/xai/v1/models", get(openai::models))
         .route("/v1/models", get(openai::models))
         .route("/v1/messages", post(anthropic::messages))
         .fallback(fallback)
@@ -185,6 +191,17 @@ impl Standin {
         let shared = Shared::new(config);
         let task = tokio::spawn(serve_shared(listener, shared.clone(), std::future::pending()));
         Ok(Standin { addr, shared, task })
+    }
+
+    /// Accepts `key` on the chat-completions APIs from now on, as a provider does a customer's
+    /// own key.
+    pub fn accept_key(&self, key: &str) {
+        self.shared.customer_keys.lock().expect("keys").insert(key.to_owned());
+    }
+
+    /// Refuses `key` from now on (401), as a provider does a key its customer revoked.
+    pub fn revoke_key(&self, key: &str) {
+        self.shared.customer_keys.lock().expect("keys").remove(key);
     }
 
     /// `http://127.0.0.1:PORT`: Anthropic's base URL; OpenAI's is this plus `/v1`.

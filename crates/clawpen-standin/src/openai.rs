@@ -109,7 +109,10 @@ pub(crate) async fn not_found(State(shared): State<Arc<Shared>>, method: Method,
 }
 
 fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
-    crate::bearer(headers) == Some(shared.config.openai_key.as_str())
+    match crate::bearer(headers) {
+        Some(key) => key == shared.config.openai_key || shared.customer_keys.lock().expect("keys").contains(key),
+        None => false,
+    }
 }
 
 /// `max_completion_tokens`, else the older `max_tokens`; `Err(field)` when it is not a count.

@@ -13,6 +13,7 @@ pub mod inactivity;
 pub mod console;
 pub mod integrations;
 pub mod ledger;
+pub mod provider_keys;
 pub mod schedules;
 pub mod secrets;
 pub mod models;

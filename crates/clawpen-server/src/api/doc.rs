@@ -20,7 +20,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, Response, Schema};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, agents, backups, files, integrations, nodes, schedules, telegram, transfer, usage};
+use super::{admin, agents, backups, files, integrations, nodes, provider_keys, schedules, telegram, transfer, usage};
 use crate::config::Config;
 use crate::error::{ErrorBody, ErrorDetail};
 
@@ -35,6 +35,7 @@ use crate::error::{ErrorBody, ErrorDetail};
         agents::create_agent, agents::list_agents, agents::get_agent, agents::delete_agent,
         agents::start_agent, agents::stop_agent, agents::hibernate, agents::logs, agents::events, agents::send_message, agents::connect_url,
         files::get_file, files::put_file, files::memory, files::forget,
+        provider_keys::save, provider_keys::list, provider_keys::remove,
         schedules::create, schedules::list_agent, schedules::list, schedules::get, schedules::change, schedules::delete, schedules::runs,
         backups::backup, backups::list, backups::list_all, backups::backup_any, backups::backup_store,
         transfer::export_own, transfer::export_tenant, transfer::import_own, transfer::import_tenant,
@@ -145,6 +146,7 @@ fn path_param(name: &str) -> Option<(&'static str, &'static str)> {
         "bot" => (BOT_PATTERN, "`shared`, or the id (`tgb_…`) of a tenant's bot."),
         "name" => (NODE_PATTERN, "A node's name from the config (`local` without `[[nodes]]`)."),
         "run_id" => (RUN_PATTERN, "A run id (`run_…`) the server opened for the agent."),
+        "model_provider" => (provider_keys::PROVIDER_PATTERN, "A model provider: `openai`, `anthropic`, `gemini`, `deepseek` or `xai`."),
         "provider" => (integrations::PROVIDER_PATTERN, "`google`, `github`, `slack`, `trello` or `notion`."),
         "connection_id" => (clawpen_core::ids::ConnectionId::PATTERN, "A connection id (`cn_…`) of the tenant."),
         "schedule_id" => (clawpen_core::ids::ScheduleId::PATTERN, "A schedule id (`sch_…`) of the caller's tenant."),

@@ -8,6 +8,7 @@ pub mod extract;
 pub mod files;
 pub mod integrations;
 pub mod nodes;
+pub mod provider_keys;
 pub mod schedules;
 pub mod telegram;
 pub mod transfer;
@@ -63,6 +64,8 @@ pub fn router(app: App) -> Router {
         .route("/agents/{agent_id}/backups", post(backups::backup).get(backups::list))
         .route("/agents/{agent_id}/schedules", post(schedules::create).get(schedules::list_agent))
         .route("/schedules", get(schedules::list))
+        .route("/provider-keys", get(provider_keys::list))
+        .route("/provider-keys/{model_provider}", axum::routing::put(provider_keys::save).delete(provider_keys::remove))
         .route("/schedules/{schedule_id}", get(schedules::get).patch(schedules::change).delete(schedules::delete))
         .route("/schedules/{schedule_id}/runs", get(schedules::runs))
         .route("/backups", get(backups::list_all))

@@ -4,6 +4,7 @@
 //! # Layout
 //! - `harness`: starting servers on temp data dirs (each with a stand-in model upstream), HTTP
 //!   helpers, cleanup by label.
+//! - `byok`: tenants' own provider keys: only their calls, never seen, stopped when revoked.
 //! - `authz`: the authorization matrix (who may call what, and 404 for foreign ids).
 //! - `bad_input`: malformed, oversized and hostile input is refused and creates nothing.
 //! - `lifecycle`: create, start, message, stop, delete; OpenAPI; doctor.
@@ -31,6 +32,7 @@ mod harness;
 mod authz;
 mod backup;
 mod bad_input;
+mod byok;
 mod chat;
 mod console;
 mod fleet;
