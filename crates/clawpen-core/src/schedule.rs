@@ -24,6 +24,9 @@ pub const FIRST_BACKOFF_MS: i64 = 60_000;
 /// The longest pause after a failed run.
 pub const MAX_BACKOFF_MS: i64 = 3_600_000;
 
+/// The longest interval a schedule may have: ten years, in seconds.
+pub const MAX_EVERY_SECS: u64 = 10 * 366 * 24 * 3600;
+
 /// How many coming runs are looked at to find a cron expression's shortest gap.
 const GAP_SAMPLES: usize = 400;
 
@@ -37,6 +40,8 @@ pub enum TimingError {
     Tz(String),
     #[error("`every_secs` must be at least 1")]
     Zero,
+    #[error("`every_secs` must be at most {MAX_EVERY_SECS} (ten years)")]
+    TooLong,
     #[error("`cron` never falls due")]
     Never,
 }
@@ -64,6 +69,7 @@ impl Timing {
                 Ok(timing)
             }
             (None, Some(0)) => Err(TimingError::Zero),
+            (None, Some(secs)) if secs > MAX_EVERY_SECS => Err(TimingError::TooLong),
             (None, Some(secs)) => Ok(Timing::Every { secs, anchor_ms }),
             _ => Err(TimingError::OneOf),
         }
@@ -75,7 +81,7 @@ impl Timing {
             Timing::Every { secs, anchor_ms } => {
                 let every = (*secs as i64).saturating_mul(1000);
                 if after_ms < *anchor_ms {
-                    return Some(anchor_ms + every);
+                    return Some(anchor_ms.saturating_add(every));
                 }
                 let k = (after_ms - anchor_ms) / every + 1;
                 Some(anchor_ms.saturating_add(k.saturating_mul(every)))
@@ -181,6 +187,7 @@ mod tests {
         assert_eq!(Timing::parse(None, None, "UTC", 0).unwrap_err(), TimingError::OneOf);
         assert_eq!(Timing::parse(Some("* * * * *"), Some(60), "UTC", 0).unwrap_err(), TimingError::OneOf);
         assert_eq!(Timing::parse(None, Some(0), "UTC", 0).unwrap_err(), TimingError::Zero);
+        assert_eq!(Timing::parse(None, Some(u64::MAX), "UTC", 0).unwrap_err(), TimingError::TooLong);
         assert!(matches!(Timing::parse(Some("0 8 * * *"), None, "Mars/Olympus", 0), Err(TimingError::Tz(_))));
         for bad in ["0 0 8 * * *", "61 * * * *", "every day", "* * *", "0 8 31 2 *"] {
             assert!(matches!(Timing::parse(Some(bad), None, "UTC", 0), Err(TimingError::Cron(_) | TimingError::Never)), "{bad}");

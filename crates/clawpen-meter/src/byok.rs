@@ -33,11 +33,38 @@ pub enum TenantKey {
 pub trait TenantKeys: Send + Sync {
     /// The tenant's key for `provider`, if it saved one.
     fn lookup<'a>(&'a self, tenant: &'a TenantId, provider: Provider) -> BoxFuture<'a, Result<Option<TenantKey>, String>>;
-    /// The provider refused the tenant's key: keep that, with `reason`.
-    fn rejected<'a>(&'a self, tenant: &'a TenantId, provider: Provider, reason: &'a str) -> BoxFuture<'a, ()>;
+    /// The provider refused `key`, the tenant's key for `provider`: keep that, with `reason`,
+    /// unless the tenant has saved another key since.
+    fn rejected<'a>(&'a self, tenant: &'a TenantId, provider: Provider, key: &'a Secret, reason: &'a str) -> BoxFuture<'a, ()>;
+}
+
+/// Whether a provider's refusal (`status`, `body`) is of the key: 401 and 403, and the 400 some
+/// providers answer an invalid key with (Gemini's `API_KEY_INVALID`).
+pub fn refuses_key(status: u16, body: &[u8]) -> bool {
+    match status {
+        401 | 403 => true,
+        400 => {
+            let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+            text.contains("api_key_invalid") || text.contains("api key") || text.contains("api_key")
+        }
+        _ => false,
+    }
 }
 
 /// What the refusal of a rejected key says.
 pub fn rejected_message(provider: Provider, reason: &str) -> String {
     format!("This account's own {} key was refused by the provider ({reason}); calls to {} stop until a new key is saved at /api/v1/provider-keys/{}.", provider.as_str(), provider.as_str(), provider.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_of_the_key_is_told_from_other_refusals() {
+        assert!(refuses_key(401, b"{}") && refuses_key(403, b""));
+        assert!(refuses_key(400, br#"[{"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT", "details": [{"reason": "API_KEY_INVALID"}]}}]"#));
+        assert!(!refuses_key(400, br#"{"error": {"message": "max_tokens is too large"}}"#));
+        assert!(!refuses_key(429, b"rate limited") && !refuses_key(500, b"api key"));
+    }
 }

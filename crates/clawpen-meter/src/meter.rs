@@ -257,12 +257,23 @@ impl Meter {
         Ok(found)
     }
 
-    async fn key_rejected(&self, tenant: &TenantId, provider: Provider, reason: &str) {
+    /// The provider refused `key`, the tenant's key a call went with: unless the tenant has
+    /// saved another since, its use stops.
+    async fn key_rejected(&self, tenant: &TenantId, provider: Provider, key: &Secret, reason: &str) {
         warn!(tenant = %tenant, provider = provider.as_str(), reason, "meter: the provider refused the tenant's own key; its use stops until a new one is saved");
-        self.own_keys.lock().expect("own keys").insert((tenant.clone(), provider), Some(TenantKey::Rejected(reason.to_owned())));
+        {
+            let mut known = self.own_keys.lock().expect("own keys");
+            let slot = (tenant.clone(), provider);
+            // A key saved since (the cache forgot the old one) is not the one refused.
+            if let Some(Some(TenantKey::Active(k))) = known.get(&slot) {
+                if k == key {
+                    known.insert(slot, Some(TenantKey::Rejected(reason.to_owned())));
+                }
+            }
+        }
         let keys = self.tenant_keys.read().expect("tenant keys").clone();
         if let Some(keys) = keys {
-            keys.rejected(tenant, provider, reason).await;
+            keys.rejected(tenant, provider, key, reason).await;
         }
     }
 
@@ -446,7 +457,11 @@ impl Meter {
         if let Some(offered) = plan.models.as_ref().filter(|m| !m.contains(&model_name)) {
             return Err(MeterError::new(StatusCode::FORBIDDEN, "model_not_in_plan", format!("model {model_name} is not in this account's plan; it offers: {}", offered.join(", "))));
         }
-        let own_key = match self.tenant_key(&caller.tenant, upstream.provider).await? {
+        // A tenant's key goes only to the provider's first upstream (by name), the one the server
+        // checked it against: never to another endpoint that speaks the same API.
+        let keyed = self.upstreams.values().find(|u| u.provider == upstream.provider).is_some_and(|u| u.name == upstream.name);
+        let own = if keyed { self.tenant_key(&caller.tenant, upstream.provider).await? } else { None };
+        let own_key = match own {
             Some(TenantKey::Active(key)) => Some(key),
             Some(TenantKey::Rejected(reason)) => return Err(MeterError::new(StatusCode::FORBIDDEN, "provider_key_rejected", byok::rejected_message(upstream.provider, &reason))),
             None => None,
@@ -621,14 +636,20 @@ impl Meter {
                 return MeterError::new(StatusCode::BAD_GATEWAY, "upstream_broken", "the model provider's answer broke off").into_response();
             }
         };
-        if !status.is_success() && call.p().own_key.is_some() && matches!(status.as_u16(), 401 | 403) {
-            // The tenant's own key was refused: its use stops here, and the provider's body
-            // (which may quote the key) goes nowhere.
+        if !status.is_success() && call.p().own_key.is_some() {
+            // On the tenant's own key the provider's body goes nowhere: it may quote the key.
             let provider = call.p().upstream.provider;
-            let reason = format!("HTTP {}", status.as_u16());
-            self.key_rejected(&call.caller.tenant, provider, &reason).await;
-            call.close(None, &format!("upstream_error:{}", status.as_u16()), true).await;
-            return MeterError::new(StatusCode::FORBIDDEN, "provider_key_rejected", byok::rejected_message(provider, &reason)).into_response();
+            let key = call_key(&call);
+            let code = status.as_u16();
+            call.close(None, &format!("upstream_error:{code}"), true).await;
+            if byok::refuses_key(code, &body) {
+                // The key was refused: its use stops here.
+                let reason = format!("HTTP {code}");
+                self.key_rejected(&call.caller.tenant, provider, &key, &reason).await;
+                return MeterError::new(StatusCode::FORBIDDEN, "provider_key_rejected", byok::rejected_message(provider, &reason)).into_response();
+            }
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+            return MeterError::new(status, "upstream_error", format!("{} refused the call on this account's own key (HTTP {code})", provider.as_str())).into_response();
         }
         if !status.is_success() {
             // The provider refused: nothing was generated, nothing is charged.
@@ -956,6 +977,11 @@ impl Drop for OpenCall {
             rt.spawn(async move { meter.close(&caller, &p, None, "client_aborted", false).await });
         }
     }
+}
+
+/// The tenant's own key the call went with.
+fn call_key(call: &OpenCall) -> Secret {
+    call.p().own_key.clone().expect("an own-key call")
 }
 
 /// What to pass on of one upstream event: unchanged, rewritten (OpenAI's usage fields removed

@@ -48,8 +48,13 @@ impl TenantKeys for StoreKeys {
         })
     }
 
-    fn rejected<'a>(&'a self, tenant: &'a TenantId, provider: Provider, reason: &'a str) -> BoxFuture<'a, ()> {
+    fn rejected<'a>(&'a self, tenant: &'a TenantId, provider: Provider, key: &'a Secret, reason: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
+            // Only the key that was refused: one saved since stays active.
+            match self.lookup(tenant, provider).await {
+                Ok(Some(TenantKey::Active(current))) if current == *key => {}
+                _ => return,
+            }
             if let Err(e) = self.store.reject_provider_key(tenant, provider.as_str(), reason).await {
                 warn!(tenant = %tenant, error = %e, "cannot mark the tenant's own key rejected");
             }
@@ -77,6 +82,7 @@ impl App {
         if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ApiError::invalid(format!("key: must be 1 to {MAX_KEY_LEN} printable characters without spaces")));
         }
+        // The provider's first upstream (by name): the only one the meter sends the key to.
         let upstream = self.config.meter.upstreams.values().find(|u| u.provider == provider).ok_or_else(|| {
             ApiError::new(StatusCode::CONFLICT, "provider_not_offered", format!("this server offers no {} models; a key for it would never be used", provider.as_str()))
         })?;
@@ -91,7 +97,8 @@ impl App {
             Ok(r) => r.status(),
             Err(_) => return Err(ApiError::new(StatusCode::BAD_GATEWAY, "provider_unreachable", format!("{} could not be reached to check the key; nothing was saved, try again", provider.as_str()))),
         };
-        if matches!(status.as_u16(), 401 | 403) {
+        // A key check's 400 is about the key (Gemini answers an invalid key so).
+        if matches!(status.as_u16(), 400 | 401 | 403) {
             return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "key_rejected", format!("{} refused this key (HTTP {}); nothing was saved", provider.as_str(), status.as_u16())));
         }
         if !status.is_success() {

@@ -76,16 +76,17 @@ impl App {
     /// stops the run and its model call.
     pub async fn deliver_message_stream(&self, tenant: &Tenant, agent: &Agent, msg: MessageIn, actor: &Actor) -> Result<ReplyStream, ApiError> {
         let run = self.admit_message(tenant, &agent.id).await?;
-        self.stream_in_run(tenant, agent, msg, run, actor).await
+        self.stream_in_run(tenant, agent, msg, run, actor, true).await
     }
 
     /// [`App::deliver_message_stream`] in a run already admitted (a scheduled run records the
-    /// run's id before it starts).
-    pub(crate) async fn stream_in_run(&self, tenant: &Tenant, agent: &Agent, mut msg: MessageIn, run: OpenRun, actor: &Actor) -> Result<ReplyStream, ApiError> {
+    /// run's id before it starts). `person`: a person sent it, which is the tenant's activity;
+    /// a scheduled run is not.
+    pub(crate) async fn stream_in_run(&self, tenant: &Tenant, agent: &Agent, mut msg: MessageIn, run: OpenRun, actor: &Actor, person: bool) -> Result<ReplyStream, ApiError> {
         let id = &agent.id;
         msg.run_id = Some(run.id.clone());
         let timeout = Duration::from_secs(self.config.sandbox.message_timeout_secs);
-        let activity = self.activity(id);
+        let activity = if person { self.activity(id) } else { self.busy(id) };
         self.wake_for(tenant, id, actor, "woken by a message").await?;
         let addr = self.addr_of(tenant, id).await?;
         let events = match clawpen_agent::client::message_stream(&addr, &msg, timeout).await {

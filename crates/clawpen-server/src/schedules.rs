@@ -50,7 +50,7 @@ pub fn timing(s: &Schedule) -> Result<Timing, clawpen_core::schedule::TimingErro
 
 /// When the schedule's next run starts: its due time plus its spread; `None` while paused.
 pub fn next_run_at(s: &Schedule, spread: i64) -> Option<i64> {
-    s.paused_reason.is_none().then(|| (s.next_due_at + spread_ms(s.id.as_str(), spread)).max(s.not_before))
+    s.paused_reason.is_none().then(|| s.next_due_at.saturating_add(spread_ms(s.id.as_str(), spread)).max(s.not_before))
 }
 
 /// Claims what is due at `now` (each schedule after its spread, at most `limit`), and resumes
@@ -59,32 +59,43 @@ pub fn next_run_at(s: &Schedule, spread: i64) -> Option<i64> {
 pub async fn claim_due(store: &Store, spread: i64, now: i64, limit: usize) -> Result<Vec<Claim>, StoreError> {
     let mut claims = Vec::new();
     for s in store.due_schedules(now).await? {
-        let t = match timing(&s) {
+        // One schedule's store error skips that schedule this tick: the claims made stay made.
+        match claim_one(store, &s, spread, now, claims.len() < limit).await {
+            Ok(true) => claims.push(Claim { due_at: s.next_due_at, schedule: s }),
+            Ok(false) => {}
+            Err(e) => warn!(schedule = %s.id, error = %e, "cannot claim a due schedule; trying again next tick"),
+        }
+    }
+    Ok(claims)
+}
+
+/// Whether `s` was claimed for its due time (`room`: a run may start now).
+async fn claim_one(store: &Store, s: &Schedule, spread: i64, now: i64, room: bool) -> Result<bool, StoreError> {
+    {
+        let t = match timing(s) {
             Ok(t) => t,
             Err(e) => {
                 warn!(schedule = %s.id, error = %e, "a stored schedule cannot be read; it is paused");
                 store.pause_schedule(&s.id, &format!("its timing cannot be read: {e}"), None).await?;
-                continue;
+                return Ok(false);
             }
         };
         // A pause that ends by itself (a credit cap that lifted): the schedule goes on from now,
         // with nothing run for what fell due while it was paused.
         if s.paused_reason.is_some() {
             let next = t.next_after(now).unwrap_or(i64::MAX);
-            store.resume_schedule(&s.id, next).await?;
-            info!(schedule = %s.id, "a paused schedule resumed as its pause ended");
-            continue;
+            if store.resume_schedule_at_end_of_pause(&s.id, next, now).await? {
+                info!(schedule = %s.id, "a paused schedule resumed as its pause ended");
+            }
+            return Ok(false);
         }
-        if claims.len() >= limit || s.next_due_at + spread_ms(s.id.as_str(), spread) > now {
-            continue;
+        if !room || s.next_due_at.saturating_add(spread_ms(s.id.as_str(), spread)) > now {
+            return Ok(false);
         }
         // The next due time after now: every due time missed until now makes this one run.
         let next = t.next_after(now).unwrap_or(i64::MAX);
-        if store.claim_schedule_run(&s, s.next_due_at, next, now).await? {
-            claims.push(Claim { due_at: s.next_due_at, schedule: s });
-        }
+        store.claim_schedule_run(s, s.next_due_at, next, now).await
     }
-    Ok(claims)
 }
 
 /// How a scheduled run ended.
@@ -153,7 +164,7 @@ impl App {
         let (end, audit) = match &outcome {
             Outcome::Answered { detail, first_token_at } => (RunEnd { ok: true, detail, now, first_token_at: *first_token_at, not_before: 0, pause: None }, None),
             Outcome::Capped { reason, until } => {
-                if let Err(e) = self.store.pause_schedule(&s.id, reason, *until).await {
+                if let Err(e) = self.store.pause_running_schedule(&s.id, reason, *until).await {
                     warn!(schedule = %s.id, error = %e, "cannot pause the schedule");
                 }
                 (RunEnd { ok: false, detail: reason, now, first_token_at: None, not_before: 0, pause: None }, Some(reason.clone()))
@@ -175,6 +186,13 @@ impl App {
             (Ok(t), Ok(a)) => (t, a),
             (Err(e), _) | (_, Err(e)) => return Outcome::Failed(format!("the agent cannot be read: {e}")),
         };
+        if let ("telegram", Some(user)) = (s.channel.as_str(), s.target.as_deref()) {
+            match self.store.list_members(&tenant.id).await {
+                Ok(people) if people.iter().any(|m| m.kind == clawpen_store::telegram::MEMBER_KIND && m.external_id == user) => {}
+                Ok(_) => return Outcome::Capped { reason: "the Telegram person its replies go to is no longer paired with this account".to_owned(), until: None },
+                Err(e) => return Outcome::Failed(format!("the account's members cannot be read: {e}")),
+            }
+        }
         let run = match self.admit_message(&tenant, &agent.id).await {
             Ok(run) => run,
             Err(e) => return Outcome::Failed(e.message),
@@ -183,7 +201,7 @@ impl App {
             return Outcome::Failed(format!("the run could not be recorded: {e}"));
         }
         let msg = MessageIn { text: s.message.clone(), session: Some(session(s)), run_id: None, greeting: false };
-        let mut stream = match self.stream_in_run(&tenant, &agent, msg, run, &actor(s)).await {
+        let mut stream = match self.stream_in_run(&tenant, &agent, msg, run, &actor(s), false).await {
             Ok(stream) => stream,
             Err(e) => return Outcome::Failed(e.message),
         };
@@ -327,12 +345,12 @@ pub struct NewScheduleRequest {
     /// Five-field cron (`minute hour day month weekday`), read in `tz`; or give `every_secs`.
     pub cron: Option<String>,
     /// An interval in seconds from the schedule's creation; or give `cron`.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 316224000)]
     pub every_secs: Option<u64>,
     /// An IANA time zone for `cron` (default `UTC`).
     pub tz: Option<String>,
     /// The message each run starts from, as if the user had sent it.
-    #[schema(max_length = 4000)]
+    #[schema(min_length = 1, max_length = 4000)]
     pub message: String,
     /// Where replies go: `console` (default; the agent's main session) or `telegram`.
     pub channel: Option<String>,

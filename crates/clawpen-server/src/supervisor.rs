@@ -47,12 +47,17 @@ fn life_of(a: &Agent, now: i64) -> Life {
 pub struct Activity {
     app: App,
     agent: AgentId,
+    /// A person's doing (a message, a connection): its tenant's activity, kept in the store.
+    person: bool,
 }
 
 impl Drop for Activity {
     fn drop(&mut self) {
         let now = now_ms();
         self.app.with_life(&self.agent, |l| l.disconnected(now));
+        if !self.person {
+            return;
+        }
         let (store, id) = (self.app.store.clone(), self.agent.clone());
         tokio::spawn(async move {
             let _ = store.set_last_active(&id, now).await;
@@ -71,12 +76,20 @@ impl App {
     /// Marks the agent in use until the returned guard is dropped.
     pub fn activity(&self, id: &AgentId) -> Activity {
         let now = now_ms();
-        self.with_life(id, |l| l.connected(now));
         let (store, agent) = (self.store.clone(), id.clone());
         tokio::spawn(async move {
             let _ = store.set_last_active(&agent, now).await;
         });
-        Activity { app: self.clone(), agent: id.clone() }
+        self.with_life(id, |l| l.connected(now));
+        Activity { app: self.clone(), agent: id.clone(), person: true }
+    }
+
+    /// Keeps the agent awake while the guard lives, like [`App::activity`], without counting as
+    /// its tenant's activity (`last_active_at`, which the inactivity rules read): a scheduled
+    /// run is the agent's own doing, not a person's.
+    pub fn busy(&self, id: &AgentId) -> Activity {
+        self.with_life(id, |l| l.connected(now_ms()));
+        Activity { app: self.clone(), agent: id.clone(), person: false }
     }
 
     /// [`App::ensure_awake`] for a message or connection: errors a client can act on pass

@@ -189,6 +189,33 @@ impl Store {
         Ok(())
     }
 
+    /// Pauses a schedule with `reason` unless it is paused already (its tenant's pause, or an
+    /// earlier one, stands). Whether it was paused now.
+    pub async fn pause_running_schedule(&self, id: &ScheduleId, reason: &str, until: Option<i64>) -> Result<bool> {
+        let res = sqlx::query("UPDATE schedules SET paused_reason = $1, paused_until = $2 WHERE id = $3 AND paused_reason IS NULL")
+            .bind(reason)
+            .bind(until)
+            .bind(id.as_str())
+            .execute(&self.writer)
+            .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Resumes a schedule whose pause ended by `now` (one with a `paused_until`), as
+    /// [`Store::resume_schedule`]; a pause without an end (its tenant's) stays. Whether it resumed.
+    pub async fn resume_schedule_at_end_of_pause(&self, id: &ScheduleId, next_due_at: i64, now: i64) -> Result<bool> {
+        let res = sqlx::query(
+            "UPDATE schedules SET paused_reason = NULL, paused_until = NULL, failures = 0, not_before = 0, next_due_at = $1 \
+             WHERE id = $2 AND paused_until IS NOT NULL AND paused_until <= $3",
+        )
+        .bind(next_due_at)
+        .bind(id.as_str())
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
     /// Resumes a schedule: its failures are forgotten and it next falls due at `next_due_at`.
     pub async fn resume_schedule(&self, id: &ScheduleId, next_due_at: i64) -> Result<()> {
         sqlx::query("UPDATE schedules SET paused_reason = NULL, paused_until = NULL, failures = 0, not_before = 0, next_due_at = $1 WHERE id = $2")

@@ -71,6 +71,9 @@ async fn a_scheduled_run_is_an_ordinary_run_kept_in_the_session_and_sent_on_tele
     assert!(calls.iter().any(|r| r.body.to_string().contains("morning brief please")), "the model was asked");
     let view = s.get(&format!("/api/v1/schedules/{id}"), &key).await.1;
     assert_eq!(view["last_run"]["run_id"], run_id, "{view}");
+    // A scheduled run is not its tenant's activity (the inactivity rules read this).
+    let agent = s.get(&format!("/api/v1/agents/{a}"), &key).await.1;
+    assert!(agent["last_active_at"].as_i64().unwrap_or(0) < sch["created_at"].as_i64().unwrap(), "{agent}");
     assert_eq!((view["paused"].as_bool(), view["failures"].as_i64()), (Some(false), Some(0)));
 
     // Telegram: a paired person gets the scheduled replies in their chat, kept in their session.
