@@ -435,8 +435,13 @@ impl Store {
             node: None,
             uid: None,
         };
-        // The count check and the insert are one statement, so concurrent creates cannot pass the
-        // plan's limit together.
+        // The count check and the insert are one statement, in a transaction that holds the
+        // tenant's row on PostgreSQL (where writers run side by side; SQLite has one writer), so
+        // concurrent creates cannot pass the plan's limit together.
+        let mut tx = self.writer.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE").bind(tenant.as_str()).execute(&mut *tx).await?;
+        }
         let res = sqlx::query(
             "INSERT INTO agents (id, tenant_id, name, desired_state, observed_state, created_at, updated_at) \
              SELECT $1, $2, $3, $4, $5, $6, $7 \
@@ -450,7 +455,7 @@ impl Store {
         .bind(now)
         .bind(now)
         .bind(max_agents as i64)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(|e| conflict_on_unique(e, "an agent with this name already exists"))?;
         if res.rows_affected() == 0 {
@@ -458,6 +463,7 @@ impl Store {
                 "the tenant's plan allows at most {max_agents} agents"
             )));
         }
+        tx.commit().await?;
         Ok(agent)
     }
 

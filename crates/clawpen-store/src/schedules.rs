@@ -126,7 +126,13 @@ impl Store {
     /// Makes a schedule, unless the tenant already has `max` (Conflict), or one of that name.
     pub async fn create_schedule(&self, new: NewSchedule<'_>, max: u32) -> Result<Schedule> {
         let id = ScheduleId::new();
-        // The count and the insert are one statement: concurrent creates cannot pass `max`.
+        // The count and the insert are one statement, in a transaction that holds the tenant's
+        // row on PostgreSQL (where writers run side by side; SQLite has one writer): concurrent
+        // creates cannot pass `max`.
+        let mut tx = self.writer.begin().await?;
+        if self.backend() == crate::Backend::Postgres {
+            sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE").bind(new.tenant.as_str()).execute(&mut *tx).await?;
+        }
         let res = sqlx::query(
             "INSERT INTO schedules (id, tenant_id, agent_id, name, cron, every_secs, tz, message, channel, target, created_at, next_due_at) \
              SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 WHERE (SELECT COUNT(*) FROM schedules WHERE tenant_id = $2) < $13",
@@ -144,12 +150,13 @@ impl Store {
         .bind(new.created_at)
         .bind(new.next_due_at)
         .bind(max as i64)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(|e| conflict_on_unique(e, "a schedule with this name already exists"))?;
         if res.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!("the tenant's plan allows at most {max} schedules")));
         }
+        tx.commit().await?;
         self.get_schedule(new.tenant, &id).await
     }
 
@@ -362,7 +369,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn the_plan_bounds_a_tenants_schedules_and_failures_pause_them() {
         for db in backends().await {
             let s = &db.store;
@@ -372,6 +379,17 @@ mod tests {
             let two = s.create_schedule(new(&t, &a, "two", 1_000), 2).await.unwrap();
             let err = s.create_schedule(new(&t, &a, "three", 1_000), 2).await.unwrap_err();
             assert!(err.to_string().contains("at most 2 schedules"), "{err}");
+
+            // Many creates at once never pass the bound.
+            let other_tenant = s.create_tenant("racers", "free", 300_000).await.unwrap();
+            let racer = s.create_agent(&other_tenant.id, "r", 5).await.unwrap();
+            let names: Vec<String> = (0..60).map(|i| format!("r{i}")).collect();
+            let made = futures_util::future::join_all(names.iter().map(|n| s.create_schedule(new(&other_tenant.id, &racer.id, n, 1_000), 3))).await;
+            assert_eq!(made.iter().filter(|r| r.is_ok()).count(), 3, "{}", db.backend);
+            assert_eq!(s.list_schedules(&other_tenant.id, None).await.unwrap().len(), 3);
+            // And so with agents against the plan's max_agents.
+            let made = futures_util::future::join_all(names.iter().map(|n| s.create_agent(&other_tenant.id, n, 4))).await;
+            assert_eq!(made.iter().filter(|r| r.is_ok()).count(), 3, "{}: one agent was there already", db.backend);
 
             assert!(s.claim_schedule_run(&two, 1_000, 2_000, 1_000).await.unwrap());
             let end = RunEnd { ok: false, detail: "boom", now: 1_100, first_token_at: None, not_before: 61_100, pause: Some("runs keep failing: boom") };
