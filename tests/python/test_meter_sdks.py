@@ -9,24 +9,15 @@ token, 0.5 per cache read, 1.25 per cache write, each part rounded up.
 """
 
 import json
-import urllib.request
 
 import anthropic
 import openai
 import pytest
 
-try:  # The SDKs moved to httpx2; older ones use httpx.
-    import httpx2 as httpx
-except ImportError:  # pragma: no cover
-    import httpx
+from meter_api import INSIDE_KEY, last_call, openai_client, uds_client, up, usage
 
 HELLO = [{"role": "user", "content": "hello there meter"}]
 HELLO_REPLY = "stand-in reply to: hello there meter"
-INSIDE_KEY = "sk-made-up-inside-the-sandbox"
-
-
-def up(tokens, per_mtok):
-    return (tokens * per_mtok + 999_999) // 1_000_000
 
 
 def cost(input_tokens, output_tokens, cache_read=0, cache_write=0):
@@ -35,33 +26,12 @@ def cost(input_tokens, output_tokens, cache_read=0, cache_write=0):
 
 @pytest.fixture
 def oai(control_sock, run_id):
-    http = httpx.Client(transport=httpx.HTTPTransport(uds=control_sock))
-    return openai.OpenAI(api_key=INSIDE_KEY, base_url="http://meter/v1", http_client=http, max_retries=0, default_headers={"x-clawpen-run": run_id})
+    return openai_client(control_sock, run_id)
 
 
 @pytest.fixture
 def ant(control_sock, run_id):
-    http = httpx.Client(transport=httpx.HTTPTransport(uds=control_sock))
-    return anthropic.Anthropic(api_key=INSIDE_KEY, base_url="http://meter", http_client=http, max_retries=0, default_headers={"x-clawpen-run": run_id})
-
-
-def usage(clawpen_api):
-    url, key = clawpen_api
-    req = urllib.request.Request(url + "/api/v1/usage", headers={"Authorization": "Bearer " + key})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.load(r)
-
-
-def last_call(clawpen_api):
-    """The newest call, once every hold is closed (a stream settles just after its last event)."""
-    import time
-
-    deadline = time.monotonic() + 10
-    while True:
-        u = usage(clawpen_api)
-        if u["reserved"] == 0 or time.monotonic() > deadline:
-            return u["recent_calls"][0]
-        time.sleep(0.05)
+    return anthropic.Anthropic(api_key=INSIDE_KEY, base_url="http://meter", http_client=uds_client(control_sock), max_retries=0, default_headers={"x-clawpen-run": run_id})
 
 
 def test_openai_plain_is_charged_from_its_usage(oai, clawpen_api):
@@ -148,8 +118,7 @@ def test_anthropic_stream_is_charged_from_message_start_and_the_last_delta(ant, 
 
 
 def test_a_call_outside_the_run_is_refused(control_sock):
-    http = httpx.Client(transport=httpx.HTTPTransport(uds=control_sock))
-    rogue = openai.OpenAI(api_key=INSIDE_KEY, base_url="http://meter/v1", http_client=http, max_retries=0, default_headers={"x-clawpen-run": "run-of-my-own"})
+    rogue = openai_client(control_sock, "run-of-my-own")
     with pytest.raises(openai.PermissionDeniedError) as e:
         rogue.chat.completions.create(model="gpt-test", messages=HELLO)
     assert "a run the server started" in str(e.value)

@@ -8,24 +8,12 @@ Prices of the test models (micro-credits per million tokens): 1 per input token,
 token, 0.5 per cache read; each part rounded up.
 """
 
-import json
-import time
-import urllib.request
-
 import openai
 import pytest
 
-try:  # The SDKs moved to httpx2; older ones use httpx.
-    import httpx2 as httpx
-except ImportError:  # pragma: no cover
-    import httpx
+from meter_api import last_call, openai_client, up, usage
 
 HELLO = [{"role": "user", "content": "hello there provider"}]
-INSIDE_KEY = "sk-made-up-inside-the-sandbox"
-
-
-def up(tokens, per_mtok):
-    return (tokens * per_mtok + 999_999) // 1_000_000
 
 
 def billed(provider, u):
@@ -66,24 +54,7 @@ MODELS = [
 
 @pytest.fixture
 def oai(control_sock, run_id):
-    http = httpx.Client(transport=httpx.HTTPTransport(uds=control_sock))
-    return openai.OpenAI(api_key=INSIDE_KEY, base_url="http://meter/v1", http_client=http, max_retries=0, default_headers={"x-clawpen-run": run_id})
-
-
-def usage(clawpen_api):
-    url, key = clawpen_api
-    req = urllib.request.Request(url + "/api/v1/usage", headers={"Authorization": "Bearer " + key})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.load(r)
-
-
-def last_call(clawpen_api):
-    deadline = time.monotonic() + 10
-    while True:
-        u = usage(clawpen_api)
-        if u["reserved"] == 0 or time.monotonic() > deadline:
-            return u["recent_calls"][0]
-        time.sleep(0.05)
+    return openai_client(control_sock, run_id)
 
 
 @pytest.mark.parametrize("model,provider,thinks,cached", MODELS)

@@ -167,6 +167,12 @@ pub struct Upstream {
 }
 
 impl MeterConfig {
+    /// The upstream a tenant's own key for `provider` is checked against and sent to: the
+    /// provider's first upstream by name, never another endpoint that speaks the same API.
+    pub fn own_key_upstream(&self, provider: Provider) -> Option<(&str, &UpstreamConfig)> {
+        self.upstreams.iter().find(|(_, u)| u.provider == provider).map(|(name, u)| (name.as_str(), u))
+    }
+
     /// Checks the references and reads every upstream key.
     pub fn resolve(&self) -> Result<BTreeMap<String, Upstream>, String> {
         let mut out = BTreeMap::new();

@@ -457,9 +457,7 @@ impl Meter {
         if let Some(offered) = plan.models.as_ref().filter(|m| !m.contains(&model_name)) {
             return Err(MeterError::new(StatusCode::FORBIDDEN, "model_not_in_plan", format!("model {model_name} is not in this account's plan; it offers: {}", offered.join(", "))));
         }
-        // A tenant's key goes only to the provider's first upstream (by name), the one the server
-        // checked it against: never to another endpoint that speaks the same API.
-        let keyed = self.upstreams.values().find(|u| u.provider == upstream.provider).is_some_and(|u| u.name == upstream.name);
+        let keyed = self.config.own_key_upstream(upstream.provider).is_some_and(|(name, _)| name == upstream.name);
         let own = if keyed { self.tenant_key(&caller.tenant, upstream.provider).await? } else { None };
         let own_key = match own {
             Some(TenantKey::Active(key)) => Some(key),

@@ -82,8 +82,7 @@ impl App {
         if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ApiError::invalid(format!("key: must be 1 to {MAX_KEY_LEN} printable characters without spaces")));
         }
-        // The provider's first upstream (by name): the only one the meter sends the key to.
-        let upstream = self.config.meter.upstreams.values().find(|u| u.provider == provider).ok_or_else(|| {
+        let (_, upstream) = self.config.meter.own_key_upstream(provider).ok_or_else(|| {
             ApiError::new(StatusCode::CONFLICT, "provider_not_offered", format!("this server offers no {} models; a key for it would never be used", provider.as_str()))
         })?;
         let base = upstream.base_url.trim_end_matches('/');

@@ -71,40 +71,38 @@ pub async fn claim_due(store: &Store, spread: i64, now: i64, limit: usize) -> Re
 
 /// Whether `s` was claimed for its due time (`room`: a run may start now).
 async fn claim_one(store: &Store, s: &Schedule, spread: i64, now: i64, room: bool) -> Result<bool, StoreError> {
-    {
-        let t = match timing(s) {
-            Ok(t) => t,
-            Err(e) => {
-                warn!(schedule = %s.id, error = %e, "a stored schedule cannot be read; it is paused");
-                store.pause_schedule(&s.id, &format!("its timing cannot be read: {e}"), None).await?;
-                return Ok(false);
-            }
-        };
-        // A pause that ends by itself (a credit cap that lifted): the schedule goes on from now,
-        // with nothing run for what fell due while it was paused.
-        if s.paused_reason.is_some() {
-            let next = t.next_after(now).unwrap_or(i64::MAX);
-            if store.resume_schedule_at_end_of_pause(&s.id, next, now).await? {
-                info!(schedule = %s.id, "a paused schedule resumed as its pause ended");
-            }
+    let t = match timing(s) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(schedule = %s.id, error = %e, "a stored schedule cannot be read; it is paused");
+            store.pause_schedule(&s.id, &format!("its timing cannot be read: {e}"), None).await?;
             return Ok(false);
         }
-        if !room || s.next_due_at.saturating_add(spread_ms(s.id.as_str(), spread)) > now {
-            return Ok(false);
-        }
-        // The next due time after now: every due time missed until now makes this one run.
+    };
+    // A pause that ends by itself (a credit cap that lifted): the schedule goes on from now,
+    // with nothing run for what fell due while it was paused.
+    if s.paused_reason.is_some() {
         let next = t.next_after(now).unwrap_or(i64::MAX);
-        store.claim_schedule_run(s, s.next_due_at, next, now).await
+        if store.resume_schedule_at_end_of_pause(&s.id, next, now).await? {
+            info!(schedule = %s.id, "a paused schedule resumed as its pause ended");
+        }
+        return Ok(false);
     }
+    if !room || s.next_due_at.saturating_add(spread_ms(s.id.as_str(), spread)) > now {
+        return Ok(false);
+    }
+    // The next due time after now: every due time missed until now makes this one run.
+    let next = t.next_after(now).unwrap_or(i64::MAX);
+    store.claim_schedule_run(s, s.next_due_at, next, now).await
 }
 
 /// How a scheduled run ended.
 enum Outcome {
     /// Answered; the detail says where the reply went.
     Answered { detail: String, first_token_at: Option<i64> },
-    /// The tenant's credits or caps refused it: the schedule pauses (until `until`, if the
-    /// meter said).
-    Capped { reason: String, until: Option<i64> },
+    /// It cannot go on as set (the tenant's credits or caps refused it, or its Telegram person
+    /// is no longer paired): the schedule pauses, until `until` when the pause ends by itself.
+    Pause { reason: String, until: Option<i64> },
     Failed(String),
 }
 
@@ -163,7 +161,7 @@ impl App {
         };
         let (end, audit) = match &outcome {
             Outcome::Answered { detail, first_token_at } => (RunEnd { ok: true, detail, now, first_token_at: *first_token_at, not_before: 0, pause: None }, None),
-            Outcome::Capped { reason, until } => {
+            Outcome::Pause { reason, until } => {
                 if let Err(e) = self.store.pause_running_schedule(&s.id, reason, *until).await {
                     warn!(schedule = %s.id, error = %e, "cannot pause the schedule");
                 }
@@ -189,7 +187,7 @@ impl App {
         if let ("telegram", Some(user)) = (s.channel.as_str(), s.target.as_deref()) {
             match self.store.list_members(&tenant.id).await {
                 Ok(people) if people.iter().any(|m| m.kind == clawpen_store::telegram::MEMBER_KIND && m.external_id == user) => {}
-                Ok(_) => return Outcome::Capped { reason: "the Telegram person its replies go to is no longer paired with this account".to_owned(), until: None },
+                Ok(_) => return Outcome::Pause { reason: "the Telegram person its replies go to is no longer paired with this account".to_owned(), until: None },
                 Err(e) => return Outcome::Failed(format!("the account's members cannot be read: {e}")),
             }
         }
@@ -220,7 +218,7 @@ impl App {
         if out.paused || out.error_code.as_deref() == Some("cap_headroom") {
             // A call too large for what is left of the monthly cap: the cap lifts next month.
             let until = out.paused_until.or_else(|| (out.error_code.as_deref() == Some("cap_headroom")).then(|| clawpen_meter::meter::period_at(now_ms()).2));
-            return Outcome::Capped { reason: out.reply, until };
+            return Outcome::Pause { reason: out.reply, until };
         }
         if let Some(code) = out.error_code {
             return Outcome::Failed(format!("{code}: {}", out.reply));

@@ -305,17 +305,7 @@ impl Store {
         if res.rows_affected() == 0 {
             return Ok(false);
         }
-        sqlx::query(
-            "INSERT INTO secrets (tenant_id, purpose, id, sealed, updated_at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (tenant_id, purpose, id) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at",
-        )
-        .bind(tenant.as_str())
-        .bind(token_purpose)
-        .bind(id.as_str())
-        .bind(sealed)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
+        crate::secrets::upsert_secret(&mut *tx, tenant, token_purpose, id.as_str(), sealed).await?;
         tx.commit().await?;
         Ok(true)
     }

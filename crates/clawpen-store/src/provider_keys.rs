@@ -28,17 +28,7 @@ impl Store {
     pub async fn put_provider_key(&self, tenant: &TenantId, provider: &str, last4: &str, sealed: &str) -> Result<()> {
         let now = crate::now_ms();
         let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "INSERT INTO secrets (tenant_id, purpose, id, sealed, updated_at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (tenant_id, purpose, id) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at",
-        )
-        .bind(tenant.as_str())
-        .bind(PROVIDER_KEY_PURPOSE)
-        .bind(provider)
-        .bind(sealed)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        crate::secrets::upsert_secret(&mut *tx, tenant, PROVIDER_KEY_PURPOSE, provider, sealed).await?;
         sqlx::query(
             "INSERT INTO provider_keys (tenant_id, provider, last4, status, detail, created_at) VALUES ($1, $2, $3, 'active', NULL, $4) \
              ON CONFLICT (tenant_id, provider) DO UPDATE SET last4 = excluded.last4, status = 'active', detail = NULL, created_at = excluded.created_at",

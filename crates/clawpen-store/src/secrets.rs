@@ -19,18 +19,7 @@ pub struct SealedSecret {
 impl Store {
     /// Stores (or replaces) a sealed secret of a tenant.
     pub async fn put_secret(&self, tenant: &TenantId, purpose: &str, id: &str, sealed: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO secrets (tenant_id, purpose, id, sealed, updated_at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (tenant_id, purpose, id) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at",
-        )
-        .bind(tenant.as_str())
-        .bind(purpose)
-        .bind(id)
-        .bind(sealed)
-        .bind(crate::now_ms())
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        upsert_secret(&self.writer, tenant, purpose, id, sealed).await
     }
 
     /// A tenant's sealed secret, if stored.
@@ -66,6 +55,23 @@ impl Store {
             .await?;
         Ok(res.rows_affected() == 1)
     }
+}
+
+/// Stores (or replaces) a sealed secret through `e`: the writer pool, or a transaction that
+/// writes the secret with the row it belongs to.
+pub(crate) async fn upsert_secret<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(e: E, tenant: &TenantId, purpose: &str, id: &str, sealed: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO secrets (tenant_id, purpose, id, sealed, updated_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (tenant_id, purpose, id) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at",
+    )
+    .bind(tenant.as_str())
+    .bind(purpose)
+    .bind(id)
+    .bind(sealed)
+    .bind(crate::now_ms())
+    .execute(e)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -152,6 +152,39 @@ pub const RUNSC_PLAN: &str = "bench-runsc";
 /// The bench plan behind each wall: (case suffix, plan name).
 pub const WALLS: [(&str, &str); 2] = [("runc", "bench"), ("runsc", RUNSC_PLAN)];
 
+/// The model stand-in a bench's agents call, answering after `ttft_ms`, and its key in a file:
+/// [`BenchModel::configure`] makes it the server's `bench-model`, its default. Kept alive as
+/// long as the server.
+pub struct BenchModel {
+    pub standin: clawpen_standin::Standin,
+    /// The key the stand-in takes.
+    pub key: String,
+    key_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl BenchModel {
+    pub async fn start(ttft_ms: u64) -> anyhow::Result<BenchModel> {
+        let keys = clawpen_standin::StandinConfig::for_testing();
+        let standin = clawpen_standin::Standin::start(clawpen_standin::StandinConfig { latency_ms: ttft_ms, ..keys.clone() }).await?;
+        let dir = tempfile::Builder::new().prefix("clawpen-bench-key-").tempdir_in("/tmp")?;
+        let key_file = dir.path().join("upstream.key");
+        std::fs::write(&key_file, &keys.openai_key)?;
+        Ok(BenchModel { standin, key: keys.openai_key, key_file, _dir: dir })
+    }
+
+    /// Points the server's meter at the stand-in: upstream `standin`, model `bench-model` (the
+    /// default), priced a micro-credit per million tokens.
+    pub fn configure(&self, c: &mut clawpen_server::Config) {
+        use clawpen_meter::config::{ModelConfig, Provider, UpstreamConfig};
+        c.meter.default_model = Some("bench-model".into());
+        let base_url = format!("{}/v1", self.standin.base_url());
+        c.meter.upstreams.insert("standin".into(), UpstreamConfig { provider: Provider::Openai, base_url, api_key_env: None, api_key_file: Some(self.key_file.clone()) });
+        let model = ModelConfig { upstream: "standin".into(), upstream_model: Some("gpt-test".into()), input_per_mtok: 1, output_per_mtok: 1, cache_read_per_mtok: 0, cache_write_per_mtok: 0, image_tokens_max: None, reasoning: false };
+        c.meter.models.insert("bench-model".into(), model);
+    }
+}
+
 /// A throwaway server on a temp data dir, torn down (sandboxes included) when dropped.
 pub struct BenchServer {
     pub app: clawpen_server::App,

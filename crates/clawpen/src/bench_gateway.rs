@@ -96,23 +96,13 @@ pub async fn run(requests: usize, connections: usize, upstream_ms: u64) -> anyho
 /// first token), against the first chunk of the same streamed call made straight to the
 /// stand-in. Interleaved, on a server of its own.
 async fn first_token(n: usize, ttft_ms: u64) -> anyhow::Result<Case> {
-    let keys = clawpen_standin::StandinConfig::for_testing();
-    let standin = clawpen_standin::Standin::start(clawpen_standin::StandinConfig { latency_ms: ttft_ms, ..keys.clone() }).await?;
-    let key_dir = tempfile::Builder::new().prefix("clawpen-bench-key-").tempdir_in("/tmp")?;
-    let key_file = key_dir.path().join("upstream.key");
-    std::fs::write(&key_file, &keys.openai_key)?;
-    let base_url = format!("{}/v1", standin.base_url());
+    let model = crate::bench::BenchModel::start(ttft_ms).await?;
     let server = BenchServer::start_config(2, |_| {}, |c| {
         c.fleet.warm_pool = 0;
-        c.meter.default_model = Some("bench-model".into());
-        c.meter.upstreams.insert("standin".into(), clawpen_meter::config::UpstreamConfig { provider: clawpen_meter::config::Provider::Openai, base_url: base_url.clone(), api_key_env: None, api_key_file: Some(key_file.clone()) });
-        c.meter.models.insert(
-            "bench-model".into(),
-            clawpen_meter::config::ModelConfig { upstream: "standin".into(), upstream_model: Some("gpt-test".into()), input_per_mtok: 1, output_per_mtok: 1, cache_read_per_mtok: 0, cache_write_per_mtok: 0, image_tokens_max: None, reasoning: false },
-        );
+        model.configure(c);
     })
     .await?;
-    let result = first_token_on(&server, &standin, &keys.openai_key, n, ttft_ms).await;
+    let result = first_token_on(&server, &model.standin, &model.key, n, ttft_ms).await;
     server.teardown().await;
     result
 }

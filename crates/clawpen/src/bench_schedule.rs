@@ -14,12 +14,7 @@ use crate::bench::{percentile, round2, BenchServer, Case};
 
 pub async fn run(agents: usize, ttft_ms: u64) -> anyhow::Result<Vec<Case>> {
     anyhow::ensure!(agents >= 1, "--schedules must be at least 1");
-    let keys = clawpen_standin::StandinConfig::for_testing();
-    let standin = clawpen_standin::Standin::start(clawpen_standin::StandinConfig { latency_ms: ttft_ms, ..keys.clone() }).await?;
-    let key_dir = tempfile::Builder::new().prefix("clawpen-bench-key-").tempdir_in("/tmp")?;
-    let key_file = key_dir.path().join("upstream.key");
-    std::fs::write(&key_file, &keys.openai_key)?;
-    let base_url = format!("{}/v1", standin.base_url());
+    let model = crate::bench::BenchModel::start(ttft_ms).await?;
     let tune = |p: &mut clawpen_core::plan::Plan| {
         // Idle agents, as a host full of families has them: small, and asleep within a second.
         p.memory_mib = 32;
@@ -37,12 +32,7 @@ pub async fn run(agents: usize, ttft_ms: u64) -> anyhow::Result<Vec<Case>> {
         // Idle agents use a few MiB of their 32: the bench commits past the host's memory.
         c.fleet.node_memory_mib = 64 * 1024;
         c.fleet.disk_budget_mib = (agents as u64 + 8) * 16;
-        c.meter.default_model = Some("bench-model".into());
-        c.meter.upstreams.insert("standin".into(), clawpen_meter::config::UpstreamConfig { provider: clawpen_meter::config::Provider::Openai, base_url: base_url.clone(), api_key_env: None, api_key_file: Some(key_file.clone()) });
-        c.meter.models.insert(
-            "bench-model".into(),
-            clawpen_meter::config::ModelConfig { upstream: "standin".into(), upstream_model: Some("gpt-test".into()), input_per_mtok: 1, output_per_mtok: 1, cache_read_per_mtok: 0, cache_write_per_mtok: 0, image_tokens_max: None, reasoning: false },
-        );
+        model.configure(c);
     })
     .await?;
     let result = run_on(&server, agents, ttft_ms).await;
